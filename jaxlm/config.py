@@ -1,0 +1,326 @@
+"""Typed, frozen run configuration and `--set a.b=value` overrides.
+
+Every knob of a run lives in one of the dataclasses below, with its default here and
+nowhere else. Overrides are parsed from strings, type checked against the field's
+annotation, and an unknown key is an error that names the closest valid key, so a
+typo never silently trains the wrong model. `Config.to_json()` is what a run writes
+into its workdir; `config_from_dict` reads it back.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import difflib
+import json
+import types
+import typing
+from typing import Any, Literal
+
+Dtype = Literal["float32", "bfloat16", "float16"]
+
+
+class ConfigError(ValueError):
+    """A bad configuration value or key; the message names the key."""
+
+
+@dataclasses.dataclass(frozen=True, kw_only=True)
+class ModelConfig:
+    """Shape and numerics of a Llama-family decoder."""
+
+    vocab_size: int = 4096
+    d_model: int = 256
+    n_layers: int = 4
+    n_heads: int = 4
+    n_kv_heads: int = 4
+    head_dim: int = 0  # 0 means d_model // n_heads
+    d_ff: int = 0  # 0 means the Llama rule: 8/3 * d_model rounded up to ffn_multiple_of
+    ffn_multiple_of: int = 64
+    max_seq_len: int = 256
+    rope_theta: float = 10_000.0
+    norm_eps: float = 1e-5
+    qk_norm: bool = False
+    tie_embeddings: bool = True
+    init_std: float = 0.02
+    param_dtype: Dtype = "float32"
+    compute_dtype: Dtype = "float32"
+    attention_impl: Literal["xla", "cudnn", "naive"] = "xla"
+    scan_layers: bool = True
+    remat: Literal["none", "full", "dots"] = "none"
+
+    def __post_init__(self):
+        _positive(self, "vocab_size", "d_model", "n_layers", "n_heads", "n_kv_heads")
+        _positive(self, "max_seq_len", "ffn_multiple_of")
+        if self.n_heads % self.n_kv_heads:
+            raise ConfigError(
+                f"model.n_heads={self.n_heads} must be a multiple of "
+                f"model.n_kv_heads={self.n_kv_heads} (grouped-query attention)"
+            )
+        if self.head_dim == 0 and self.d_model % self.n_heads:
+            raise ConfigError(
+                f"model.d_model={self.d_model} is not divisible by model.n_heads="
+                f"{self.n_heads}; set model.head_dim explicitly"
+            )
+        if self.resolved_head_dim % 2:
+            raise ConfigError(f"model.head_dim={self.resolved_head_dim} must be even for RoPE")
+
+    @property
+    def resolved_head_dim(self) -> int:
+        return self.head_dim or self.d_model // self.n_heads
+
+    @property
+    def resolved_d_ff(self) -> int:
+        if self.d_ff:
+            return self.d_ff
+        hidden = int(8 * self.d_model / 3)
+        m = self.ffn_multiple_of
+        return m * ((hidden + m - 1) // m)
+
+
+@dataclasses.dataclass(frozen=True, kw_only=True)
+class DataConfig:
+    """Where tokens come from and how they are packed."""
+
+    corpus: Literal["stdlib"] = "stdlib"
+    tokenizer: str = ""  # path to a .model; empty means train one into the workdir
+    tokenizer_vocab_size: int = 4096
+    tokenizer_max_chars: int = 8_000_000
+    val_fraction: float = 0.02
+    seq_len: int = 256
+    batch_size: int = 16  # global, across all processes
+    packer: Literal["first_fit", "best_fit", "concat_then_split"] = "first_fit"
+    seed: int = 0
+    eval_max_docs: int = 0  # 0 means every validation document
+
+    def __post_init__(self):
+        _positive(self, "seq_len", "batch_size", "tokenizer_vocab_size")
+        if not 0.0 < self.val_fraction < 1.0:
+            raise ConfigError(f"data.val_fraction={self.val_fraction} must be in (0, 1)")
+
+
+@dataclasses.dataclass(frozen=True, kw_only=True)
+class OptimConfig:
+    """AdamW, its schedule and gradient clipping."""
+
+    lr: float = 3e-3
+    schedule: Literal["cosine", "wsd", "constant"] = "cosine"
+    warmup_steps: int = 100
+    min_lr_ratio: float = 0.1  # final lr = lr * min_lr_ratio
+    decay_fraction: float = 0.2  # wsd: share of the run spent decaying
+    weight_decay: float = 0.1
+    b1: float = 0.9
+    b2: float = 0.95
+    eps: float = 1e-8
+    clip_norm: float = 1.0  # 0 disables clipping
+    grad_accum: int = 1
+    z_loss: float = 0.0
+
+    def __post_init__(self):
+        _positive(self, "grad_accum")
+        if self.warmup_steps < 0:
+            raise ConfigError(f"optim.warmup_steps={self.warmup_steps} must be >= 0")
+        if not 0.0 <= self.decay_fraction <= 1.0:
+            raise ConfigError(f"optim.decay_fraction={self.decay_fraction} must be in [0, 1]")
+
+
+@dataclasses.dataclass(frozen=True, kw_only=True)
+class MeshConfig:
+    """Device mesh shape; -1 on one axis takes the remaining devices."""
+
+    data: int = -1
+    fsdp: int = 1
+    tensor: int = 1
+
+    def __post_init__(self):
+        sizes = (self.data, self.fsdp, self.tensor)
+        if sum(s == -1 for s in sizes) > 1:
+            raise ConfigError("at most one of mesh.data, mesh.fsdp, mesh.tensor may be -1")
+        if any(s == 0 or s < -1 for s in sizes):
+            raise ConfigError(f"mesh sizes must be positive or -1, got {sizes}")
+
+
+@dataclasses.dataclass(frozen=True, kw_only=True)
+class TrainConfig:
+    """The host loop: length, evaluation, logging."""
+
+    steps: int = 1000
+    seed: int = 0
+    eval_every: int = 250  # 0 disables periodic evaluation (a final one still runs)
+    log_every: int = 10
+    progress_bar: bool = True
+    peak_flops: float = 0.0  # per device; 0 means look it up (or measure on CPU)
+    checkpoint_every: int = 0  # 0 means only at the end
+    generate_prompt: str = ""
+    generate_tokens: int = 64
+
+    def __post_init__(self):
+        _positive(self, "steps", "log_every")
+
+
+@dataclasses.dataclass(frozen=True, kw_only=True)
+class Config:
+    """A whole run."""
+
+    name: str = "run"
+    model: ModelConfig = dataclasses.field(default_factory=ModelConfig)
+    data: DataConfig = dataclasses.field(default_factory=DataConfig)
+    optim: OptimConfig = dataclasses.field(default_factory=OptimConfig)
+    mesh: MeshConfig = dataclasses.field(default_factory=MeshConfig)
+    train: TrainConfig = dataclasses.field(default_factory=TrainConfig)
+
+    def __post_init__(self):
+        if self.data.seq_len > self.model.max_seq_len:
+            raise ConfigError(
+                f"data.seq_len={self.data.seq_len} exceeds model.max_seq_len="
+                f"{self.model.max_seq_len}"
+            )
+        if self.data.tokenizer == "" and self.data.tokenizer_vocab_size != self.model.vocab_size:
+            raise ConfigError(
+                f"data.tokenizer_vocab_size={self.data.tokenizer_vocab_size} must equal "
+                f"model.vocab_size={self.model.vocab_size} when the tokenizer is trained"
+            )
+        if self.data.batch_size % self.optim.grad_accum:
+            raise ConfigError(
+                f"data.batch_size={self.data.batch_size} must be divisible by "
+                f"optim.grad_accum={self.optim.grad_accum}"
+            )
+
+    def to_dict(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+    def to_json(self) -> str:
+        return json.dumps(self.to_dict(), indent=2, sort_keys=True)
+
+
+def _positive(cfg, *names: str) -> None:
+    section = {
+        ModelConfig: "model",
+        DataConfig: "data",
+        OptimConfig: "optim",
+        TrainConfig: "train",
+    }.get(type(cfg), "")
+    for name in names:
+        value = getattr(cfg, name)
+        if value <= 0:
+            raise ConfigError(f"{section}.{name}={value} must be positive")
+
+
+def _field_types(cls) -> dict[str, Any]:
+    return typing.get_type_hints(cls)
+
+
+def all_keys(cls=Config, prefix: str = "") -> list[str]:
+    """Every dotted key that `--set` accepts, e.g. 'optim.lr'."""
+    keys = []
+    for name, tp in _field_types(cls).items():
+        if dataclasses.is_dataclass(tp):
+            keys.extend(all_keys(tp, f"{prefix}{name}."))
+        else:
+            keys.append(f"{prefix}{name}")
+    return keys
+
+
+def _unknown_key(key: str) -> ConfigError:
+    close = difflib.get_close_matches(key, all_keys(), n=1, cutoff=0.5)
+    hint = f"; did you mean '{close[0]}'?" if close else ""
+    return ConfigError(f"unknown config key '{key}'{hint}")
+
+
+def parse_value(key: str, text: str, tp: Any) -> Any:
+    """Parse `text` as a value of type `tp`, or raise naming `key`."""
+    origin = typing.get_origin(tp)
+    if origin is Literal:
+        choices = typing.get_args(tp)
+        if text not in choices:
+            raise ConfigError(f"{key}={text!r} is not one of {list(choices)}")
+        return text
+    if origin in (types.UnionType, typing.Union):
+        raise ConfigError(f"{key}: union types are not supported in overrides")
+    if tp is bool:
+        lowered = text.lower()
+        if lowered in ("1", "true", "yes", "on"):
+            return True
+        if lowered in ("0", "false", "no", "off"):
+            return False
+        raise ConfigError(f"{key}={text!r} is not a boolean (true/false)")
+    if tp is int:
+        try:
+            return int(text.replace("_", ""))
+        except ValueError:
+            raise ConfigError(f"{key}={text!r} is not an integer") from None
+    if tp is float:
+        try:
+            return float(text)
+        except ValueError:
+            raise ConfigError(f"{key}={text!r} is not a number") from None
+    if tp is str:
+        return text
+    raise ConfigError(f"{key}: cannot parse values of type {tp}")
+
+
+def _check_type(key: str, value: Any, tp: Any) -> Any:
+    """Type check a Python value (from JSON or code) against a field annotation."""
+    origin = typing.get_origin(tp)
+    if origin is Literal:
+        if value not in typing.get_args(tp):
+            raise ConfigError(f"{key}={value!r} is not one of {list(typing.get_args(tp))}")
+        return value
+    if tp is float and isinstance(value, int) and not isinstance(value, bool):
+        return float(value)
+    if tp in (int, float, str, bool):
+        if type(value) is not tp:
+            raise ConfigError(f"{key}={value!r} should be {tp.__name__}")
+        return value
+    return value
+
+
+def override(cfg: Any, key: str, value: Any, _prefix: str = "") -> Any:
+    """Return a copy of `cfg` with the dotted `key` set; `value` may be a string to parse."""
+    head, _, rest = key.partition(".")
+    types_ = _field_types(type(cfg))
+    full = f"{_prefix}{head}"
+    if head not in types_:
+        raise _unknown_key(f"{_prefix}{key}")
+    tp = types_[head]
+    if dataclasses.is_dataclass(tp):
+        if not rest:
+            raise ConfigError(f"'{full}' is a section; set one of its keys, e.g. '{full}.…'")
+        new_value = override(getattr(cfg, head), rest, value, f"{full}.")
+    else:
+        if rest:
+            raise _unknown_key(f"{_prefix}{key}")
+        new_value = parse_value(full, value, tp) if isinstance(value, str) else value
+        new_value = _check_type(full, new_value, tp)
+    try:
+        return dataclasses.replace(cfg, **{head: new_value})
+    except ConfigError:
+        raise
+    except TypeError as e:
+        raise ConfigError(f"{full}: {e}") from None
+
+
+def apply_overrides(cfg: Config, assignments: list[str]) -> Config:
+    """Apply `key=value` strings in order (what `--set` collects)."""
+    for item in assignments:
+        key, sep, value = item.partition("=")
+        if not sep or not key:
+            raise ConfigError(f"override {item!r} is not of the form key=value")
+        cfg = override(cfg, key.strip(), value.strip())
+    return cfg
+
+
+def config_from_dict(data: dict[str, Any], cls=Config, _prefix: str = "") -> Any:
+    """Rebuild a config from `to_dict()` output, checking every key and type."""
+    types_ = _field_types(cls)
+    kwargs = {}
+    for key, value in data.items():
+        full = f"{_prefix}{key}"
+        if key not in types_:
+            raise _unknown_key(full)
+        tp = types_[key]
+        if dataclasses.is_dataclass(tp):
+            if not isinstance(value, dict):
+                raise ConfigError(f"{full} should be a mapping")
+            kwargs[key] = config_from_dict(value, tp, f"{full}.")
+        else:
+            kwargs[key] = _check_type(full, value, tp)
+    return cls(**kwargs)

@@ -1,0 +1,186 @@
+"""Llama-family decoder: RMSNorm, RoPE, grouped-query attention, SwiGLU.
+
+The NNX module only declares and initialises parameters, each tagged with logical
+axis names (see jaxlm/sharding.py). The forward pass reads them as plain arrays and
+runs the layers with `jax.lax.scan` over a leading "layers" axis, so compile time
+stays flat with depth. `logits = model(tokens, positions=..., segment_ids=...)` is
+the one signature every objective uses; losses live in jaxlm/losses.py.
+
+Dimension legend:
+    B batch          T sequence         D model width      V vocabulary
+    N query heads    K kv heads         H head dim         F feed-forward width
+    L layers
+"""
+
+from __future__ import annotations
+
+import math
+
+import jax
+import jax.numpy as jnp
+from flax import nnx
+
+from jaxlm.config import ModelConfig
+from jaxlm.models.attention import attention
+from jaxlm.models.layers import rms_norm, swiglu
+from jaxlm.models.rope import apply_rope
+from jaxlm.sharding import constrain
+
+_REMAT_POLICIES = {
+    "full": None,  # save nothing; recompute the whole block in the backward pass
+    "dots": jax.checkpoint_policies.dots_with_no_batch_dims_saveable,
+}
+
+
+def _param(rngs: nnx.Rngs, shape, std: float, dtype, logical_axes) -> nnx.Param:
+    value = std * jax.random.normal(rngs.params(), shape, dtype=jnp.float32)
+    return nnx.Param(value.astype(dtype), logical_axes=logical_axes)
+
+
+def _ones(shape, dtype, logical_axes) -> nnx.Param:
+    return nnx.Param(jnp.ones(shape, dtype), logical_axes=logical_axes)
+
+
+class Layers(nnx.Module):
+    """All transformer blocks' weights, stacked on a leading "layers" axis."""
+
+    def __init__(self, cfg: ModelConfig, rngs: nnx.Rngs):
+        L, D, F = cfg.n_layers, cfg.d_model, cfg.resolved_d_ff
+        N, K, H = cfg.n_heads, cfg.n_kv_heads, cfg.resolved_head_dim
+        dt, std = cfg.param_dtype, cfg.init_std
+        # Residual-branch outputs shrink with depth so the residual stream's variance
+        # stays O(1) at init (GPT-2's 1/sqrt(2L) rule).
+        out_std = std / math.sqrt(2 * L)
+        self.attn_norm = _ones((L, D), dt, ("layers", "norm"))
+        self.wq = _param(rngs, (L, D, N, H), std, dt, ("layers", "embed", "heads", "head_dim"))
+        self.wk = _param(rngs, (L, D, K, H), std, dt, ("layers", "embed", "kv_heads", "head_dim"))
+        self.wv = _param(rngs, (L, D, K, H), std, dt, ("layers", "embed", "kv_heads", "head_dim"))
+        self.wo = _param(rngs, (L, N, H, D), out_std, dt, ("layers", "heads", "head_dim", "embed"))
+        if cfg.qk_norm:
+            self.q_norm = _ones((L, H), dt, ("layers", "norm"))
+            self.k_norm = _ones((L, H), dt, ("layers", "norm"))
+        self.mlp_norm = _ones((L, D), dt, ("layers", "norm"))
+        self.w_gate = _param(rngs, (L, D, F), std, dt, ("layers", "embed", "mlp"))
+        self.w_up = _param(rngs, (L, D, F), std, dt, ("layers", "embed", "mlp"))
+        self.w_down = _param(rngs, (L, F, D), out_std, dt, ("layers", "mlp", "embed"))
+
+    def arrays(self) -> dict[str, jax.Array]:
+        """The stacked weights as a dict of plain arrays (what `scan` iterates over)."""
+        return {
+            name: var[...]
+            for name, var in vars(self).items()
+            if isinstance(var, nnx.Param)
+        }
+
+
+def block(
+    cfg: ModelConfig,
+    p: dict[str, jax.Array],
+    x_BTD: jax.Array,
+    positions_BT: jax.Array,
+    segment_ids_BT: jax.Array,
+) -> jax.Array:
+    """One pre-norm transformer block; `p` holds a single layer's weights."""
+    dt = x_BTD.dtype
+    w = {k: v.astype(dt) for k, v in p.items()}
+
+    h_BTD = rms_norm(x_BTD, p["attn_norm"], cfg.norm_eps)
+    q_BTNH = jnp.einsum("BTD,DNH->BTNH", h_BTD, w["wq"])
+    k_BTKH = jnp.einsum("BTD,DKH->BTKH", h_BTD, w["wk"])
+    v_BTKH = jnp.einsum("BTD,DKH->BTKH", h_BTD, w["wv"])
+    if cfg.qk_norm:
+        q_BTNH = rms_norm(q_BTNH, p["q_norm"], cfg.norm_eps)
+        k_BTKH = rms_norm(k_BTKH, p["k_norm"], cfg.norm_eps)
+    q_BTNH = constrain(q_BTNH, "act_batch", "act_seq", "act_heads", "act_head_dim")
+    k_BTKH = constrain(k_BTKH, "act_batch", "act_seq", "act_kv_heads", "act_head_dim")
+    q_BTNH = apply_rope(q_BTNH, positions_BT, cfg.rope_theta)
+    k_BTKH = apply_rope(k_BTKH, positions_BT, cfg.rope_theta)
+    attn_BTNH = attention(
+        q_BTNH, k_BTKH, v_BTKH, segment_ids_BT, implementation=cfg.attention_impl
+    )
+    x_BTD = x_BTD + jnp.einsum("BTNH,NHD->BTD", attn_BTNH, w["wo"])
+    x_BTD = constrain(x_BTD, "act_batch", "act_seq", "act_embed")
+
+    h_BTD = rms_norm(x_BTD, p["mlp_norm"], cfg.norm_eps)
+    x_BTD = x_BTD + swiglu(h_BTD, w["w_gate"], w["w_up"], w["w_down"])
+    return constrain(x_BTD, "act_batch", "act_seq", "act_embed")
+
+
+def run_layers(
+    cfg: ModelConfig,
+    layers_LP: dict[str, jax.Array],
+    x_BTD: jax.Array,
+    positions_BT: jax.Array,
+    segment_ids_BT: jax.Array,
+) -> jax.Array:
+    """Apply all layers, scanned or as an unrolled loop, with the configured remat."""
+
+    def one_layer(x, p):
+        return block(cfg, p, x, positions_BT, segment_ids_BT)
+
+    if cfg.remat != "none":
+        one_layer = jax.checkpoint(one_layer, policy=_REMAT_POLICIES[cfg.remat])
+    if cfg.scan_layers:
+        x_BTD, _ = jax.lax.scan(lambda x, p: (one_layer(x, p), None), x_BTD, layers_LP)
+        return x_BTD
+    for i in range(cfg.n_layers):
+        x_BTD = one_layer(x_BTD, jax.tree.map(lambda a, i=i: a[i], layers_LP))
+    return x_BTD
+
+
+class Transformer(nnx.Module):
+    """Decoder-only language model; see the module docstring."""
+
+    def __init__(self, cfg: ModelConfig, *, rngs: nnx.Rngs):
+        self.cfg = cfg
+        D, V = cfg.d_model, cfg.vocab_size
+        self.embed = _param(rngs, (V, D), cfg.init_std, cfg.param_dtype, ("vocab", "embed"))
+        self.layers = Layers(cfg, rngs)
+        self.final_norm = _ones((D,), cfg.param_dtype, ("norm",))
+        if not cfg.tie_embeddings:
+            self.unembed = _param(rngs, (D, V), cfg.init_std, cfg.param_dtype, ("embed", "vocab"))
+
+    def __call__(
+        self,
+        tokens_BT: jax.Array,
+        *,
+        positions: jax.Array | None = None,
+        segment_ids: jax.Array | None = None,
+    ) -> jax.Array:
+        """Float32 logits [B, T, V]. Defaults: positions 0..T-1, one segment per row."""
+        cfg = self.cfg
+        B, T = tokens_BT.shape
+        if positions is None:
+            positions = jnp.broadcast_to(jnp.arange(T, dtype=jnp.int32), (B, T))
+        if segment_ids is None:
+            segment_ids = jnp.ones((B, T), dtype=jnp.int32)
+        compute = jnp.dtype(cfg.compute_dtype)
+
+        # Gather the FSDP shards of the table first (as FSDP does for every weight):
+        # a lookup into a table split on its embed axis forces XLA to replicate it.
+        embed_VD = constrain(self.embed[...], "vocab", None)
+        x_BTD = jnp.take(embed_VD, tokens_BT, axis=0).astype(compute)
+        x_BTD = constrain(x_BTD, "act_batch", "act_seq", "act_embed")
+        x_BTD = run_layers(cfg, self.layers.arrays(), x_BTD, positions, segment_ids)
+        x_BTD = rms_norm(x_BTD, self.final_norm[...], cfg.norm_eps)
+
+        if cfg.tie_embeddings:
+            unembed_DV = self.embed[...].T
+        else:
+            unembed_DV = self.unembed[...]
+        logits_BTV = jnp.einsum(
+            "BTD,DV->BTV",
+            x_BTD,
+            unembed_DV.astype(compute),
+            preferred_element_type=jnp.float32,
+        )
+        return constrain(logits_BTV, "act_batch", "act_seq", "act_vocab")
+
+
+def count_params(cfg: ModelConfig, *, include_embedding: bool = True) -> int:
+    """Exact parameter count from shapes alone (`eval_shape`: nothing is allocated)."""
+    abstract = nnx.eval_shape(lambda: Transformer(cfg, rngs=nnx.Rngs(0)))
+    total = sum(math.prod(x.shape) for x in jax.tree.leaves(nnx.state(abstract, nnx.Param)))
+    if not include_embedding:
+        total -= cfg.vocab_size * cfg.d_model
+    return total

@@ -1,0 +1,131 @@
+"""The device mesh and the logical-axis rules: the only file that knows mesh axis names.
+
+Model code names every dimension logically ("embed", "mlp", "act_batch", ...). This
+table maps those names to the mesh axes ("data", "fsdp", "tensor"), so data
+parallelism, FSDP and tensor parallelism are mesh shapes, never code changes:
+
+    (N, 1, 1)  pure data parallel        (1, N, 1)  FSDP (ZeRO-3 style)
+    (1, 1, N)  tensor parallel            (a, b, c)  any mix
+
+Weight names and activation names are disjoint ("embed" vs "act_embed") because a
+weight sharded over "fsdp" on its embed dimension must not force activations to be.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Sequence
+
+import jax
+import numpy as np
+from jax.sharding import AxisType, Mesh, NamedSharding, PartitionSpec
+
+MESH_AXES = ("data", "fsdp", "tensor")
+BATCH_AXES = ("data", "fsdp")  # the batch dimension is split over both
+
+# logical name -> mesh axis (or tuple of axes, or None = replicated)
+LOGICAL_RULES: dict[str, str | tuple[str, ...] | None] = {
+    # weights
+    "vocab": "tensor",
+    "embed": "fsdp",
+    "heads": "tensor",
+    "kv_heads": "tensor",
+    "head_dim": None,
+    "mlp": "tensor",
+    "layers": None,
+    "norm": None,
+    # activations
+    "act_batch": BATCH_AXES,
+    "act_seq": None,
+    "act_embed": None,
+    "act_heads": "tensor",
+    "act_kv_heads": "tensor",
+    "act_head_dim": None,
+    "act_mlp": "tensor",
+    "act_vocab": "tensor",
+}
+
+
+def resolve_mesh_shape(shape: Sequence[int], num_devices: int) -> tuple[int, int, int]:
+    """Fill a single -1 with the remaining devices and check the product."""
+    shape = list(shape)
+    if shape.count(-1) > 1:
+        raise ValueError(f"mesh shape {tuple(shape)} has more than one -1")
+    known = math.prod(s for s in shape if s != -1)
+    if -1 in shape:
+        if num_devices % known:
+            raise ValueError(f"mesh shape {tuple(shape)} does not divide {num_devices} devices")
+        shape[shape.index(-1)] = num_devices // known
+    if math.prod(shape) != num_devices:
+        raise ValueError(
+            f"mesh shape {tuple(shape)} needs {math.prod(shape)} devices, have {num_devices}"
+        )
+    return tuple(shape)
+
+
+def make_mesh(shape: Sequence[int], devices: Sequence[jax.Device] | None = None) -> Mesh:
+    """A ("data", "fsdp", "tensor") mesh with Auto axes over `devices` (default: all)."""
+    devices = list(jax.devices() if devices is None else devices)
+    shape = resolve_mesh_shape(shape, len(devices))
+    # Auto axes: XLA propagates shardings from the constraints below; jax.make_mesh
+    # would default to Explicit axes, which need out_sharding= on every gather/einsum.
+    return jax.make_mesh(
+        shape, MESH_AXES, axis_types=(AxisType.Auto,) * len(MESH_AXES), devices=devices
+    )
+
+
+def logical_to_spec(
+    logical_axes: Sequence[str | None], shape: Sequence[int] | None = None, mesh: Mesh | None = None
+) -> PartitionSpec:
+    """PartitionSpec for a tensor whose dimensions carry these logical names.
+
+    With `shape` and `mesh`, a dimension that the mesh axis does not divide is
+    replicated instead (e.g. 2 KV heads on a tensor axis of 4), and a mesh axis is
+    used at most once per tensor.
+    """
+    used: set[str] = set()
+    spec = []
+    for i, name in enumerate(logical_axes):
+        if name is not None and name not in LOGICAL_RULES:
+            raise KeyError(f"no sharding rule for logical axis '{name}'")
+        target = LOGICAL_RULES.get(name) if name is not None else None
+        axes = (target,) if isinstance(target, str) else tuple(target or ())
+        axes = tuple(a for a in axes if a not in used)
+        if mesh is not None:
+            axes = tuple(a for a in axes if mesh.shape[a] > 1)
+            if shape is not None and axes:
+                size = math.prod(mesh.shape[a] for a in axes)
+                if shape[i] % size:
+                    axes = ()
+        used.update(axes)
+        spec.append(axes[0] if len(axes) == 1 else (axes or None))
+    return PartitionSpec(*spec)
+
+
+def named_sharding(mesh: Mesh, logical_axes: Sequence[str | None], shape=None) -> NamedSharding:
+    return NamedSharding(mesh, logical_to_spec(logical_axes, shape, mesh))
+
+
+def constrain(x: jax.Array, *logical_axes: str | None) -> jax.Array:
+    """`with_sharding_constraint` by logical names, a no-op outside a mesh context."""
+    mesh = jax.sharding.get_abstract_mesh()
+    if mesh is None or mesh.empty or not set(MESH_AXES) <= set(mesh.axis_names):
+        return x
+    return jax.lax.with_sharding_constraint(x, logical_to_spec(logical_axes, x.shape, mesh))
+
+
+def batch_sharding(mesh: Mesh) -> NamedSharding:
+    """Sharding of every [B, T] (or [B, 2, T]) batch array: batch over data and fsdp."""
+    return NamedSharding(mesh, PartitionSpec(BATCH_AXES))
+
+
+def replicated(mesh: Mesh) -> NamedSharding:
+    return NamedSharding(mesh, PartitionSpec())
+
+
+def host_batch_to_global(batch: dict[str, np.ndarray], mesh: Mesh) -> dict[str, jax.Array]:
+    """Assemble each process's local rows into one global, batch-sharded array."""
+    sharding = batch_sharding(mesh)
+    return {
+        k: jax.make_array_from_process_local_data(sharding, np.asarray(v)) for k, v in batch.items()
+    }

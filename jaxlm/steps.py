@@ -1,0 +1,171 @@
+"""Pure train and eval steps, and the one place they are jitted.
+
+`lm_step` serves pretraining and SFT (they differ only in the batch's loss_mask). It
+is a pure function of (state, batch): the model is rebuilt from `graphdef` and the
+params inside the trace, keys are explicit, nothing is stateful.
+
+Gradient accumulation runs `grad_accum` micro-batches under `lax.scan` and sums
+*unnormalised* loss gradients, dividing once by the global supervised-token count, so
+the update equals the one the whole batch would give in a single pass.
+
+A step whose loss or gradient norm is not finite leaves params and optimizer state
+untouched and reports `finite = 0`; the host loop stops on it (see train.py).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import Any
+
+import jax
+import jax.numpy as jnp
+import optax
+from flax import nnx
+from jax.sharding import Mesh
+
+from jaxlm.losses import LossSums, next_token_loss_sums, safe_mean
+from jaxlm.sharding import batch_sharding, constrain, replicated
+from jaxlm.train_state import TrainState
+
+Batch = dict[str, jax.Array]
+Metrics = dict[str, jax.Array]
+
+
+def forward(graphdef: nnx.GraphDef, params: nnx.State, batch: Batch) -> jax.Array:
+    """Logits for a [B, T] batch in the DESIGN.md schema."""
+    model = nnx.merge(graphdef, params)
+    return model(batch["tokens"], positions=batch["positions"], segment_ids=batch["segment_ids"])
+
+
+def loss_sums(graphdef: nnx.GraphDef, params: nnx.State, batch: Batch) -> LossSums:
+    logits = forward(graphdef, params, batch)
+    return next_token_loss_sums(logits, batch["targets"], batch["loss_mask"])
+
+
+def split_microbatches(batch: Batch, num: int) -> Batch:
+    """[B, ...] -> [num, B / num, ...], keeping each micro-batch spread over all devices.
+
+    Row i goes to micro-batch i % num: a plain reshape would give micro-batch j the
+    j-th contiguous block, which lives on a subset of the data-parallel devices.
+    """
+
+    def split(x):
+        rows = x.shape[0] // num
+        x = x.reshape(rows, num, *x.shape[1:]).swapaxes(0, 1)
+        return constrain(x, None, "act_batch", *([None] * (x.ndim - 2)))
+
+    return jax.tree.map(split, batch)
+
+
+def accumulated_grads(
+    graphdef: nnx.GraphDef, params: nnx.State, batch: Batch, *, grad_accum: int, z_loss: float
+) -> tuple[LossSums, nnx.State]:
+    """Summed loss terms and the gradient of their (unnormalised) sum."""
+
+    def objective(p, b):
+        sums = loss_sums(graphdef, p, b)
+        return sums.nll + z_loss * sums.z, sums
+
+    grad_fn = jax.grad(objective, has_aux=True)
+    if grad_accum == 1:
+        grads, sums = grad_fn(params, batch)
+        return sums, grads
+
+    def micro(carry, b):
+        sums_acc, grads_acc = carry
+        grads, sums = grad_fn(params, b)
+        return (
+            jax.tree.map(jnp.add, sums_acc, sums),
+            jax.tree.map(jnp.add, grads_acc, grads),
+        ), None
+
+    zeros = (
+        LossSums(*(jnp.zeros((), jnp.float32) for _ in LossSums._fields)),
+        jax.tree.map(jnp.zeros_like, params),
+    )
+    (sums, grads), _ = jax.lax.scan(micro, zeros, split_microbatches(batch, grad_accum))
+    return sums, grads
+
+
+def make_lm_step(
+    graphdef: nnx.GraphDef,
+    optimizer: optax.GradientTransformation,
+    schedule: optax.Schedule,
+    *,
+    grad_accum: int = 1,
+    z_loss: float = 0.0,
+) -> Callable[[TrainState, Batch], tuple[TrainState, Metrics]]:
+    """Build the pure next-token train step (pretraining and SFT)."""
+
+    def lm_step(state: TrainState, batch: Batch) -> tuple[TrainState, Metrics]:
+        sums, grads = accumulated_grads(
+            graphdef, state.params, batch, grad_accum=grad_accum, z_loss=z_loss
+        )
+        denom = jnp.maximum(sums.num_tokens, 1.0)
+        grads = jax.tree.map(lambda g: g / denom, grads)
+        grad_norm = optax.global_norm(grads)
+        loss = safe_mean(sums.nll, sums.num_tokens)
+        finite = jnp.isfinite(loss) & jnp.isfinite(grad_norm) & jnp.isfinite(sums.z)
+        # Nothing supervised (e.g. an all-padding batch): no update, and say so.
+        has_tokens = sums.num_tokens > 0
+
+        updates, new_opt_state = optimizer.update(grads, state.opt_state, state.params)
+        new_params = optax.apply_updates(state.params, updates)
+        apply = finite & has_tokens
+        keep = lambda new, old: jax.tree.map(lambda n, o: jnp.where(apply, n, o), new, old)  # noqa: E731
+        new_state = TrainState(
+            step=state.step + apply.astype(jnp.int32),
+            params=keep(new_params, state.params),
+            opt_state=keep(new_opt_state, state.opt_state),
+        )
+        metrics = {
+            "loss": loss,
+            "z_loss": safe_mean(sums.z, sums.num_tokens),
+            "grad_norm": grad_norm,
+            "lr": schedule(state.step),
+            "num_tokens": sums.num_tokens,
+            "finite": finite.astype(jnp.int32),
+            "skipped_empty": (~has_tokens).astype(jnp.int32),
+        }
+        return new_state, metrics
+
+    return lm_step
+
+
+def make_eval_step(graphdef: nnx.GraphDef) -> Callable[..., Metrics]:
+    """Summed nats, supervised tokens and the UTF-8 bytes those tokens decode to.
+
+    Bits per byte = nats / ln 2 / bytes, with bytes taken from the tokenizer's
+    per-piece byte lengths (`token_bytes`, 0 for special tokens such as EOS), so it is
+    comparable across tokenizers and with byte-level compressors such as gzip.
+    """
+
+    def eval_step(params: nnx.State, batch: Batch, token_bytes_V: jax.Array) -> Metrics:
+        sums = loss_sums(graphdef, params, batch)
+        target_bytes_BT = jnp.take(token_bytes_V, batch["targets"], axis=0)
+        mask = batch["loss_mask"].astype(jnp.float32)
+        return {
+            "nll": sums.nll,
+            "num_tokens": sums.num_tokens,
+            "num_bytes": jnp.sum(target_bytes_BT.astype(jnp.float32) * mask),
+        }
+
+    return eval_step
+
+
+def jit_train_step(step_fn, state_shardings: TrainState, mesh: Mesh):
+    """The train step compiled with explicit in/out shardings; the state is donated."""
+    return jax.jit(
+        step_fn,
+        in_shardings=(state_shardings, batch_sharding(mesh)),
+        out_shardings=(state_shardings, replicated(mesh)),
+        donate_argnums=(0,),
+    )
+
+
+def jit_eval_step(eval_fn, params_shardings: Any, mesh: Mesh):
+    return jax.jit(
+        eval_fn,
+        in_shardings=(params_shardings, batch_sharding(mesh), replicated(mesh)),
+        out_shardings=replicated(mesh),
+    )
