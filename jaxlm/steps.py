@@ -112,7 +112,7 @@ def make_lm_step(
         updates, new_opt_state = optimizer.update(grads, state.opt_state, state.params)
         new_params = optax.apply_updates(state.params, updates)
         apply = finite & has_tokens
-        keep = lambda new, old: jax.tree.map(lambda n, o: jnp.where(apply, n, o), new, old)  # noqa: E731
+        keep = lambda new, old: jax.tree.map(lambda n, o: jnp.where(apply, n, o), new, old)
         new_state = TrainState(
             step=state.step + apply.astype(jnp.int32),
             params=keep(new_params, state.params),

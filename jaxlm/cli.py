@@ -1,0 +1,122 @@
+"""The `jaxlm` command line.
+
+    jaxlm train EXPERIMENT [--workdir DIR] [--set key=value ...]
+    jaxlm config EXPERIMENT [--set key=value ...]     print the resolved config
+    jaxlm presets                                      list model presets and sizes
+
+EXPERIMENT is a module name under ./experiments (e.g. `quickstart`) or a path to an
+experiment file; an experiment is a module with a docstring and `get_config()`.
+"""
+
+from __future__ import annotations
+
+import argparse
+import difflib
+import importlib.util
+import sys
+from pathlib import Path
+from types import ModuleType
+
+from jaxlm.config import Config, ConfigError, apply_overrides
+
+
+def load_experiment(name: str) -> ModuleType:
+    """Import an experiment by name (./experiments/NAME.py) or by file path."""
+    path = Path(name)
+    if path.suffix != ".py":
+        path = Path.cwd() / "experiments" / f"{name}.py"
+    if not path.is_file():
+        available = sorted(p.stem for p in (Path.cwd() / "experiments").glob("[!_]*.py"))
+        close = difflib.get_close_matches(name, available, n=1)
+        hint = f"; did you mean '{close[0]}'?" if close else ""
+        raise ConfigError(
+            f"no experiment '{name}' (looked for {path}); available: {available}{hint}"
+        )
+    spec = importlib.util.spec_from_file_location(f"experiments.{path.stem}", path)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    if not hasattr(module, "get_config"):
+        raise ConfigError(f"{path}: an experiment must define get_config()")
+    return module
+
+
+def resolve_config(module: ModuleType, overrides: list[str], name: str) -> Config:
+    cfg = module.get_config()
+    if not isinstance(cfg, Config):
+        raise ConfigError(f"{module.__file__}: get_config() must return jaxlm.config.Config")
+    return apply_overrides(cfg, overrides)
+
+
+def print_result(result) -> None:
+    """What a finished run produced, and where it is."""
+    ev = result.final_eval
+    print()
+    print(f"finished {result.steps} steps in {result.wall_seconds:.0f}s")
+    print(f"held-out loss        {ev['loss']:.4f} nats/token")
+    print(
+        f"held-out bits/byte   {ev['bits_per_byte']:.4f}   (gzip -9 on the same bytes: "
+        f"{result.gzip_bits_per_byte:.4f})"
+    )
+    if result.completion:
+        print("greedy completion of the prompt:")
+        print("-" * 60)
+        print(result.completion)
+        print("-" * 60)
+    print("artefacts:")
+    for name, path in result.artefacts.items():
+        print(f"  {name:12s} {path}")
+
+
+def run_experiment(module: ModuleType, argv: list[str] | None = None) -> int:
+    """`python -m experiments.NAME [--workdir DIR] [--set k=v ...]` entry point."""
+    parser = argparse.ArgumentParser(description=(module.__doc__ or "").strip().splitlines()[0])
+    parser.add_argument("--workdir", default=None)
+    parser.add_argument("--set", dest="overrides", action="append", default=[], metavar="K=V")
+    args = parser.parse_args(argv)
+    return _train(module, args.overrides, args.workdir)
+
+
+def _train(module: ModuleType, overrides: list[str], workdir: str | None) -> int:
+    from jaxlm.train import train
+
+    name = Path(module.__file__).stem
+    cfg = resolve_config(module, overrides, name)
+    workdir = Path(workdir or Path("runs") / cfg.name)
+    result = train(cfg, workdir)
+    print_result(result)
+    return 0
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="jaxlm", description=__doc__.splitlines()[0])
+    sub = parser.add_subparsers(dest="command", required=True)
+    p_train = sub.add_parser("train", help="train an experiment")
+    p_train.add_argument("experiment")
+    p_train.add_argument("--workdir", default=None, help="default: runs/<config name>")
+    p_train.add_argument("--set", dest="overrides", action="append", default=[], metavar="K=V")
+    p_cfg = sub.add_parser("config", help="print an experiment's resolved config as JSON")
+    p_cfg.add_argument("experiment")
+    p_cfg.add_argument("--set", dest="overrides", action="append", default=[], metavar="K=V")
+    sub.add_parser("presets", help="list model presets with parameter counts")
+    args = parser.parse_args(argv)
+
+    try:
+        if args.command == "presets":
+            from jaxlm.models import count_params
+            from jaxlm.presets import PRESETS
+
+            for name, model_cfg in PRESETS.items():
+                print(f"{name:14s} {count_params(model_cfg):>15,d} parameters")
+            return 0
+        module = load_experiment(args.experiment)
+        if args.command == "config":
+            print(resolve_config(module, args.overrides, args.experiment).to_json())
+            return 0
+        return _train(module, args.overrides, args.workdir)
+    except (ConfigError, FileNotFoundError) as e:
+        print(f"jaxlm: error: {e}", file=sys.stderr)
+        return 2
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,49 @@
+"""Loss-curve plots from metrics.jsonl files (PNG, no display needed)."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from pathlib import Path
+
+from jaxlm.metrics import read_metrics
+
+
+def plot_loss_curves(
+    metrics_paths: Sequence[Path],
+    out_png: Path,
+    *,
+    labels: Sequence[str] | None = None,
+    x_axis: str = "step",
+) -> Path:
+    """Train loss (lines) and eval loss (markers) of one or more runs on one figure."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    labels = list(labels) if labels else [Path(p).parent.name for p in metrics_paths]
+    fig, ax = plt.subplots(figsize=(7, 4.5), dpi=120)
+    for path, label in zip(metrics_paths, labels, strict=True):
+        records = read_metrics(path)
+        train = [r for r in records if r["split"] == "train" and "loss" in r]
+        evals = [r for r in records if r["split"] == "eval" and "loss" in r]
+        (line,) = ax.plot([r[x_axis] for r in train], [r["loss"] for r in train], label=label)
+        if evals:
+            ax.plot(
+                [r[x_axis] for r in evals],
+                [r["loss"] for r in evals],
+                "o",
+                color=line.get_color(),
+                label=f"{label} (eval)",
+            )
+    ax.set_xlabel(x_axis)
+    ax.set_ylabel("next-token loss (nats)")
+    ax.set_yscale("log")
+    ax.grid(True, which="both", alpha=0.3)
+    ax.legend()
+    fig.tight_layout()
+    out_png = Path(out_png)
+    out_png.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(out_png)
+    plt.close(fig)
+    return out_png

@@ -1,0 +1,399 @@
+"""The host loop: the one impure place that ties data, steps, metrics and checkpoints.
+
+Order of a step: fetch the next host batch (timed as data wait) -> place it on the
+mesh -> dispatch step n -> only then fetch step n-1's metrics. The device always has
+a step queued, so the host never stalls it with a per-step sync.
+
+A non-finite loss or gradient norm stops the run with `NonFiniteError` naming the
+step; the step itself did not apply its update (steps.py), and no checkpoint is
+written after it.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+import jax
+import numpy as np
+
+from jaxlm import distributed
+from jaxlm.checkpoint import Checkpointer, abstract_like, from_jsonable
+from jaxlm.config import Config
+from jaxlm.data.corpus import read_text, stdlib_files
+from jaxlm.data.pipeline import pretrain_dataset
+from jaxlm.data.tokenizer import Tokenizer, train_tokenizer
+from jaxlm.flops import device_peak_flops, flops_per_token, measure_cpu_matmul_flops
+from jaxlm.generate import complete
+from jaxlm.metrics import MetricsWriter, bits_per_byte, gzip_bits_per_byte
+from jaxlm.optim import learning_rate_schedule, make_optimizer
+from jaxlm.plotting import plot_loss_curves
+from jaxlm.sharding import host_batch_to_global, make_mesh, replicated
+from jaxlm.steps import jit_eval_step, jit_train_step, make_eval_step, make_lm_step
+from jaxlm.train_state import abstract_model, create_train_state
+
+
+class NonFiniteError(RuntimeError):
+    """Loss or gradients became NaN/Inf; the message names the step."""
+
+
+@dataclasses.dataclass
+class RunResult:
+    """What a finished run produced, for the CLI to print and tests to check."""
+
+    workdir: Path
+    steps: int
+    final_eval: dict[str, float]
+    artefacts: dict[str, Path]
+    gzip_bits_per_byte: float = float("nan")
+    completion: str = ""
+    wall_seconds: float = 0.0
+    train_losses: list[float] = dataclasses.field(default_factory=list)
+
+
+def log(msg: str) -> None:
+    if jax.process_index() == 0:
+        print(msg, flush=True)
+
+
+# ---------------------------------------------------------------------------- data
+
+
+def ensure_tokenizer(cfg: Config, workdir: Path) -> Tokenizer:
+    """Load the configured tokenizer, or train one on the corpus into the workdir."""
+    if cfg.data.tokenizer:
+        return Tokenizer.load(Path(cfg.data.tokenizer))
+    prefix = workdir / "tokenizer"
+    model_path = prefix.with_suffix(".model")
+    if not model_path.exists():
+        if jax.process_index() == 0:
+            log(f"training a {cfg.data.tokenizer_vocab_size}-piece tokenizer -> {model_path}")
+            t0 = time.perf_counter()
+            files = stdlib_files("train", val_fraction=cfg.data.val_fraction)
+            texts = (read_text(p) for p in files)
+            train_tokenizer(
+                texts,
+                prefix,
+                vocab_size=cfg.data.tokenizer_vocab_size,
+                max_chars=cfg.data.tokenizer_max_chars,
+                seed=cfg.data.seed,
+            )
+            log(f"tokenizer trained in {time.perf_counter() - t0:.1f}s")
+        _barrier("tokenizer")
+    tokenizer = Tokenizer.load(model_path)
+    if tokenizer.vocab_size != cfg.model.vocab_size:
+        raise ValueError(
+            f"{model_path}: tokenizer has {tokenizer.vocab_size} pieces but model.vocab_size="
+            f"{cfg.model.vocab_size}"
+        )
+    return tokenizer
+
+
+def _barrier(name: str) -> None:
+    if jax.process_count() > 1:
+        from jax.experimental import multihost_utils
+
+        multihost_utils.sync_global_devices(name)
+
+
+def _validation_files(cfg: Config) -> list[Path]:
+    files = stdlib_files("validation", val_fraction=cfg.data.val_fraction)
+    return files[: cfg.data.eval_max_docs] if cfg.data.eval_max_docs else files
+
+
+def _local_batch_size(cfg: Config) -> int:
+    n = jax.process_count()
+    if cfg.data.batch_size % n:
+        raise ValueError(f"data.batch_size={cfg.data.batch_size} is not divisible by {n} processes")
+    return cfg.data.batch_size // n
+
+
+def eval_batches(cfg: Config, tokenizer: Tokenizer) -> list[dict[str, np.ndarray]]:
+    """Every validation document once, in fixed order; equal batch counts on all hosts."""
+    ds = pretrain_dataset(
+        _validation_files(cfg),
+        tokenizer,
+        seq_len=cfg.data.seq_len,
+        batch_size=_local_batch_size(cfg),
+        packer=cfg.data.packer,
+        seed=cfg.data.seed,
+        shuffle=False,
+        repeat=False,
+        process_index=jax.process_index(),
+        process_count=jax.process_count(),
+    )
+    batches = list(ds)
+    count = len(batches)
+    if jax.process_count() > 1:
+        from jax.experimental import multihost_utils
+
+        count = int(np.max(multihost_utils.process_allgather(np.int32(count))))
+    if not batches and count == 0:
+        raise ValueError("the validation split produced no batches")
+    template = batches[0] if batches else None
+    while len(batches) < count:  # all-padding batches carry no loss
+        batches.append({k: np.zeros_like(v) for k, v in template.items()})
+    return batches
+
+
+# ------------------------------------------------------------------------- helpers
+
+
+def _peak_flops_total(cfg: Config) -> tuple[float, str]:
+    """Peak FLOP/s of all devices together, and where the figure came from."""
+    n = jax.device_count()
+    if cfg.train.peak_flops > 0:
+        return cfg.train.peak_flops * n, "train.peak_flops"
+    peak = device_peak_flops()
+    if peak:
+        return peak * n, f"{jax.devices()[0].device_kind} spec"
+    if jax.default_backend() == "cpu":
+        # Fake CPU devices share the same cores: the machine's peak is what counts.
+        return measure_cpu_matmul_flops(), "measured CPU fp32 matmul"
+    return float("nan"), "unknown"
+
+
+def _check_finite(step: int, m: dict[str, Any], last_ckpt: int | None) -> None:
+    if int(m["finite"]):
+        return
+    saved = f"last checkpoint: step {last_ckpt}" if last_ckpt is not None else "no checkpoint"
+    raise NonFiniteError(
+        f"non-finite loss or gradient at step {step} (loss={float(m['loss'])}, "
+        f"grad_norm={float(m['grad_norm'])}); the update was not applied; {saved}"
+    )
+
+
+def _progress(total: int, start: int, enabled: bool):
+    if not enabled or jax.process_index() != 0:
+        return None
+    from tqdm import tqdm
+
+    return tqdm(total=total, initial=start, unit="step", dynamic_ncols=True, file=sys.stderr)
+
+
+# ---------------------------------------------------------------------------- loop
+
+
+def train(cfg: Config, workdir: Path | str) -> RunResult:
+    """Pretrain (or continue) `cfg` in `workdir`; returns the final evaluation."""
+    t_start = time.perf_counter()
+    distributed.maybe_initialize()
+    workdir = Path(workdir).absolute()
+    workdir.mkdir(parents=True, exist_ok=True)
+    if jax.process_index() == 0:
+        (workdir / "config.json").write_text(cfg.to_json() + "\n", encoding="utf-8")
+
+    mesh = make_mesh((cfg.mesh.data, cfg.mesh.fsdp, cfg.mesh.tensor))
+    log(f"mesh {dict(mesh.shape)} over {jax.device_count()} {jax.default_backend()} devices")
+    tokenizer = ensure_tokenizer(cfg, workdir)
+    token_bytes = jax.device_put(tokenizer.token_bytes(), replicated(mesh))
+
+    total_steps = cfg.train.steps
+    schedule = learning_rate_schedule(cfg.optim, total_steps)
+    optimizer = make_optimizer(cfg.optim, total_steps)
+    state, state_shardings = create_train_state(
+        cfg.model, optimizer, mesh, jax.random.key(cfg.train.seed)
+    )
+    graphdef, _ = abstract_model(cfg.model)
+    train_step = jit_train_step(
+        make_lm_step(
+            graphdef,
+            optimizer,
+            schedule,
+            grad_accum=cfg.optim.grad_accum,
+            z_loss=cfg.optim.z_loss,
+        ),
+        state_shardings,
+        mesh,
+    )
+    eval_step = jit_eval_step(make_eval_step(graphdef), state_shardings.params, mesh)
+
+    train_ds = pretrain_dataset(
+        stdlib_files("train", val_fraction=cfg.data.val_fraction),
+        tokenizer,
+        seq_len=cfg.data.seq_len,
+        batch_size=_local_batch_size(cfg),
+        packer=cfg.data.packer,
+        seed=cfg.data.seed,
+        process_index=jax.process_index(),
+        process_count=jax.process_count(),
+    )
+    train_iter = iter(train_ds)
+
+    checkpointer = Checkpointer(workdir / "checkpoints")
+    start_step = 0
+    latest = checkpointer.latest_step()
+    if latest is not None:
+        target = abstract_like(state_shardings, jax.eval_shape(lambda s: s, state))
+        state, data_state, saved_cfg = checkpointer.restore(latest, target)
+        if saved_cfg != cfg.to_dict():
+            raise ValueError(
+                f"{checkpointer.directory}/{latest}: saved config differs from this run's; "
+                "use a new --workdir to start over"
+            )
+        train_iter.set_state(from_jsonable(data_state))
+        start_step = latest
+        log(f"resumed from {checkpointer.directory}/{latest}")
+
+    writer = MetricsWriter(workdir, enabled=jax.process_index() == 0)
+    val_batches = eval_batches(cfg, tokenizer)
+    tokens_per_step = cfg.data.batch_size * cfg.data.seq_len
+    flops_tok = flops_per_token(cfg.model, cfg.data.seq_len)
+    peak, peak_source = _peak_flops_total(cfg)
+    log(
+        f"{tokens_per_step} tokens/step; MFU counts {flops_tok / 1e6:.1f} MFLOP/token "
+        f"(6N + 12·L·T·d) against {peak / 1e12:.3f} TFLOP/s ({peak_source})"
+    )
+
+    def run_eval(step: int) -> dict[str, float]:
+        sums = {"nll": 0.0, "num_tokens": 0.0, "num_bytes": 0.0}
+        with jax.set_mesh(mesh):
+            results = [
+                eval_step(state.params, host_batch_to_global(b, mesh), token_bytes)
+                for b in val_batches
+            ]
+        for r in jax.device_get(results):
+            for k in sums:
+                sums[k] += float(r[k])
+        out = {
+            "loss": sums["nll"] / max(sums["num_tokens"], 1.0),
+            "bits_per_byte": bits_per_byte(sums["nll"], sums["num_bytes"]),
+            "tokens": sums["num_tokens"],
+            "bytes": sums["num_bytes"],
+        }
+        writer.write(step, "eval", out)
+        return out
+
+    bar = _progress(total_steps, start_step, cfg.train.progress_bar)
+    pending = None
+    last_time = time.perf_counter()
+    window: dict[str, list[float]] = {"loss": [], "time": [], "data": []}
+    totals = {"step_s": 0.0}
+    train_losses: list[float] = []
+    last_ckpt = latest
+    ckpt_block = 0.0
+    final_eval = None
+
+    def report(step: int, metrics, data_wait: float, real_frac: float) -> None:
+        nonlocal last_time
+        m = jax.device_get(metrics)
+        now = time.perf_counter()
+        step_time, last_time = now - last_time, now
+        _check_finite(step, m, last_ckpt)
+        loss = float(m["loss"])
+        train_losses.append(loss)
+        window["loss"].append(loss)
+        window["time"].append(step_time)
+        totals["step_s"] += step_time
+        window["data"].append(data_wait)
+        tok_s = tokens_per_step / step_time
+        mfu = flops_tok * tok_s / peak
+        if bar is not None:
+            bar.update(1)
+            bar.set_postfix(loss=f"{loss:.3f}", tok_s=f"{tok_s:,.0f}", mfu=f"{mfu:.1%}")
+        if (step + 1) % cfg.train.log_every == 0 or step + 1 == total_steps:
+            mean_time = float(np.mean(window["time"]))
+            writer.write(
+                step + 1,
+                "train",
+                {
+                    "loss": float(np.mean(window["loss"])),
+                    "grad_norm": float(m["grad_norm"]),
+                    "lr": float(m["lr"]),
+                    "step_time_s": mean_time,
+                    "data_wait_s": float(np.mean(window["data"])),
+                    "tokens_per_s": tokens_per_step / mean_time,
+                    "mfu": flops_tok * tokens_per_step / mean_time / peak,
+                    "real_token_fraction": real_frac,
+                    "skipped_empty": int(m["skipped_empty"]),
+                },
+            )
+            for v in window.values():
+                v.clear()
+
+    for step in range(start_step, total_steps):
+        t0 = time.perf_counter()
+        host_batch = next(train_iter)
+        data_wait = time.perf_counter() - t0
+        real_frac = float(np.mean(host_batch["segment_ids"] != 0))
+        with jax.set_mesh(mesh):
+            state, metrics = train_step(state, host_batch_to_global(host_batch, mesh))
+        if pending is not None:
+            report(*pending)
+        pending = (step, metrics, data_wait, real_frac)
+
+        done = step + 1
+        is_last = done == total_steps
+        if (cfg.train.eval_every and done % cfg.train.eval_every == 0) or is_last:
+            report(*pending)
+            pending = None
+            ev = final_eval = run_eval(done)
+            log(f"step {done}: eval loss {ev['loss']:.4f}, {ev['bits_per_byte']:.4f} bits/byte")
+            last_time = time.perf_counter()  # eval time is not step time
+        every = cfg.train.checkpoint_every
+        if (every and done % every == 0) or is_last:
+            if pending is not None:
+                report(*pending)
+                pending = None
+            t0 = time.perf_counter()
+            checkpointer.save(done, state, train_iter.get_state(), cfg.to_json())
+            blocked = time.perf_counter() - t0
+            ckpt_block += blocked
+            writer.write(done, "checkpoint", {"blocking_s": blocked})
+            last_ckpt = done
+            last_time = time.perf_counter()
+    if pending is not None:
+        report(*pending)
+    if bar is not None:
+        bar.close()
+    checkpointer.wait()
+    checkpointer.close()
+
+    if final_eval is None:  # resumed at the last step: nothing ran, evaluate anyway
+        final_eval = run_eval(total_steps)
+    result = RunResult(
+        workdir=workdir,
+        steps=total_steps,
+        final_eval=final_eval,
+        artefacts={
+            "config": workdir / "config.json",
+            "tokenizer": tokenizer.path,
+            "metrics": writer.path,
+            "tensorboard": writer.tensorboard_dir,
+            "checkpoints": checkpointer.directory,
+        },
+        train_losses=train_losses,
+    )
+    result.gzip_bits_per_byte, _ = gzip_bits_per_byte(read_text(p) for p in _validation_files(cfg))
+    if jax.process_index() == 0:
+        png = workdir / "loss_curve.png"
+        plot_loss_curves([writer.path], png, labels=[cfg.name])
+        result.artefacts["loss_curve"] = png
+    if cfg.train.generate_prompt:
+        ids = complete(
+            graphdef,
+            state.params,
+            [tokenizer.bos_id, *tokenizer.encode(cfg.train.generate_prompt)],
+            max_new_tokens=cfg.train.generate_tokens,
+            buffer_len=cfg.data.seq_len,
+            stop_id=tokenizer.eos_id,
+        )
+        result.completion = tokenizer.decode(ids)
+    wall = time.perf_counter() - t_start
+    result.wall_seconds = wall
+    writer.write(
+        total_steps,
+        "summary",
+        {
+            "wall_s": wall,
+            "productive_step_s": totals["step_s"],
+            "checkpoint_blocking_s": ckpt_block,
+            "gzip_bits_per_byte": result.gzip_bits_per_byte,
+            **{f"eval_{k}": v for k, v in final_eval.items()},
+        },
+    )
+    writer.close()
+    return result
