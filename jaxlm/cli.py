@@ -73,7 +73,11 @@ def run_experiment(module: ModuleType, argv: list[str] | None = None) -> int:
     parser.add_argument("--workdir", default=None)
     parser.add_argument("--set", dest="overrides", action="append", default=[], metavar="K=V")
     args = parser.parse_args(argv)
-    return _train(module, args.overrides, args.workdir)
+    try:
+        return _train(module, args.overrides, args.workdir)
+    except (ConfigError, FileNotFoundError) as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
 
 
 def _train(module: ModuleType, overrides: list[str], workdir: str | None) -> int:

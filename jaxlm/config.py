@@ -273,39 +273,38 @@ def _check_type(key: str, value: Any, tp: Any) -> Any:
     return value
 
 
-def override(cfg: Any, key: str, value: Any, _prefix: str = "") -> Any:
-    """Return a copy of `cfg` with the dotted `key` set; `value` may be a string to parse."""
-    head, _, rest = key.partition(".")
-    types_ = _field_types(type(cfg))
-    full = f"{_prefix}{head}"
-    if head not in types_:
-        raise _unknown_key(f"{_prefix}{key}")
-    tp = types_[head]
-    if dataclasses.is_dataclass(tp):
-        if not rest:
-            raise ConfigError(f"'{full}' is a section; set one of its keys, e.g. '{full}.…'")
-        new_value = override(getattr(cfg, head), rest, value, f"{full}.")
-    else:
-        if rest:
-            raise _unknown_key(f"{_prefix}{key}")
-        new_value = parse_value(full, value, tp) if isinstance(value, str) else value
-        new_value = _check_type(full, new_value, tp)
-    try:
-        return dataclasses.replace(cfg, **{head: new_value})
-    except ConfigError:
-        raise
-    except TypeError as e:
-        raise ConfigError(f"{full}: {e}") from None
-
-
 def apply_overrides(cfg: Config, assignments: list[str]) -> Config:
-    """Apply `key=value` strings in order (what `--set` collects)."""
+    """Apply `key=value` strings (what `--set` collects), validating once at the end.
+
+    Values are type checked one by one, but cross-field checks run on the final
+    config, so `model.n_heads=2 model.n_kv_heads=1` works in either order.
+    """
+    data = cfg.to_dict()
     for item in assignments:
         key, sep, value = item.partition("=")
+        key, value = key.strip(), value.strip()
         if not sep or not key:
             raise ConfigError(f"override {item!r} is not of the form key=value")
-        cfg = override(cfg, key.strip(), value.strip())
-    return cfg
+        _set_in_dict(data, key, value)
+    return config_from_dict(data)
+
+
+def _set_in_dict(data: dict[str, Any], key: str, text: str) -> None:
+    cls, node, parts = Config, data, key.split(".")
+    for i, part in enumerate(parts):
+        types_ = _field_types(cls)
+        if part not in types_:
+            raise _unknown_key(key)
+        tp = types_[part]
+        here = ".".join(parts[: i + 1])
+        if dataclasses.is_dataclass(tp):
+            if i == len(parts) - 1:
+                raise ConfigError(f"'{here}' is a section; set one of its keys, e.g. '{here}.…'")
+            cls, node = tp, node[part]
+        elif i != len(parts) - 1:
+            raise _unknown_key(key)
+        else:
+            node[part] = parse_value(key, text, tp)
 
 
 def config_from_dict(data: dict[str, Any], cls=Config, _prefix: str = "") -> Any:

@@ -164,10 +164,7 @@ class Transformer(nnx.Module):
         x_BTD = run_layers(cfg, self.layers.arrays(), x_BTD, positions, segment_ids)
         x_BTD = rms_norm(x_BTD, self.final_norm[...], cfg.norm_eps)
 
-        if cfg.tie_embeddings:
-            unembed_DV = self.embed[...].T
-        else:
-            unembed_DV = self.unembed[...]
+        unembed_DV = self.embed[...].T if cfg.tie_embeddings else self.unembed[...]
         logits_BTV = jnp.einsum(
             "BTD,DV->BTV",
             x_BTD,

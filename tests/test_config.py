@@ -1,0 +1,81 @@
+"""Config overrides: typed parsing, unknown keys with suggestions, cross-field checks."""
+
+import dataclasses
+import json
+
+import pytest
+
+from jaxlm.config import Config, ConfigError, apply_overrides, config_from_dict
+
+
+def test_override_parses_each_type():
+    cfg = apply_overrides(
+        Config(),
+        [
+            "optim.lr=1e-4",
+            "train.steps=12",
+            "model.qk_norm=true",
+            "model.attention_impl=naive",
+            "name=abc",
+        ],
+    )
+    assert cfg.optim.lr == 1e-4 and isinstance(cfg.optim.lr, float)
+    assert cfg.train.steps == 12 and isinstance(cfg.train.steps, int)
+    assert cfg.model.qk_norm is True
+    assert cfg.model.attention_impl == "naive"
+    assert cfg.name == "abc"
+    # the original is frozen and untouched
+    assert Config().optim.lr != 1e-4
+    with pytest.raises(dataclasses.FrozenInstanceError):
+        cfg.name = "x"
+
+
+def test_unknown_key_names_closest_valid_key():
+    with pytest.raises(ConfigError, match=r"unknown config key 'optim\.lrr'.*'optim\.lr'"):
+        apply_overrides(Config(), ["optim.lrr=1"])
+    with pytest.raises(ConfigError, match=r"'modle\.d_model'.*'model\.d_model'"):
+        apply_overrides(Config(), ["modle.d_model=8"])
+
+
+@pytest.mark.parametrize(
+    ("item", "message"),
+    [
+        ("train.steps=ten", r"train\.steps='ten' is not an integer"),
+        ("optim.lr=fast", r"optim\.lr='fast' is not a number"),
+        ("model.qk_norm=maybe", r"model\.qk_norm='maybe' is not a boolean"),
+        ("model.remat=some", r"model\.remat='some' is not one of"),
+        ("optim=3", r"'optim' is a section"),
+        ("train.steps", r"not of the form key=value"),
+    ],
+)
+def test_bad_values_name_the_key(item, message):
+    with pytest.raises(ConfigError, match=message):
+        apply_overrides(Config(), [item])
+
+
+def test_cross_field_validation_names_both_keys():
+    with pytest.raises(ConfigError, match=r"model\.n_heads=6.*model\.n_kv_heads=4"):
+        apply_overrides(Config(), ["model.n_heads=6"])
+    with pytest.raises(ConfigError, match=r"data\.seq_len=512 exceeds model\.max_seq_len=256"):
+        apply_overrides(Config(), ["data.seq_len=512"])
+    with pytest.raises(ConfigError, match=r"train\.steps=0 must be positive"):
+        apply_overrides(Config(), ["train.steps=0"])
+
+
+def test_json_round_trip_and_type_check():
+    cfg = apply_overrides(Config(), ["optim.lr=0.5", "model.n_layers=2"])
+    data = json.loads(cfg.to_json())
+    assert config_from_dict(data) == cfg
+    data["model"]["n_layers"] = "2"
+    with pytest.raises(ConfigError, match=r"model\.n_layers='2' should be int"):
+        config_from_dict(data)
+    data["model"]["n_layers"] = 2
+    data["model"]["n_layayers"] = 2
+    with pytest.raises(ConfigError, match=r"model\.n_layayers.*model\.n_layers"):
+        config_from_dict(data)
+
+
+def test_overrides_are_validated_together_in_any_order():
+    a = apply_overrides(Config(), ["model.n_heads=2", "model.n_kv_heads=1"])
+    b = apply_overrides(Config(), ["model.n_kv_heads=1", "model.n_heads=2"])
+    assert a == b and a.model.n_heads == 2 and a.model.n_kv_heads == 1
