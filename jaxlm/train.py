@@ -24,6 +24,7 @@ from jaxlm import distributed
 from jaxlm.checkpoint import Checkpointer, abstract_like, from_jsonable
 from jaxlm.config import Config
 from jaxlm.data.corpus import read_text, stdlib_files
+from jaxlm.data.packing import padding_batch
 from jaxlm.data.pipeline import pretrain_dataset
 from jaxlm.data.tokenizer import Tokenizer, train_tokenizer
 from jaxlm.flops import device_peak_flops, flops_per_token, measure_cpu_matmul_flops
@@ -131,11 +132,10 @@ def eval_batches(cfg: Config, tokenizer: Tokenizer) -> list[dict[str, np.ndarray
         from jax.experimental import multihost_utils
 
         count = int(np.max(multihost_utils.process_allgather(np.int32(count))))
-    if not batches and count == 0:
+    if count == 0:
         raise ValueError("the validation split produced no batches")
-    template = batches[0] if batches else None
     while len(batches) < count:  # all-padding batches carry no loss
-        batches.append({k: np.zeros_like(v) for k, v in template.items()})
+        batches.append(padding_batch(_local_batch_size(cfg), cfg.data.seq_len, tokenizer.pad_id))
     return batches
 
 

@@ -14,7 +14,7 @@ import sys
 
 os.environ["JAX_PLATFORMS"] = "cpu"
 
-import jax  # noqa: E402
+import jax
 
 jax.config.update("jax_num_cpu_devices", 4 if sys.argv[2] == "1" else 2)
 

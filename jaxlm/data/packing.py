@@ -1,0 +1,233 @@
+"""Documents to packed, fixed-shape batches: the stages between tokenizer and train step.
+
+Batch schema (numpy int32, every array [B, T]):
+
+    tokens       token ids; PAD_ID on padding
+    targets      the next token of the same segment, 0 where there is none
+    loss_mask    1 exactly where `targets` holds a real next token
+    segment_ids  1, 2, ... per packed piece within a row; 0 = padding
+    positions    position within the piece, 0 at every piece start and on padding
+
+A document is `[BOS] + encode(text) + [EOS]`. Documents longer than T are cut into
+pieces of at most T tokens before packing; every piece is its own segment (positions
+restart), so attention never crosses a piece boundary. Grain's packers place pieces
+into rows; targets and the mask are derived only after packing, from `segment_ids`,
+so the last token of every segment is never trained to predict its neighbour.
+"""
+
+import functools
+import sys
+from collections.abc import Sequence
+from typing import Literal, Protocol
+
+import grain
+import numpy as np
+
+PackerName = Literal["first_fit", "best_fit", "concat_then_split"]
+PACKERS: tuple[str, ...] = ("first_fit", "best_fit", "concat_then_split")
+BATCH_KEYS = ("tokens", "targets", "loss_mask", "segment_ids", "positions")
+
+Row = dict[str, np.ndarray]
+Batch = dict[str, np.ndarray]
+
+
+class TextEncoder(Protocol):
+    """What packing needs from a tokenizer (jaxlm.data.tokenizer.Tokenizer has it)."""
+
+    bos_id: int
+    eos_id: int
+    pad_id: int
+
+    def encode(self, text: str) -> list[int]: ...
+
+
+def document_tokens(text: str, tokenizer: TextEncoder) -> np.ndarray:
+    """`[BOS] + encode(text) + [EOS]` as int32."""
+    ids = tokenizer.encode(text)
+    tokens = np.empty(len(ids) + 2, dtype=np.int32)
+    tokens[0] = tokenizer.bos_id
+    tokens[1:-1] = ids
+    tokens[-1] = tokenizer.eos_id
+    return tokens
+
+
+def split_long_document(tokens: np.ndarray, max_len: int) -> list[np.ndarray]:
+    """Cuts `tokens` into consecutive pieces of at most `max_len` tokens."""
+    if max_len <= 0:
+        raise ValueError(f"max_len must be positive, got {max_len}")
+    return [tokens[start : start + max_len] for start in range(0, len(tokens), max_len)]
+
+
+class SplitLongDocuments(grain.experimental.FlatMapTransform):
+    """Grain flat-map stage: one `{"tokens"}` document to pieces that fit in a row."""
+
+    def __init__(self, seq_len: int):
+        self.seq_len = seq_len
+        # Only MapDataset flat-maps use max_fan_out (to index outputs); the IterDataset
+        # flat-map used here accepts any number of pieces, as a long document needs.
+        self.max_fan_out = sys.maxsize
+
+    def flat_map(self, element: Row) -> list[Row]:
+        return [{"tokens": piece} for piece in split_long_document(element["tokens"], self.seq_len)]
+
+
+def packed_batches(
+    documents: grain.IterDataset,
+    *,
+    seq_len: int,
+    batch_size: int,
+    packer: PackerName = "first_fit",
+    pad_id: int = 0,
+    num_packing_bins: int | None = None,
+    seed: int = 0,
+    shuffle_bins: bool = True,
+) -> grain.IterDataset:
+    """Documents `{"tokens": [BOS, ..., EOS]}` -> batches of the schema above.
+
+    Chains the stages below: split long documents -> pack -> batch -> targets and mask.
+    `num_packing_bins` (first_fit / best_fit) defaults to `batch_size`.
+    """
+    pieces = split_long_documents(documents, seq_len)
+    rows = pack_pieces(
+        pieces,
+        packer=packer,
+        seq_len=seq_len,
+        num_packing_bins=num_packing_bins or batch_size,
+        pad_id=pad_id,
+        seed=seed,
+        shuffle_bins=shuffle_bins,
+    )
+    return batch_rows(rows, batch_size=batch_size, pad_id=pad_id)
+
+
+def split_long_documents(documents: grain.IterDataset, seq_len: int) -> grain.IterDataset:
+    """Stage: documents -> pieces of at most `seq_len` tokens."""
+    return grain.experimental.FlatMapIterDataset(documents, SplitLongDocuments(seq_len))
+
+
+def pack_pieces(
+    pieces: grain.IterDataset,
+    *,
+    packer: PackerName,
+    seq_len: int,
+    num_packing_bins: int,
+    pad_id: int,
+    seed: int = 0,
+    shuffle_bins: bool = True,
+) -> grain.IterDataset:
+    """Stage: pieces -> rows `{"tokens", "segment_ids", "positions"}` of length `seq_len`.
+
+    first_fit / best_fit fill `num_packing_bins` rows at a time and pad what is left;
+    concat_then_split fills rows completely, cutting a piece across two rows (the
+    second part then starts a new segment at position 0).
+    """
+    length_struct = {"tokens": seq_len}
+    if packer == "first_fit":
+        packed = grain.experimental.FirstFitPackIterDataset(
+            pieces,
+            length_struct=length_struct,
+            num_packing_bins=num_packing_bins,
+            seed=seed,
+            shuffle_bins=shuffle_bins,
+        )
+    elif packer == "best_fit":
+        packed = grain.experimental.BestFitPackIterDataset(
+            pieces,
+            length_struct=length_struct,
+            num_packing_bins=num_packing_bins,
+            seed=seed,
+            shuffle_bins=shuffle_bins,
+        )
+    elif packer == "concat_then_split":
+        packed = grain.experimental.ConcatThenSplitIterDataset(pieces, length_struct=length_struct)
+        packed = RestoreSliceTuples(packed)
+    else:
+        raise ValueError(f"unknown packer {packer!r}; choose one of {PACKERS}")
+    return packed.map(functools.partial(packed_row, pad_id=pad_id))
+
+
+class RestoreSliceTuples(grain.IterDataset):
+    """Makes ConcatThenSplit state survive a JSON round trip (as Grain's checkpointing does).
+
+    Grain 0.2.18's ConcatThenSplit iterator tests `slice != (-1, -1)` to know whether it
+    holds a remainder; after JSON the slice is a list, so a restored iterator without a
+    remainder would invent an empty one and drop a document. Turning the lists back
+    into tuples on `set_state` fixes that and changes nothing else.
+    """
+
+    def __iter__(self) -> grain.DatasetIterator:
+        return _RestoreSliceTuplesIterator(self._parent.__iter__())
+
+
+class _RestoreSliceTuplesIterator(grain.DatasetIterator):
+    def __next__(self):
+        return next(self._parent)
+
+    def get_state(self) -> dict:
+        return self._parent.get_state()
+
+    def set_state(self, state: dict) -> None:
+        slices = state["remainder_slices"]
+        state = {**state, "remainder_slices": {key: tuple(sl) for key, sl in slices.items()}}
+        self._parent.set_state(state)
+
+
+def packed_row(element: Row, *, pad_id: int) -> Row:
+    """Renames Grain's packed features to the batch schema and writes PAD_ID on padding."""
+    segment_ids = element["tokens_segment_ids"].astype(np.int32)
+    # Grain pads with zeros whatever the packer; the schema promises pad_id.
+    tokens = np.where(segment_ids == 0, pad_id, element["tokens"]).astype(np.int32)
+    return {
+        "tokens": tokens,
+        "segment_ids": segment_ids,
+        "positions": element["tokens_positions"].astype(np.int32),
+    }
+
+
+def stack_rows(rows: Sequence[Row], *, batch_size: int, pad_id: int) -> Row:
+    """Stacks packed rows; a short final batch is filled with all-padding rows."""
+    batch = {key: np.stack([row[key] for row in rows]) for key in rows[0]}
+    missing = batch_size - len(rows)
+    if missing > 0:
+        seq_len = batch["tokens"].shape[1]
+        filler = padding_rows(missing, seq_len, pad_id=pad_id)
+        batch = {key: np.concatenate([value, filler[key]]) for key, value in batch.items()}
+    return batch
+
+
+def padding_rows(num_rows: int, seq_len: int, *, pad_id: int) -> Row:
+    """Rows with no real token: tokens PAD_ID, segment 0, position 0."""
+    return {
+        "tokens": np.full((num_rows, seq_len), pad_id, dtype=np.int32),
+        "segment_ids": np.zeros((num_rows, seq_len), dtype=np.int32),
+        "positions": np.zeros((num_rows, seq_len), dtype=np.int32),
+    }
+
+
+def padding_batch(batch_size: int, seq_len: int, *, pad_id: int = 0) -> Batch:
+    """A full batch with no real token (loss_mask all 0), e.g. to keep hosts in step."""
+    return add_targets_and_mask(padding_rows(batch_size, seq_len, pad_id=pad_id))
+
+
+def add_targets_and_mask(rows: Row) -> Batch:
+    """Adds `targets` and `loss_mask`: the next token wherever it is in the same segment."""
+    tokens, segment_ids = rows["tokens"], rows["segment_ids"]
+    has_next = (segment_ids[:, 1:] == segment_ids[:, :-1]) & (segment_ids[:, :-1] != 0)
+    loss_mask = np.zeros_like(segment_ids, dtype=np.int32)
+    loss_mask[:, :-1] = has_next
+    targets = np.zeros_like(tokens, dtype=np.int32)
+    targets[:, :-1] = np.where(has_next, tokens[:, 1:], 0)
+    return {**rows, "targets": targets, "loss_mask": loss_mask}
+
+
+def batch_rows(rows: grain.IterDataset, *, batch_size: int, pad_id: int) -> grain.IterDataset:
+    """Stage: packed rows -> full batches of the schema (last one padded, never dropped)."""
+    batches = rows.batch(
+        batch_size, batch_fn=functools.partial(stack_rows, batch_size=batch_size, pad_id=pad_id)
+    )
+    return batches.map(add_targets_and_mask)
+
+
+def real_token_fraction(batch: Batch) -> float:
+    """Share of positions that hold a real token (segment_ids != 0)."""
+    return float(np.mean(batch["segment_ids"] != 0))
