@@ -135,7 +135,9 @@ def eval_batches(cfg: Config, tokenizer: Tokenizer) -> list[dict[str, np.ndarray
     if count == 0:
         raise ValueError("the validation split produced no batches")
     while len(batches) < count:  # all-padding batches carry no loss
-        batches.append(padding_batch(_local_batch_size(cfg), cfg.data.seq_len, pad_id=tokenizer.pad_id))
+        batches.append(
+            padding_batch(_local_batch_size(cfg), cfg.data.seq_len, pad_id=tokenizer.pad_id)
+        )
     return batches
 
 
