@@ -66,11 +66,7 @@ class Layers(nnx.Module):
 
     def arrays(self) -> dict[str, jax.Array]:
         """The stacked weights as a dict of plain arrays (what `scan` iterates over)."""
-        return {
-            name: var[...]
-            for name, var in vars(self).items()
-            if isinstance(var, nnx.Param)
-        }
+        return {name: var[...] for name, var in vars(self).items() if isinstance(var, nnx.Param)}
 
 
 def block(
@@ -95,9 +91,7 @@ def block(
     k_BTKH = constrain(k_BTKH, "act_batch", "act_seq", "act_kv_heads", "act_head_dim")
     q_BTNH = apply_rope(q_BTNH, positions_BT, cfg.rope_theta)
     k_BTKH = apply_rope(k_BTKH, positions_BT, cfg.rope_theta)
-    attn_BTNH = attention(
-        q_BTNH, k_BTKH, v_BTKH, segment_ids_BT, implementation=cfg.attention_impl
-    )
+    attn_BTNH = attention(q_BTNH, k_BTKH, v_BTKH, segment_ids_BT, implementation=cfg.attention_impl)
     x_BTD = x_BTD + jnp.einsum("BTNH,NHD->BTD", attn_BTNH, w["wo"])
     x_BTD = constrain(x_BTD, "act_batch", "act_seq", "act_embed")
 
