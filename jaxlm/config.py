@@ -62,6 +62,18 @@ class ModelConfig:
             )
         if self.resolved_head_dim % 2:
             raise ConfigError(f"model.head_dim={self.resolved_head_dim} must be even for RoPE")
+        if self.attention_impl == "cudnn":
+            # cuDNN's fused attention kernels exist only for these; fail at config time,
+            # not deep inside the first traced step.
+            if self.compute_dtype == "float32":
+                raise ConfigError(
+                    "model.attention_impl=cudnn needs model.compute_dtype=bfloat16 or float16"
+                )
+            if self.resolved_head_dim % 8 or self.resolved_head_dim > 256:
+                raise ConfigError(
+                    f"model.attention_impl=cudnn needs a head dim that is a multiple of 8 and "
+                    f"at most 256, got model.head_dim={self.resolved_head_dim}"
+                )
 
     @property
     def resolved_head_dim(self) -> int:

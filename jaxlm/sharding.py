@@ -93,10 +93,10 @@ def logical_to_spec(
         axes = tuple(a for a in axes if a not in used)
         if mesh is not None:
             axes = tuple(a for a in axes if mesh.shape[a] > 1)
-            if shape is not None and axes:
-                size = math.prod(mesh.shape[a] for a in axes)
-                if shape[i] % size:
-                    axes = ()
+            # Keep the longest prefix of mesh axes that divides the dimension, e.g. a
+            # micro-batch of 2 rows on data=2, fsdp=2 is split over data only.
+            while shape is not None and axes and shape[i] % math.prod(mesh.shape[a] for a in axes):
+                axes = axes[:-1]
         used.update(axes)
         spec.append(axes[0] if len(axes) == 1 else (axes or None))
     return PartitionSpec(*spec)

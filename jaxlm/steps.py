@@ -87,6 +87,10 @@ def accumulated_grads(
     return sums, grads
 
 
+def _all_finite(tree) -> jax.Array:
+    return jnp.all(jnp.stack([jnp.all(jnp.isfinite(x)) for x in jax.tree.leaves(tree)]))
+
+
 def make_lm_step(
     graphdef: nnx.GraphDef,
     optimizer: optax.GradientTransformation,
@@ -103,7 +107,7 @@ def make_lm_step(
         )
         denom = jnp.maximum(sums.num_tokens, 1.0)
         grads = jax.tree.map(lambda g: g / denom, grads)
-        grad_norm = optax.global_norm(grads)
+        grad_norm = optax.tree.norm(grads)
         loss = safe_mean(sums.nll, sums.num_tokens)
         finite = jnp.isfinite(loss) & jnp.isfinite(grad_norm) & jnp.isfinite(sums.z)
         # Nothing supervised (e.g. an all-padding batch): no update, and say so.
@@ -111,6 +115,9 @@ def make_lm_step(
 
         updates, new_opt_state = optimizer.update(grads, state.opt_state, state.params)
         new_params = optax.apply_updates(state.params, updates)
+        # A finite gradient can still give a non-finite update (e.g. an absurd lr): check
+        # the result too, so bad params are never written, not even for one step.
+        finite = finite & _all_finite(new_params)
         apply = finite & has_tokens
         keep = lambda new, old: jax.tree.map(lambda n, o: jnp.where(apply, n, o), new, old)
         new_state = TrainState(

@@ -79,3 +79,13 @@ def test_overrides_are_validated_together_in_any_order():
     a = apply_overrides(Config(), ["model.n_heads=2", "model.n_kv_heads=1"])
     b = apply_overrides(Config(), ["model.n_kv_heads=1", "model.n_heads=2"])
     assert a == b and a.model.n_heads == 2 and a.model.n_kv_heads == 1
+
+
+def test_cudnn_attention_constraints_fail_at_config_time():
+    with pytest.raises(ConfigError, match=r"attention_impl=cudnn needs model\.compute_dtype"):
+        apply_overrides(Config(), ["model.attention_impl=cudnn"])
+    with pytest.raises(ConfigError, match=r"multiple of 8.*head_dim=12"):
+        apply_overrides(
+            Config(),
+            ["model.attention_impl=cudnn", "model.compute_dtype=bfloat16", "model.d_model=48"],
+        )

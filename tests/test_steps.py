@@ -272,3 +272,24 @@ def test_params_structure_survives_the_step(env):
     state, _ = run(env, fresh_state(env), [packed_batch(seed=7)])
     assert isinstance(state.params, nnx.State)
     assert jax.tree.structure(state.params) == jax.tree.structure(env["host_state"].params)
+
+
+def test_non_finite_update_from_finite_gradients_is_not_applied(env):
+    """Clean params and gradients, but the optimizer's update is infinite (an absurd lr)."""
+    mesh = env["mesh"]
+    optimizer = optax.chain(make_optimizer(OPTIM, TOTAL_STEPS), optax.scale(float("inf")))
+    state, shardings = create_train_state(CFG, optimizer, mesh, jax.random.key(0))
+    step = jit_train_step(
+        make_lm_step(env["graphdef"], optimizer, learning_rate_schedule(OPTIM, TOTAL_STEPS)),
+        shardings,
+        mesh,
+    )
+    before = jax.device_get(state)
+    with jax.set_mesh(mesh):
+        state, metrics = step(state, host_batch_to_global(packed_batch(seed=8), mesh))
+    assert np.isfinite(metrics["loss"]) and np.isfinite(metrics["grad_norm"])
+    assert int(metrics["finite"]) == 0
+    after = jax.device_get(state)
+    assert int(after.step) == 0
+    assert_bitwise_equal(after.params, before.params)
+    assert_bitwise_equal(after.opt_state, before.opt_state)
