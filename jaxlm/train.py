@@ -163,7 +163,7 @@ def _check_finite(step: int, m: dict[str, Any], last_ckpt: int | None) -> None:
         return
     saved = f"last checkpoint: step {last_ckpt}" if last_ckpt is not None else "no checkpoint"
     raise NonFiniteError(
-        f"non-finite loss or gradient at step {step} (loss={float(m['loss'])}, "
+        f"non-finite loss, gradient or update at step {step + 1} (loss={float(m['loss'])}, "
         f"grad_norm={float(m['grad_norm'])}); the update was not applied; {saved}"
     )
 
