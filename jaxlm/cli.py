@@ -18,6 +18,7 @@ from pathlib import Path
 from types import ModuleType
 
 from jaxlm.config import Config, ConfigError, apply_overrides
+from jaxlm.runtime import configure_cpu
 
 
 def load_experiment(name: str) -> ModuleType:
@@ -69,6 +70,7 @@ def print_result(result) -> None:
 
 def run_experiment(module: ModuleType, argv: list[str] | None = None) -> int:
     """`python -m experiments.NAME [--workdir DIR] [--set k=v ...]` entry point."""
+    configure_cpu()
     parser = argparse.ArgumentParser(description=(module.__doc__ or "").strip().splitlines()[0])
     parser.add_argument("--workdir", default=None)
     parser.add_argument("--set", dest="overrides", action="append", default=[], metavar="K=V")
@@ -92,6 +94,8 @@ def _train(module: ModuleType, overrides: list[str], workdir: str | None) -> int
 
 
 def main(argv: list[str] | None = None) -> int:
+    if argv is None:  # a real command line (not a call from Python code): tune malloc
+        configure_cpu()
     parser = argparse.ArgumentParser(prog="jaxlm", description=__doc__.splitlines()[0])
     sub = parser.add_subparsers(dest="command", required=True)
     p_train = sub.add_parser("train", help="train an experiment")
