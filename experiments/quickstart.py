@@ -33,10 +33,10 @@ def get_config() -> Config:
         optim=OptimConfig(lr=3e-3, warmup_steps=50, schedule="cosine", min_lr_ratio=0.1),
         mesh=MeshConfig(data=-1),
         train=TrainConfig(
-            steps=600,
-            eval_every=200,
+            steps=750,
+            eval_every=250,
             log_every=10,
-            generate_prompt="def fibonacci(n):\n    ",
+            generate_prompt='def fibonacci(n):\n    """Return the n-th Fibonacci number."""\n',
             generate_tokens=48,
         ),
     )

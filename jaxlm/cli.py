@@ -59,9 +59,9 @@ def print_result(result) -> None:
         f"{result.gzip_bits_per_byte:.4f})"
     )
     if result.completion:
-        print("greedy completion of the prompt:")
+        print("greedy completion (prompt, then the model's continuation after »):")
         print("-" * 60)
-        print(result.completion)
+        print(f"{result.prompt}»{result.completion}")
         print("-" * 60)
     print("artefacts:")
     for name, path in result.artefacts.items():

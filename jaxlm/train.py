@@ -50,6 +50,7 @@ class RunResult:
     final_eval: dict[str, float]
     artefacts: dict[str, Path]
     gzip_bits_per_byte: float = float("nan")
+    prompt: str = ""
     completion: str = ""
     wall_seconds: float = 0.0
     train_losses: list[float] = dataclasses.field(default_factory=list)
@@ -222,6 +223,7 @@ def train(cfg: Config, workdir: Path | str) -> RunResult:
         seed=cfg.data.seed,
         process_index=jax.process_index(),
         process_count=jax.process_count(),
+        shuffle_window=cfg.data.shuffle_window,
     )
     train_iter = iter(train_ds)
 
@@ -383,6 +385,7 @@ def train(cfg: Config, workdir: Path | str) -> RunResult:
             buffer_len=cfg.data.seq_len,
             stop_id=tokenizer.eos_id,
         )
+        result.prompt = cfg.train.generate_prompt
         result.completion = tokenizer.decode(ids)
     wall = time.perf_counter() - t_start
     result.wall_seconds = wall

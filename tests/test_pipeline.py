@@ -167,9 +167,10 @@ def test_training_stream_repeats_past_one_epoch(text_files):
 
 
 @pytest.mark.parametrize("packer", PACKERS)
-@pytest.mark.parametrize("num_threads", [0, 2])
-def test_state_round_trip_through_json_at_every_step(text_files, packer, num_threads):
+@pytest.mark.parametrize(("num_threads", "window"), [(0, 2048), (2, 2048), (0, 5)])
+def test_state_round_trip_through_json_at_every_step(text_files, packer, num_threads, window):
     kwargs = {"packer": packer, "num_threads": num_threads, "seed": 5, "seq_len": 32}
+    kwargs["shuffle_window"] = window  # 5: resumes land inside and across windows
     dataset = pipeline.pretrain_dataset(text_files, ByteTokenizer(), batch_size=3, **kwargs)
     iterator = iter(dataset)
     states, batches = [], []

@@ -81,13 +81,17 @@ def packed_batches(
     num_packing_bins: int | None = None,
     seed: int = 0,
     shuffle_bins: bool = True,
+    shuffle_window: int = 0,
 ) -> grain.IterDataset:
     """Documents `{"tokens": [BOS, ..., EOS]}` -> batches of the schema above.
 
-    Chains the stages below: split long documents -> pack -> batch -> targets and mask.
-    `num_packing_bins` (first_fit / best_fit) defaults to `batch_size`.
+    Chains the stages below: split long documents -> (shuffle pieces) -> pack -> batch
+    -> targets and mask. `num_packing_bins` (first_fit / best_fit) defaults to
+    `batch_size`. `shuffle_window` > 0 shuffles pieces within windows of that many.
     """
     pieces = split_long_documents(documents, seq_len)
+    if shuffle_window > 1:
+        pieces = shuffle_pieces(pieces, window=shuffle_window, seed=seed)
     rows = pack_pieces(
         pieces,
         packer=packer,
@@ -103,6 +107,17 @@ def packed_batches(
 def split_long_documents(documents: grain.IterDataset, seq_len: int) -> grain.IterDataset:
     """Stage: documents -> pieces of at most `seq_len` tokens."""
     return grain.experimental.FlatMapIterDataset(documents, SplitLongDocuments(seq_len))
+
+
+def shuffle_pieces(pieces: grain.IterDataset, *, window: int, seed: int) -> grain.IterDataset:
+    """Stage: shuffle pieces within windows of `window`.
+
+    A long file becomes many consecutive pieces; packed as they come, one batch (and
+    the next several) would hold slices of the same file, and the gradient noise of
+    such correlated batches slows training markedly. Mixing pieces of ~`window` /
+    (pieces per file) files decorrelates batches at the cost of `window` pieces held.
+    """
+    return grain.experimental.WindowShuffleIterDataset(pieces, window_size=window, seed=seed)
 
 
 def pack_pieces(

@@ -2,7 +2,7 @@
 
     files (MapDataset) -> shuffle (seeded, new order each epoch) -> this process's shard
     -> repeat -> read + tokenize -> IterDataset (reader threads) -> split long documents
-    -> pack -> batch (+ targets, loss_mask)
+    -> window-shuffle pieces -> pack -> batch (+ targets, loss_mask)
 
 Everything is numpy and deterministic for a given seed; iterators are checkpointable
 (`get_state()` / `set_state()`, state is JSON-compatible). See jaxlm.data.packing for
@@ -46,6 +46,7 @@ def pretrain_dataset(
     process_count: int = 1,
     num_threads: int = 1,
     num_packing_bins: int | None = None,
+    shuffle_window: int = 2048,
 ) -> grain.IterDataset:
     """Packed batches for this process (`batch_size` rows each), one document per file.
 
@@ -56,7 +57,9 @@ def pretrain_dataset(
 
     `num_threads` reader threads read and tokenize files ahead (0 reads inline).
     `num_packing_bins` rows are packed together by first_fit / best_fit (default
-    `batch_size`); more bins waste less padding.
+    `batch_size`); more bins waste less padding. With `shuffle`, pieces of documents
+    are also shuffled within windows of `shuffle_window` pieces before packing, so a
+    batch does not hold consecutive slices of one long file.
     """
     _check_arguments(files, seq_len, batch_size, packer, process_index, process_count, num_threads)
     paths = file_stream(
@@ -80,6 +83,7 @@ def pretrain_dataset(
         num_packing_bins=num_packing_bins,
         seed=seed,
         shuffle_bins=shuffle,
+        shuffle_window=shuffle_window if shuffle else 0,
     )
 
 
