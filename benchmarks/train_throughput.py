@@ -77,6 +77,8 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--seq", type=int, default=256)
     p.add_argument("--batch", type=int, default=16)
     p.add_argument("--dtype", choices=["float32", "bfloat16"], default="float32")
+    p.add_argument("--attention", choices=["xla", "cudnn", "naive"], default="xla")
+    p.add_argument("--remat", choices=["none", "full", "dots"], default="none")
     p.add_argument("--steps", type=int, default=10, help="timed steps")
     p.add_argument("--warmup", type=int, default=3, help="untimed steps first (compile)")
     p.add_argument("--seed", type=int, default=0)
@@ -110,6 +112,8 @@ def model_config(args: argparse.Namespace) -> ModelConfig:
         changes["tie_embeddings"] = False
     changes["max_seq_len"] = max(cfg.max_seq_len, args.seq)
     changes["compute_dtype"] = args.dtype
+    changes["attention_impl"] = args.attention
+    changes["remat"] = args.remat
     return dataclasses.replace(cfg, **changes)
 
 
