@@ -13,6 +13,7 @@ import numpy as np
 import optax
 import pytest
 from flax import nnx
+from helpers.batches import packed_batch as synthetic_packed_batch
 from jax.sharding import PartitionSpec as P
 
 from jaxlm.config import OptimConfig
@@ -70,31 +71,8 @@ GOLDEN_SHARD_SHAPES_222 = {
 
 
 def packed_batch(batch_size: int = 8, seq_len: int = 16, seed: int = 0) -> dict[str, np.ndarray]:
-    """A fixed global batch in the DESIGN.md schema: documents of uneven length packed
-    into rows, padding (segment 0) at the end of some rows, targets shifted within each
-    document and loss_mask 0 on padding and on each document's last token."""
-    rng = np.random.default_rng(seed)
-    tokens = rng.integers(1, CFG.vocab_size, (batch_size, seq_len)).astype(np.int32)
-    segment_ids = np.zeros((batch_size, seq_len), np.int32)
-    positions = np.zeros((batch_size, seq_len), np.int32)
-    for b in range(batch_size):
-        start, seg = 0, 1
-        while start < seq_len - 2:
-            n = min(int(rng.integers(2, 9)), seq_len - start)
-            segment_ids[b, start : start + n] = seg
-            positions[b, start : start + n] = np.arange(n)
-            start, seg = start + n, seg + 1
-    targets = np.roll(tokens, -1, axis=1)
-    next_same = np.roll(segment_ids, -1, axis=1) == segment_ids
-    next_same[:, -1] = False
-    loss_mask = ((segment_ids != 0) & next_same).astype(np.int32)
-    return dict(
-        tokens=tokens,
-        targets=targets,
-        loss_mask=loss_mask,
-        segment_ids=segment_ids,
-        positions=positions,
-    )
+    """A fixed global batch in the DESIGN.md schema (see helpers.batches)."""
+    return synthetic_packed_batch(CFG.vocab_size, batch_size, seq_len, seed)
 
 
 def flat(state: nnx.State) -> dict[str, object]:

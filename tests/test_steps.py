@@ -10,6 +10,7 @@ import numpy as np
 import optax
 import pytest
 from flax import nnx
+from helpers.batches import packed_batch as synthetic_packed_batch
 
 from jaxlm.config import OptimConfig
 from jaxlm.optim import learning_rate_schedule, make_optimizer
@@ -27,28 +28,7 @@ ACCUM = 4
 
 def packed_batch(seed: int = 0) -> dict[str, np.ndarray]:
     """[B, T] rows packing documents of uneven length, padding (segment 0) at the end."""
-    rng = np.random.default_rng(seed)
-    tokens = rng.integers(1, CFG.vocab_size, (B, T)).astype(np.int32)
-    segment_ids = np.zeros((B, T), np.int32)
-    positions = np.zeros((B, T), np.int32)
-    for b in range(B):
-        start, seg = 0, 1
-        while start < T - 2:
-            n = min(int(rng.integers(2, 9)), T - start)
-            segment_ids[b, start : start + n] = seg
-            positions[b, start : start + n] = np.arange(n)
-            start, seg = start + n, seg + 1
-    targets = np.roll(tokens, -1, axis=1)
-    next_same = np.roll(segment_ids, -1, axis=1) == segment_ids
-    next_same[:, -1] = False
-    loss_mask = ((segment_ids != 0) & next_same).astype(np.int32)
-    return dict(
-        tokens=tokens,
-        targets=targets,
-        loss_mask=loss_mask,
-        segment_ids=segment_ids,
-        positions=positions,
-    )
+    return synthetic_packed_batch(CFG.vocab_size, B, T, seed)
 
 
 def unequal_batch() -> dict[str, np.ndarray]:
