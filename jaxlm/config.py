@@ -100,7 +100,7 @@ class DataConfig:
     seq_len: int = 256
     batch_size: int = 16  # global, across all processes
     packer: Literal["first_fit", "best_fit", "concat_then_split"] = "first_fit"
-    shuffle_window: int = 2048  # training pieces shuffled in windows of this many
+    shuffle_window: int = 16384  # training pieces shuffled in windows of this many
     seed: int = 0
     eval_max_docs: int = 0  # 0 means every validation document
 

@@ -46,7 +46,7 @@ def pretrain_dataset(
     process_count: int = 1,
     num_threads: int = 1,
     num_packing_bins: int | None = None,
-    shuffle_window: int = 2048,
+    shuffle_window: int = 16384,
 ) -> grain.IterDataset:
     """Packed batches for this process (`batch_size` rows each), one document per file.
 
