@@ -5,20 +5,11 @@ import collections
 import grain
 import numpy as np
 import pytest
+from helpers.batches import BOS, EOS, ByteTokenizer
 
 from jaxlm.data import packing
 
-PACKERS = ["first_fit", "best_fit", "concat_then_split"]
-BOS, EOS = 1, 2
-
-
-class ByteTokenizer:
-    """Stand-in tokenizer: one token per UTF-8 byte, shifted past the special ids."""
-
-    pad_id, bos_id, eos_id = 0, BOS, EOS
-
-    def encode(self, text):
-        return [byte + 10 for byte in text.encode("utf-8")]
+PACKERS = list(packing.PACKERS)
 
 
 def _documents(lengths, seed=0):

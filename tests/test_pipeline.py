@@ -7,22 +7,13 @@ import re
 
 import numpy as np
 import pytest
+from helpers.batches import BOS, EOS, ByteTokenizer
 
-from jaxlm.data import corpus, pipeline
+from jaxlm.data import corpus, packing, pipeline
 from jaxlm.data.packing import BATCH_KEYS, document_tokens, split_long_document
 from jaxlm.data.tokenizer import train_tokenizer
 
-PACKERS = ["first_fit", "best_fit", "concat_then_split"]
-BOS, EOS = 1, 2
-
-
-class ByteTokenizer:
-    """Stand-in tokenizer: one token per UTF-8 byte, shifted past the special ids."""
-
-    pad_id, bos_id, eos_id = 0, BOS, EOS
-
-    def encode(self, text):
-        return [byte + 10 for byte in text.encode("utf-8")]
+PACKERS = list(packing.PACKERS)
 
 
 @pytest.fixture(scope="module")

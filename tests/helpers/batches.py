@@ -29,3 +29,15 @@ def packed_batch(vocab_size: int, batch_size: int, seq_len: int, seed: int = 0):
         "segment_ids": segment_ids,
         "positions": positions,
     }
+
+
+BOS, EOS = 1, 2
+
+
+class ByteTokenizer:
+    """Stand-in tokenizer for data tests: one token per UTF-8 byte, past the special ids."""
+
+    pad_id, bos_id, eos_id = 0, BOS, EOS
+
+    def encode(self, text):
+        return [byte + 10 for byte in text.encode("utf-8")]
