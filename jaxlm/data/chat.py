@@ -1,0 +1,146 @@
+"""Conversations to token ids with an exact per-token training mask (ChatML template).
+
+Every turn renders as
+
+    <|im_start|>{role}\\n{content}<|im_end|>\\n
+
+where the two markers are single special tokens (ids pinned in jaxlm.data.tokenizer),
+never text that a user message could imitate. A conversation starts with BOS.
+
+`train_token[i] = 1` marks the tokens the model learns to *produce*: the content of
+every assistant turn and the `<|im_end|>` that closes it (so the model learns to
+stop). The role header, system, user and tool turns, and the newline after
+`<|im_end|>` are context only. When packed, the loss mask of position t is
+`train_token[t + 1]` within the same segment (the target of t is token t + 1).
+
+Accepted records (one JSON object per line):
+    {"conversations": [{"role": ..., "content": ...}, ...]}    MiniMind's SFT format
+    {"messages": [{"role": ..., "content": ...}, ...]}         the common chat format
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from collections.abc import Mapping, Sequence
+from typing import Any, Literal, Protocol
+
+import numpy as np
+
+from jaxlm.data.tokenizer import BOS_ID, IM_END_ID, IM_START_ID
+
+ROLES = ("system", "user", "assistant", "tool")
+TRAINED_ROLES = frozenset({"assistant"})
+TEMPLATE_NAME = "chatml"
+
+
+class ChatEncoder(Protocol):
+    def encode(self, text: str) -> list[int]: ...
+
+
+class ChatFormatError(ValueError):
+    """A record that is not a conversation; the message names file:line."""
+
+
+@dataclasses.dataclass(frozen=True)
+class Message:
+    role: Literal["system", "user", "assistant", "tool"]
+    content: str
+
+
+@dataclasses.dataclass(frozen=True)
+class EncodedChat:
+    """Token ids of one conversation and which of them are trained (same length)."""
+
+    tokens: np.ndarray  # int32 [n]
+    train_token: np.ndarray  # int32 [n], 1 where the model learns to produce the token
+
+
+@dataclasses.dataclass
+class ChatStats:
+    """Counters a run reports: nothing is skipped or cut silently."""
+
+    conversations: int = 0
+    encoded: int = 0
+    skipped_no_assistant: int = 0
+    skipped_truncated_to_nothing: int = 0
+    truncated: int = 0
+
+
+def parse_conversation(record: Mapping[str, Any], *, where: str = "<record>") -> list[Message]:
+    """Messages of a `conversations` or `messages` record; errors name `where` (file:line)."""
+    if not isinstance(record, Mapping):
+        raise ChatFormatError(f"{where}: expected a JSON object, got {type(record).__name__}")
+    keys = [k for k in ("conversations", "messages") if k in record]
+    if len(keys) != 1:
+        raise ChatFormatError(
+            f"{where}: expected exactly one of 'conversations' or 'messages', got keys "
+            f"{sorted(record)}"
+        )
+    turns = record[keys[0]]
+    if not isinstance(turns, Sequence) or isinstance(turns, str) or not turns:
+        raise ChatFormatError(f"{where}: '{keys[0]}' must be a non-empty list of messages")
+    messages = []
+    for i, turn in enumerate(turns):
+        here = f"{where}: {keys[0]}[{i}]"
+        if not isinstance(turn, Mapping) or "role" not in turn or "content" not in turn:
+            raise ChatFormatError(f"{here}: a message needs 'role' and 'content'")
+        role, content = turn["role"], turn["content"]
+        if role not in ROLES:
+            raise ChatFormatError(f"{here}: unknown role {role!r} (known: {list(ROLES)})")
+        if not isinstance(content, str):
+            raise ChatFormatError(f"{here}: 'content' must be a string")
+        messages.append(Message(role, content))
+    return messages
+
+
+def encode_turn(message: Message, tokenizer: ChatEncoder) -> tuple[list[int], list[int]]:
+    """Token ids of one rendered turn and its train flags."""
+    header = [IM_START_ID, *tokenizer.encode(f"{message.role}\n")]
+    body = [*tokenizer.encode(message.content), IM_END_ID]
+    trailer = tokenizer.encode("\n")
+    trained = 1 if message.role in TRAINED_ROLES else 0
+    tokens = header + body + trailer
+    flags = [0] * len(header) + [trained] * len(body) + [0] * len(trailer)
+    return tokens, flags
+
+
+def encode_conversation(
+    messages: Sequence[Message],
+    tokenizer: ChatEncoder,
+    *,
+    max_len: int,
+    stats: ChatStats | None = None,
+) -> EncodedChat | None:
+    """BOS + rendered turns, cut to `max_len` tokens; None when there is nothing to learn.
+
+    Truncation keeps the beginning (the prompt and the first answers). A conversation
+    with no assistant turn, or whose trained tokens all fall past `max_len`, returns
+    None and is counted in `stats`; a cut that keeps some trained tokens is counted as
+    truncated.
+    """
+    stats = stats if stats is not None else ChatStats()
+    stats.conversations += 1
+    if not any(m.role in TRAINED_ROLES for m in messages):
+        stats.skipped_no_assistant += 1
+        return None
+    tokens, flags = [BOS_ID], [0]
+    for message in messages:
+        turn_tokens, turn_flags = encode_turn(message, tokenizer)
+        tokens += turn_tokens
+        flags += turn_flags
+    if len(tokens) > max_len:
+        tokens, flags = tokens[:max_len], flags[:max_len]
+        if not any(flags):
+            stats.skipped_truncated_to_nothing += 1
+            return None
+        stats.truncated += 1
+    stats.encoded += 1
+    return EncodedChat(np.asarray(tokens, np.int32), np.asarray(flags, np.int32))
+
+
+def loss_mask_from_train_tokens(train_token: np.ndarray, segment_ids: np.ndarray) -> np.ndarray:
+    """Packed [B, T] loss mask: position t is trained when token t + 1 of its segment is."""
+    same_next = (segment_ids[:, 1:] == segment_ids[:, :-1]) & (segment_ids[:, :-1] != 0)
+    mask = np.zeros_like(segment_ids, dtype=np.int32)
+    mask[:, :-1] = same_next & (train_token[:, 1:] != 0)
+    return mask

@@ -1,0 +1,154 @@
+"""SFT conversations: exact training masks on hand-written chats (ChatML template)."""
+
+import numpy as np
+import pytest
+
+from jaxlm.data import chat
+from jaxlm.data.chat import ChatFormatError, ChatStats, Message, encode_conversation
+from jaxlm.data.tokenizer import BOS_ID, IM_END_ID, IM_START_ID, train_tokenizer
+
+SAMPLE = (
+    "def add(a, b):\n    return a + b\n"
+    "The user asks a question and the assistant answers it politely.\n"
+    "你好，世界！今天天气很好。我们一起学习机器学习。\n"
+    "Emoji are fine too 🙂🚀 and so are tabs\tand trailing spaces   \n"
+)
+
+
+@pytest.fixture(scope="module")
+def tokenizer(tmp_path_factory):
+    prefix = tmp_path_factory.mktemp("tok") / "chat"
+    return train_tokenizer([SAMPLE * 40], prefix, vocab_size=400)
+
+
+def trained_spans(enc) -> list[list[int]]:
+    """Maximal runs of consecutive trained tokens."""
+    spans, current = [], []
+    for token, flag in zip(enc.tokens.tolist(), enc.train_token.tolist(), strict=True):
+        if flag:
+            current.append(token)
+        elif current:
+            spans.append(current)
+            current = []
+    if current:
+        spans.append(current)
+    return spans
+
+
+def test_single_turn_trains_exactly_the_answer_and_its_end_marker(tokenizer):
+    msgs = [Message("user", "What is 2+2?"), Message("assistant", "It is 4.")]
+    enc = encode_conversation(msgs, tokenizer, max_len=512)
+    assert enc.tokens[0] == BOS_ID and enc.train_token[0] == 0
+    (span,) = trained_spans(enc)
+    assert span[-1] == IM_END_ID
+    assert tokenizer.decode(span[:-1]) == "It is 4."
+    # Everything before the answer (BOS, user turn, assistant header) is context.
+    expected_context = [BOS_ID, IM_START_ID, *tokenizer.encode("user\n")]
+    assert enc.tokens[: len(expected_context)].tolist() == expected_context
+    assert enc.tokens.shape == enc.train_token.shape
+
+
+def test_multi_turn_with_system_and_tool_masks_every_non_assistant_turn(tokenizer):
+    msgs = [
+        Message("system", "You are terse."),
+        Message("user", "Weather?"),
+        Message("assistant", "Let me check."),
+        Message("tool", '{"temp": 21}'),
+        Message("assistant", "21 degrees."),
+        Message("user", "Thanks"),
+    ]
+    enc = encode_conversation(msgs, tokenizer, max_len=512)
+    spans = trained_spans(enc)
+    assert [tokenizer.decode(s[:-1]) for s in spans] == ["Let me check.", "21 degrees."]
+    assert all(s[-1] == IM_END_ID for s in spans)
+    # The full rendering is exactly the template, turn by turn.
+    expected = [BOS_ID]
+    for m in msgs:
+        expected += [IM_START_ID, *tokenizer.encode(f"{m.role}\n")]
+        expected += [*tokenizer.encode(m.content), IM_END_ID, *tokenizer.encode("\n")]
+    assert enc.tokens.tolist() == expected
+    assert int(enc.train_token.sum()) == sum(len(s) for s in spans)
+
+
+def test_chinese_and_emoji_answers_round_trip_through_the_mask(tokenizer):
+    answer = "你好！学习机器学习 🙂🚀"
+    enc = encode_conversation(
+        [Message("user", "用中文回答"), Message("assistant", answer)], tokenizer, max_len=512
+    )
+    (span,) = trained_spans(enc)
+    assert tokenizer.decode(span[:-1]) == answer
+
+
+def test_truncation_keeps_a_prefix_and_is_counted(tokenizer):
+    msgs = [Message("user", "Tell me"), Message("assistant", "a long story " * 20)]
+    full = encode_conversation(msgs, tokenizer, max_len=10_000)
+    stats = ChatStats()
+    cut_at = len(full.tokens) - 15
+    cut = encode_conversation(msgs, tokenizer, max_len=cut_at, stats=stats)
+    assert len(cut.tokens) == cut_at
+    assert cut.tokens.tolist() == full.tokens[:cut_at].tolist()
+    assert cut.train_token.tolist() == full.train_token[:cut_at].tolist()
+    # The user turn's end marker survives; the answer was cut before its own.
+    assert full.tokens.tolist().count(IM_END_ID) == 2
+    assert cut.tokens.tolist().count(IM_END_ID) == 1
+    assert (stats.truncated, stats.encoded) == (1, 1)
+
+
+def test_nothing_to_learn_is_skipped_and_counted(tokenizer):
+    stats = ChatStats()
+    no_answer = [Message("system", "s"), Message("user", "hello")]
+    assert encode_conversation(no_answer, tokenizer, max_len=512, stats=stats) is None
+    long_prompt = [Message("user", "question " * 50), Message("assistant", "answer")]
+    assert encode_conversation(long_prompt, tokenizer, max_len=20, stats=stats) is None
+    assert stats.skipped_no_assistant == 1
+    assert stats.skipped_truncated_to_nothing == 1
+    assert stats.conversations == 2 and stats.encoded == 0
+
+
+def test_both_record_formats_parse_to_the_same_messages():
+    turns = [{"role": "user", "content": "hi"}, {"role": "assistant", "content": "hello"}]
+    a = chat.parse_conversation({"conversations": turns})
+    b = chat.parse_conversation({"messages": turns})
+    assert a == b == [Message("user", "hi"), Message("assistant", "hello")]
+
+
+@pytest.mark.parametrize(
+    ("record", "message"),
+    [
+        (
+            {"messages": [{"role": "robot", "content": "x"}]},
+            r"sft\.jsonl:7: messages\[0\]: unknown role 'robot'",
+        ),
+        ({"messages": [{"role": "user"}]}, r"sft\.jsonl:7: messages\[0\]: a message needs"),
+        ({"messages": [{"role": "user", "content": 3}]}, r"'content' must be a string"),
+        ({"messages": []}, r"must be a non-empty list"),
+        ({"text": "x"}, r"sft\.jsonl:7: expected exactly one of"),
+        ({"messages": [], "conversations": []}, r"expected exactly one of"),
+    ],
+)
+def test_bad_records_name_file_and_line(record, message):
+    with pytest.raises(ChatFormatError, match=message):
+        chat.parse_conversation(record, where="sft.jsonl:7")
+
+
+def test_packed_loss_mask_never_crosses_conversations(tokenizer):
+    a = encode_conversation(
+        [Message("user", "a?"), Message("assistant", "A.")], tokenizer, max_len=512
+    )
+    b = encode_conversation(
+        [Message("user", "b?"), Message("assistant", "B.")], tokenizer, max_len=512
+    )
+    T = len(a.tokens) + len(b.tokens) + 3
+    segment_ids = np.zeros((1, T), np.int32)
+    train = np.zeros((1, T), np.int32)
+    segment_ids[0, : len(a.tokens)] = 1
+    segment_ids[0, len(a.tokens) : len(a.tokens) + len(b.tokens)] = 2
+    train[0, : len(a.tokens)] = a.train_token
+    train[0, len(a.tokens) : len(a.tokens) + len(b.tokens)] = b.train_token
+    mask = chat.loss_mask_from_train_tokens(train, segment_ids)
+    # Position t is trained exactly when t + 1 is a trained token of the same conversation.
+    for t in range(T - 1):
+        same = segment_ids[0, t] == segment_ids[0, t + 1] != 0
+        assert mask[0, t] == int(same and train[0, t + 1] == 1), t
+    assert mask[0, -1] == 0
+    assert mask.sum() == a.train_token.sum() + b.train_token.sum()
