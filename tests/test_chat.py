@@ -1,9 +1,12 @@
 """SFT conversations: exact training masks on hand-written chats (ChatML template)."""
 
+import collections
+
+import grain
 import numpy as np
 import pytest
 
-from jaxlm.data import chat
+from jaxlm.data import chat, packing
 from jaxlm.data.chat import ChatFormatError, ChatStats, Message, encode_conversation
 from jaxlm.data.tokenizer import BOS_ID, IM_END_ID, IM_START_ID, train_tokenizer
 
@@ -131,24 +134,41 @@ def test_bad_records_name_file_and_line(record, message):
         chat.parse_conversation(record, where="sft.jsonl:7")
 
 
-def test_packed_loss_mask_never_crosses_conversations(tokenizer):
-    a = encode_conversation(
-        [Message("user", "a?"), Message("assistant", "A.")], tokenizer, max_len=512
+@pytest.mark.parametrize("packer", list(packing.PACKERS))
+def test_packed_sft_batches_train_exactly_the_assistant_tokens(tokenizer, packer):
+    convs = [
+        [Message("user", f"question {i}?"), Message("assistant", f"answer number {i}.")]
+        for i in range(7)
+    ]
+    encoded = [encode_conversation(c, tokenizer, max_len=64) for c in convs]
+    docs = grain.MapDataset.source(
+        [{"tokens": e.tokens, "train_token": e.train_token} for e in encoded]
+    ).to_iter_dataset()
+    batches = list(
+        packing.packed_batches(
+            docs,
+            seq_len=40,
+            batch_size=2,
+            packer=packer,
+            shuffle_bins=False,
+            features=("tokens", "train_token"),
+        )
     )
-    b = encode_conversation(
-        [Message("user", "b?"), Message("assistant", "B.")], tokenizer, max_len=512
-    )
-    T = len(a.tokens) + len(b.tokens) + 3
-    segment_ids = np.zeros((1, T), np.int32)
-    train = np.zeros((1, T), np.int32)
-    segment_ids[0, : len(a.tokens)] = 1
-    segment_ids[0, len(a.tokens) : len(a.tokens) + len(b.tokens)] = 2
-    train[0, : len(a.tokens)] = a.train_token
-    train[0, len(a.tokens) : len(a.tokens) + len(b.tokens)] = b.train_token
-    mask = chat.loss_mask_from_train_tokens(train, segment_ids)
-    # Position t is trained exactly when t + 1 is a trained token of the same conversation.
-    for t in range(T - 1):
-        same = segment_ids[0, t] == segment_ids[0, t + 1] != 0
-        assert mask[0, t] == int(same and train[0, t + 1] == 1), t
-    assert mask[0, -1] == 0
-    assert mask.sum() == a.train_token.sum() + b.train_token.sum()
+    assert set(batches[0]) == set(packing.BATCH_KEYS)  # train_token does not leak out
+    trained_targets = collections.Counter()
+    for b in batches:
+        seg, mask = b["segment_ids"], b["loss_mask"]
+        # never across a boundary or from padding
+        assert not np.any(mask[:, :-1] & (seg[:, 1:] != seg[:, :-1]))
+        assert not np.any(mask & (seg == 0))
+        trained_targets.update(b["targets"][mask == 1].tolist())
+    expected = collections.Counter()
+    for e in encoded:
+        expected.update(e.tokens[e.train_token == 1].tolist())
+    # concat_then_split may cut a conversation across rows: the first token of the
+    # second part has no in-row predecessor and cannot be a target.
+    if packer == "concat_then_split":
+        assert not trained_targets - expected
+        assert sum(expected.values()) - sum(trained_targets.values()) <= len(batches) * 2
+    else:
+        assert trained_targets == expected

@@ -10,8 +10,9 @@ never text that a user message could imitate. A conversation starts with BOS.
 `train_token[i] = 1` marks the tokens the model learns to *produce*: the content of
 every assistant turn and the `<|im_end|>` that closes it (so the model learns to
 stop). The role header, system, user and tool turns, and the newline after
-`<|im_end|>` are context only. When packed, the loss mask of position t is
-`train_token[t + 1]` within the same segment (the target of t is token t + 1).
+`<|im_end|>` are context only. Packing carries `train_token` as a feature
+(jaxlm.data.packing, `features=("tokens", "train_token")`); the loss mask of position
+t is then `train_token[t + 1]` within the same segment (t's target is token t + 1).
 
 Accepted records (one JSON object per line):
     {"conversations": [{"role": ..., "content": ...}, ...]}    MiniMind's SFT format
@@ -136,11 +137,3 @@ def encode_conversation(
         stats.truncated += 1
     stats.encoded += 1
     return EncodedChat(np.asarray(tokens, np.int32), np.asarray(flags, np.int32))
-
-
-def loss_mask_from_train_tokens(train_token: np.ndarray, segment_ids: np.ndarray) -> np.ndarray:
-    """Packed [B, T] loss mask: position t is trained when token t + 1 of its segment is."""
-    same_next = (segment_ids[:, 1:] == segment_ids[:, :-1]) & (segment_ids[:, :-1] != 0)
-    mask = np.zeros_like(segment_ids, dtype=np.int32)
-    mask[:, :-1] = same_next & (train_token[:, 1:] != 0)
-    return mask

@@ -59,7 +59,11 @@ def split_long_document(tokens: np.ndarray, max_len: int) -> list[np.ndarray]:
 
 
 class SplitLongDocuments(grain.experimental.FlatMapTransform):
-    """Grain flat-map stage: one `{"tokens"}` document to pieces that fit in a row."""
+    """Grain flat-map stage: one document to pieces that fit in a row.
+
+    Every feature of the document (`tokens`, and `train_token` for SFT) is cut at the
+    same places, so a piece's flags still line up with its tokens.
+    """
 
     def __init__(self, seq_len: int):
         self.seq_len = seq_len
@@ -68,7 +72,8 @@ class SplitLongDocuments(grain.experimental.FlatMapTransform):
         self.max_fan_out = sys.maxsize
 
     def flat_map(self, element: Row) -> list[Row]:
-        return [{"tokens": piece} for piece in split_long_document(element["tokens"], self.seq_len)]
+        n, T = len(element["tokens"]), self.seq_len
+        return [{k: v[start : start + T] for k, v in element.items()} for start in range(0, n, T)]
 
 
 def packed_batches(
@@ -82,8 +87,12 @@ def packed_batches(
     seed: int = 0,
     shuffle_bins: bool = True,
     shuffle_window: int = 0,
+    features: Sequence[str] = ("tokens",),
 ) -> grain.IterDataset:
     """Documents `{"tokens": [BOS, ..., EOS]}` -> batches of the schema above.
+
+    SFT documents also carry `train_token` (name it in `features`); the loss mask
+    then covers only the tokens the model should learn to produce.
 
     Chains the stages below: split long documents -> (shuffle pieces) -> pack -> batch
     -> targets and mask. `num_packing_bins` (first_fit / best_fit) defaults to
@@ -100,6 +109,7 @@ def packed_batches(
         pad_id=pad_id,
         seed=seed,
         shuffle_bins=shuffle_bins,
+        features=features,
     )
     return batch_rows(rows, batch_size=batch_size, pad_id=pad_id)
 
@@ -129,14 +139,18 @@ def pack_pieces(
     pad_id: int,
     seed: int = 0,
     shuffle_bins: bool = True,
+    features: Sequence[str] = ("tokens",),
 ) -> grain.IterDataset:
     """Stage: pieces -> rows `{"tokens", "segment_ids", "positions"}` of length `seq_len`.
+
+    `features` names the per-token arrays of each piece; besides `tokens` only
+    `train_token` (SFT: 1 where the model learns to produce the token) is carried.
 
     first_fit / best_fit fill `num_packing_bins` rows at a time and pad what is left;
     concat_then_split fills rows completely, cutting a piece across two rows (the
     second part then starts a new segment at position 0).
     """
-    length_struct = {"tokens": seq_len}
+    length_struct = {name: seq_len for name in features}
     if packer == "first_fit":
         packed = grain.experimental.FirstFitPackIterDataset(
             pieces,
@@ -192,11 +206,14 @@ def packed_row(element: Row, *, pad_id: int) -> Row:
     segment_ids = element["tokens_segment_ids"].astype(np.int32)
     # Grain pads with zeros whatever the packer; the schema promises pad_id.
     tokens = np.where(segment_ids == 0, pad_id, element["tokens"]).astype(np.int32)
-    return {
+    row = {
         "tokens": tokens,
         "segment_ids": segment_ids,
         "positions": element["tokens_positions"].astype(np.int32),
     }
+    if "train_token" in element:
+        row["train_token"] = np.where(segment_ids == 0, 0, element["train_token"]).astype(np.int32)
+    return row
 
 
 def stack_rows(rows: Sequence[Row], *, batch_size: int, pad_id: int) -> Row:
@@ -206,6 +223,8 @@ def stack_rows(rows: Sequence[Row], *, batch_size: int, pad_id: int) -> Row:
     if missing > 0:
         seq_len = batch["tokens"].shape[1]
         filler = padding_rows(missing, seq_len, pad_id=pad_id)
+        for key in batch.keys() - filler.keys():  # e.g. train_token: nothing to train
+            filler[key] = np.zeros((missing, seq_len), dtype=np.int32)
         batch = {key: np.concatenate([value, filler[key]]) for key, value in batch.items()}
     return batch
 
@@ -225,11 +244,19 @@ def padding_batch(batch_size: int, seq_len: int, *, pad_id: int = 0) -> Batch:
 
 
 def add_targets_and_mask(rows: Row) -> Batch:
-    """Adds `targets` and `loss_mask`: the next token wherever it is in the same segment."""
+    """Adds `targets` and `loss_mask`: the next token wherever it is in the same segment.
+
+    With a `train_token` feature (SFT), position t is trained only when token t + 1 is
+    one the model should learn to produce; `train_token` itself is dropped, so every
+    objective sees the same batch schema.
+    """
+    rows = dict(rows)
+    train_token = rows.pop("train_token", None)
     tokens, segment_ids = rows["tokens"], rows["segment_ids"]
     has_next = (segment_ids[:, 1:] == segment_ids[:, :-1]) & (segment_ids[:, :-1] != 0)
+    trained = has_next if train_token is None else has_next & (train_token[:, 1:] != 0)
     loss_mask = np.zeros_like(segment_ids, dtype=np.int32)
-    loss_mask[:, :-1] = has_next
+    loss_mask[:, :-1] = trained
     targets = np.zeros_like(tokens, dtype=np.int32)
     targets[:, :-1] = np.where(has_next, tokens[:, 1:], 0)
     return {**rows, "targets": targets, "loss_mask": loss_mask}
