@@ -1,0 +1,84 @@
+"""The SFT input pipeline: chat jsonl files to packed batches that train only assistant tokens.
+
+    jsonl lines (MapDataset over all files) -> seeded shuffle -> this process's shard
+    -> repeat -> parse + ChatML-encode (None = skipped, counted) -> IterDataset
+    -> pack (tokens + train_token) -> batch -> targets and loss_mask
+
+Records are `{"conversations": [...]}` (MiniMind) or `{"messages": [...]}`; see
+jaxlm.data.chat for the template and masks, jaxlm.data.jsonl for bad-line handling.
+A conversation longer than `seq_len` is truncated (kept prefix) before packing, so
+each one is a single segment.
+"""
+
+from __future__ import annotations
+
+import functools
+from collections.abc import Sequence
+from pathlib import Path
+
+import grain
+
+from jaxlm.data.chat import ChatEncoder, ChatStats, encode_conversation, parse_conversation
+from jaxlm.data.jsonl import BadLineCounter, JsonlLines, OnError
+from jaxlm.data.packing import PackerName, packed_batches
+
+
+def encode_record(item, *, tokenizer: ChatEncoder, seq_len: int, stats: ChatStats):
+    """Stage: `(where, record)` -> `{"tokens", "train_token"}`, or None when skipped."""
+    where, record = item
+    if record is None:  # a malformed line in skip mode, already counted
+        return None
+    encoded = encode_conversation(
+        parse_conversation(record, where=where), tokenizer, max_len=seq_len, stats=stats
+    )
+    if encoded is None:
+        return None
+    return {"tokens": encoded.tokens, "train_token": encoded.train_token}
+
+
+def sft_dataset(
+    files: Sequence[Path | str],
+    tokenizer: ChatEncoder,
+    *,
+    seq_len: int,
+    batch_size: int,
+    pad_id: int = 0,
+    packer: PackerName = "first_fit",
+    seed: int = 0,
+    shuffle: bool = True,
+    repeat: bool = True,
+    process_index: int = 0,
+    process_count: int = 1,
+    on_error: OnError = "raise",
+    bad_lines: BadLineCounter | None = None,
+    stats: ChatStats | None = None,
+) -> grain.IterDataset:
+    """Packed SFT batches for this process; `stats` and `bad_lines` count what was skipped."""
+    if not files:
+        raise ValueError("sft_dataset needs at least one jsonl file, got none")
+    bad_lines = bad_lines if bad_lines is not None else BadLineCounter()
+    stats = stats if stats is not None else ChatStats()
+    lines = grain.MapDataset.concatenate(
+        [
+            grain.MapDataset.source(JsonlLines(f, on_error=on_error, counter=bad_lines))
+            for f in files
+        ]
+    )
+    if shuffle:
+        lines = lines.shuffle(seed)
+    lines = lines[process_index::process_count]
+    if repeat:
+        lines = lines.repeat(None)
+    encode = functools.partial(encode_record, tokenizer=tokenizer, seq_len=seq_len, stats=stats)
+    # One reader thread: the counters are plain integers updated by the encode stage.
+    documents = lines.map(encode).to_iter_dataset(grain.ReadOptions(num_threads=1))
+    return packed_batches(
+        documents,
+        seq_len=seq_len,
+        batch_size=batch_size,
+        packer=packer,
+        pad_id=pad_id,
+        seed=seed,
+        shuffle_bins=shuffle,
+        features=("tokens", "train_token"),
+    )
