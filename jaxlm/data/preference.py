@@ -1,0 +1,159 @@
+"""Preference pairs to `[B, 2, T]` batches (choice 0 = chosen, 1 = rejected).
+
+Accepted records (one JSON object per line):
+    {"chosen": [msgs], "rejected": [msgs]}          MiniMind's DPO format: two whole
+                                                    conversations sharing the prompt
+    {"prompt": str | [msgs], "chosen": str | [msgs], "rejected": str | [msgs]}
+
+Both sides are rendered with the ChatML template (jaxlm.data.chat). Only the
+*response*, the final assistant turn and its `<|im_end|>`, is supervised: earlier
+assistant turns belong to the prompt. Rows are not packed (each choice is one
+segment, padded to T), so per-sequence log-probabilities are plain masked sums.
+A pair where either response is truncated away is skipped and counted.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import functools
+from collections.abc import Mapping, Sequence
+from pathlib import Path
+from typing import Any
+
+import grain
+import numpy as np
+
+from jaxlm.data.chat import (
+    ChatEncoder,
+    ChatFormatError,
+    ChatStats,
+    EncodedChat,
+    Message,
+    encode_conversation,
+    parse_conversation,
+)
+from jaxlm.data.jsonl import BadLineCounter, JsonlLines, OnError
+from jaxlm.data.packing import add_targets_and_mask
+
+
+@dataclasses.dataclass
+class PreferenceStats:
+    pairs: int = 0
+    encoded: int = 0
+    skipped: int = 0  # a side with nothing to learn (no response, or truncated away)
+
+
+def _messages(value: Any, role: str, where: str, field: str) -> list[Message]:
+    if isinstance(value, str):
+        return [Message(role, value)]
+    return parse_conversation({"messages": value}, where=f"{where}: {field}")
+
+
+def parse_preference(
+    record: Mapping[str, Any], *, where: str = "<record>"
+) -> tuple[list[Message], list[Message]]:
+    """(chosen, rejected) conversations of either accepted format; errors name `where`."""
+    if not isinstance(record, Mapping) or "chosen" not in record or "rejected" not in record:
+        raise ChatFormatError(f"{where}: a preference record needs 'chosen' and 'rejected'")
+    if "prompt" in record:
+        prompt = _messages(record["prompt"], "user", where, "prompt")
+        chosen = prompt + _messages(record["chosen"], "assistant", where, "chosen")
+        rejected = prompt + _messages(record["rejected"], "assistant", where, "rejected")
+    else:
+        chosen = _messages(record["chosen"], "assistant", where, "chosen")
+        rejected = _messages(record["rejected"], "assistant", where, "rejected")
+    for name, conv in (("chosen", chosen), ("rejected", rejected)):
+        if conv[-1].role != "assistant":
+            raise ChatFormatError(f"{where}: '{name}' must end with an assistant turn")
+    return chosen, rejected
+
+
+def response_only(encoded: EncodedChat) -> EncodedChat:
+    """Keep only the last run of trained tokens: the final assistant turn."""
+    flags = encoded.train_token.copy()
+    trained = np.flatnonzero(flags)
+    if trained.size:
+        gaps = np.flatnonzero(np.diff(trained) > 1)
+        start = trained[gaps[-1] + 1] if gaps.size else trained[0]
+        flags[:start] = 0
+    return EncodedChat(encoded.tokens, flags)
+
+
+def encode_pair(
+    item, *, tokenizer: ChatEncoder, seq_len: int, stats: PreferenceStats
+) -> dict[str, np.ndarray] | None:
+    """Stage: `(where, record)` -> `{"tokens", "train_token"}` of shape [2, T], or None."""
+    where, record = item
+    if record is None:
+        return None
+    stats.pairs += 1
+    sides = []
+    for conv in parse_preference(record, where=where):
+        enc = encode_conversation(conv, tokenizer, max_len=seq_len, stats=ChatStats())
+        if enc is None:
+            stats.skipped += 1
+            return None
+        sides.append(response_only(enc))
+    tokens = np.zeros((2, seq_len), np.int32)
+    train = np.zeros((2, seq_len), np.int32)
+    segment_ids = np.zeros((2, seq_len), np.int32)
+    for i, enc in enumerate(sides):
+        n = len(enc.tokens)
+        tokens[i, :n], train[i, :n], segment_ids[i, :n] = enc.tokens, enc.train_token, 1
+    stats.encoded += 1
+    return {"tokens": tokens, "train_token": train, "segment_ids": segment_ids}
+
+
+def stack_pairs(pairs: Sequence[dict[str, np.ndarray]], *, batch_size: int, pad_id: int):
+    """[B, 2, T] batch in the DESIGN.md schema; a short last batch gets empty pairs."""
+    seq_len = pairs[0]["tokens"].shape[-1]
+    batch = {k: np.zeros((batch_size, 2, seq_len), np.int32) for k in pairs[0]}
+    batch["tokens"][:] = pad_id
+    for b, pair in enumerate(pairs):
+        for k, v in pair.items():
+            batch[k][b] = v
+    flat = {k: v.reshape(batch_size * 2, seq_len) for k, v in batch.items()}
+    flat["positions"] = np.where(
+        flat["segment_ids"] != 0, np.arange(seq_len, dtype=np.int32), 0
+    ).astype(np.int32)
+    out = add_targets_and_mask(flat)
+    return {k: v.reshape(batch_size, 2, seq_len) for k, v in out.items()}
+
+
+def preference_dataset(
+    files: Sequence[Path | str],
+    tokenizer: ChatEncoder,
+    *,
+    seq_len: int,
+    batch_size: int,
+    pad_id: int = 0,
+    seed: int = 0,
+    shuffle: bool = True,
+    repeat: bool = True,
+    process_index: int = 0,
+    process_count: int = 1,
+    on_error: OnError = "raise",
+    bad_lines: BadLineCounter | None = None,
+    stats: PreferenceStats | None = None,
+) -> grain.IterDataset:
+    """Per-process `[B, 2, T]` preference batches from jsonl files."""
+    if not files:
+        raise ValueError("preference_dataset needs at least one jsonl file, got none")
+    bad_lines = bad_lines if bad_lines is not None else BadLineCounter()
+    stats = stats if stats is not None else PreferenceStats()
+    lines = grain.MapDataset.concatenate(
+        [
+            grain.MapDataset.source(JsonlLines(f, on_error=on_error, counter=bad_lines))
+            for f in files
+        ]
+    )
+    if shuffle:
+        lines = lines.shuffle(seed)
+    lines = lines[process_index::process_count]
+    if repeat:
+        lines = lines.repeat(None)
+    encode = functools.partial(encode_pair, tokenizer=tokenizer, seq_len=seq_len, stats=stats)
+    pairs = lines.map(encode).to_iter_dataset(grain.ReadOptions(num_threads=1))
+    return pairs.batch(
+        batch_size, batch_fn=functools.partial(stack_pairs, batch_size=batch_size, pad_id=pad_id)
+    )
