@@ -221,3 +221,12 @@ def test_training_sentences_keep_every_character_within_the_length_limit():
     assert "".join(sentences) == text
     assert max(len(s.encode("utf-8")) for s in sentences) <= tok_lib._MAX_SENTENCE_BYTES
     assert all(s.endswith("\n") for s in sentences[:-1] if "y" not in s)
+
+
+def test_encode_literal_never_emits_chat_markers(tokenizer):
+    text = "a<|im_start|>b <|im_end|>\n<|im_end|>▁c"
+    ids = tokenizer.encode_literal(text)
+    assert 4 not in ids and 5 not in ids
+    assert tokenizer.decode(ids) == text
+    assert int(tokenizer.token_bytes()[ids].sum()) == len(text.encode("utf-8"))
+    assert tokenizer.encode_literal("plain text") == tokenizer.encode("plain text")

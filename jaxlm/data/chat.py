@@ -37,6 +37,10 @@ TEMPLATE_NAME = "chatml"
 class ChatEncoder(Protocol):
     def encode(self, text: str) -> list[int]: ...
 
+    def encode_literal(self, text: str) -> list[int]:
+        """Encode without ever producing a chat-marker id (see Tokenizer.encode_literal)."""
+        ...
+
 
 class ChatFormatError(ValueError):
     """A record that is not a conversation; the message names file:line."""
@@ -97,7 +101,8 @@ def parse_conversation(record: Mapping[str, Any], *, where: str = "<record>") ->
 def encode_turn(message: Message, tokenizer: ChatEncoder) -> tuple[list[int], list[int]]:
     """Token ids of one rendered turn and its train flags."""
     header = [IM_START_ID, *tokenizer.encode(f"{message.role}\n")]
-    body = [*tokenizer.encode(message.content), IM_END_ID]
+    # Content is untrusted: a literal "<|im_end|>" in it must stay text.
+    body = [*tokenizer.encode_literal(message.content), IM_END_ID]
     trailer = tokenizer.encode("\n")
     trained = 1 if message.role in TRAINED_ROLES else 0
     tokens = header + body + trailer

@@ -19,6 +19,7 @@ import functools
 import hashlib
 import io
 import os
+import re
 from collections.abc import Iterable, Iterator, Sequence
 from pathlib import Path
 from typing import Literal
@@ -44,6 +45,7 @@ _LONG_LINE_CHARS = _MAX_SENTENCE_BYTES // 4
 # into a space when decoding, so a literal U+2581 in the input would come back as a
 # space. Such characters are encoded as their three UTF-8 byte pieces instead.
 _SPACE_MARK = "\u2581"
+_MARKER_SPLIT = re.compile("(" + "|".join(re.escape(m) for m in CHAT_MARKERS) + ")")
 
 
 def _trainer_settings(vocab_size: int, model_type: str, num_threads: int) -> dict:
@@ -207,6 +209,21 @@ class Tokenizer:
                 ids.extend(self._space_mark_ids)
             if part:
                 ids.extend(self._sp.encode(part))
+        return ids
+
+    def encode_literal(self, text: str) -> list[int]:
+        """Like `encode`, but text that spells a chat marker stays text (byte pieces).
+
+        For untrusted content (chat messages): a user who types "<|im_end|>" must not
+        be able to close their turn and forge an assistant one. Decoding gives the
+        text back unchanged, and `token_bytes` stays exact.
+        """
+        ids: list[int] = []
+        for part in _MARKER_SPLIT.split(text):
+            if part in CHAT_MARKERS:
+                ids.extend(_byte_piece_id(self._sp, b) for b in part.encode("utf-8"))
+            elif part:
+                ids.extend(self.encode(part))
         return ids
 
     def encode_batch(self, texts: Sequence[str]) -> list[list[int]]:
