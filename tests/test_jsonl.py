@@ -48,3 +48,10 @@ def test_skip_mode_counts_and_aborts_above_the_threshold(tmp_path):
 def test_missing_file_names_the_path(tmp_path):
     with pytest.raises(FileNotFoundError, match=str(tmp_path / "nope.jsonl")):
         JsonlLines(tmp_path / "nope.jsonl")
+
+
+def test_record_stream_needs_files():
+    from jaxlm.data.jsonl import record_stream
+
+    with pytest.raises(ValueError, match="at least one file"):
+        record_stream([], seed=0, shuffle=False, repeat=False, process_index=0, process_count=1)

@@ -19,6 +19,7 @@ import threading
 from pathlib import Path
 from typing import Any, Literal
 
+import grain
 import numpy as np
 
 OnError = Literal["raise", "skip"]
@@ -108,3 +109,31 @@ class JsonlLines:
             return where, None
         self.counter.record(True, where)
         return where, record
+
+
+def record_stream(
+    files,
+    *,
+    seed: int,
+    shuffle: bool,
+    repeat: bool,
+    process_index: int,
+    process_count: int,
+    on_error: OnError = "raise",
+    bad_lines: BadLineCounter | None = None,
+):
+    """`(where, record)` of every line of `files`: seeded shuffle, this process's shard,
+    repeated per epoch. The shared head of the SFT, preference and text-record pipelines."""
+    if not files:
+        raise ValueError("a jsonl pipeline needs at least one file, got none")
+    bad_lines = bad_lines if bad_lines is not None else BadLineCounter()
+    lines = grain.MapDataset.concatenate(
+        [
+            grain.MapDataset.source(JsonlLines(f, on_error=on_error, counter=bad_lines))
+            for f in files
+        ]
+    )
+    if shuffle:
+        lines = lines.shuffle(seed)
+    lines = lines[process_index::process_count]
+    return lines.repeat(None) if repeat else lines

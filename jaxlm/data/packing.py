@@ -151,16 +151,12 @@ def pack_pieces(
     second part then starts a new segment at position 0).
     """
     length_struct = {name: seq_len for name in features}
-    if packer == "first_fit":
-        packed = grain.experimental.FirstFitPackIterDataset(
-            pieces,
-            length_struct=length_struct,
-            num_packing_bins=num_packing_bins,
-            seed=seed,
-            shuffle_bins=shuffle_bins,
-        )
-    elif packer == "best_fit":
-        packed = grain.experimental.BestFitPackIterDataset(
+    if packer in ("first_fit", "best_fit"):
+        packer_cls = {
+            "first_fit": grain.experimental.FirstFitPackIterDataset,
+            "best_fit": grain.experimental.BestFitPackIterDataset,
+        }[packer]
+        packed = packer_cls(
             pieces,
             length_struct=length_struct,
             num_packing_bins=num_packing_bins,

@@ -32,7 +32,7 @@ from jaxlm.data.chat import (
     encode_conversation,
     parse_conversation,
 )
-from jaxlm.data.jsonl import BadLineCounter, JsonlLines, OnError
+from jaxlm.data.jsonl import BadLineCounter, OnError, record_stream
 from jaxlm.data.packing import add_targets_and_mask
 
 
@@ -137,21 +137,17 @@ def preference_dataset(
     stats: PreferenceStats | None = None,
 ) -> grain.IterDataset:
     """Per-process `[B, 2, T]` preference batches from jsonl files."""
-    if not files:
-        raise ValueError("preference_dataset needs at least one jsonl file, got none")
-    bad_lines = bad_lines if bad_lines is not None else BadLineCounter()
     stats = stats if stats is not None else PreferenceStats()
-    lines = grain.MapDataset.concatenate(
-        [
-            grain.MapDataset.source(JsonlLines(f, on_error=on_error, counter=bad_lines))
-            for f in files
-        ]
+    lines = record_stream(
+        files,
+        seed=seed,
+        shuffle=shuffle,
+        repeat=repeat,
+        process_index=process_index,
+        process_count=process_count,
+        on_error=on_error,
+        bad_lines=bad_lines,
     )
-    if shuffle:
-        lines = lines.shuffle(seed)
-    lines = lines[process_index::process_count]
-    if repeat:
-        lines = lines.repeat(None)
     encode = functools.partial(encode_pair, tokenizer=tokenizer, seq_len=seq_len, stats=stats)
     pairs = lines.map(encode).to_iter_dataset(grain.ReadOptions(num_threads=1))
     return pairs.batch(

@@ -19,7 +19,7 @@ from pathlib import Path
 import grain
 
 from jaxlm.data.chat import ChatEncoder, ChatStats, encode_conversation, parse_conversation
-from jaxlm.data.jsonl import BadLineCounter, JsonlLines, OnError
+from jaxlm.data.jsonl import BadLineCounter, OnError, record_stream
 from jaxlm.data.packing import PackerName, packed_batches
 
 
@@ -54,21 +54,17 @@ def sft_dataset(
     stats: ChatStats | None = None,
 ) -> grain.IterDataset:
     """Packed SFT batches for this process; `stats` and `bad_lines` count what was skipped."""
-    if not files:
-        raise ValueError("sft_dataset needs at least one jsonl file, got none")
-    bad_lines = bad_lines if bad_lines is not None else BadLineCounter()
     stats = stats if stats is not None else ChatStats()
-    lines = grain.MapDataset.concatenate(
-        [
-            grain.MapDataset.source(JsonlLines(f, on_error=on_error, counter=bad_lines))
-            for f in files
-        ]
+    lines = record_stream(
+        files,
+        seed=seed,
+        shuffle=shuffle,
+        repeat=repeat,
+        process_index=process_index,
+        process_count=process_count,
+        on_error=on_error,
+        bad_lines=bad_lines,
     )
-    if shuffle:
-        lines = lines.shuffle(seed)
-    lines = lines[process_index::process_count]
-    if repeat:
-        lines = lines.repeat(None)
     encode = functools.partial(encode_record, tokenizer=tokenizer, seq_len=seq_len, stats=stats)
     # One reader thread: the counters are plain integers updated by the encode stage.
     documents = lines.map(encode).to_iter_dataset(grain.ReadOptions(num_threads=1))

@@ -18,7 +18,7 @@ from pathlib import Path
 
 import grain
 
-from jaxlm.data.jsonl import BadLineCounter, JsonlError, JsonlLines, OnError
+from jaxlm.data.jsonl import BadLineCounter, JsonlError, OnError, record_stream
 from jaxlm.data.packing import PackerName, TextEncoder, document_tokens, packed_batches
 
 
@@ -62,21 +62,17 @@ def jsonl_pretrain_dataset(
     shuffle_window: int = 16384,
 ) -> grain.IterDataset:
     """Packed pretraining batches for this process from jsonl text records."""
-    if not files:
-        raise ValueError("jsonl_pretrain_dataset needs at least one file, got none")
-    bad_lines = bad_lines if bad_lines is not None else BadLineCounter()
     stats = stats if stats is not None else DocumentStats()
-    lines = grain.MapDataset.concatenate(
-        [
-            grain.MapDataset.source(JsonlLines(f, on_error=on_error, counter=bad_lines))
-            for f in files
-        ]
+    lines = record_stream(
+        files,
+        seed=seed,
+        shuffle=shuffle,
+        repeat=repeat,
+        process_index=process_index,
+        process_count=process_count,
+        on_error=on_error,
+        bad_lines=bad_lines,
     )
-    if shuffle:
-        lines = lines.shuffle(seed)
-    lines = lines[process_index::process_count]
-    if repeat:
-        lines = lines.repeat(None)
     to_doc = functools.partial(
         record_document, tokenizer=tokenizer, text_field=text_field, stats=stats
     )
