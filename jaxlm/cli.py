@@ -3,6 +3,11 @@
     jaxlm train EXPERIMENT [--workdir DIR] [--set key=value ...]
     jaxlm config EXPERIMENT [--set key=value ...]     print the resolved config
     jaxlm presets                                      list model presets and sizes
+    jaxlm data clean|tokenize|inspect ...              corpus preparation
+    jaxlm tokenizer train|eval|extend ...              tokenizer tooling
+    jaxlm checkpoint ...                               checkpoint tools
+
+Run `jaxlm GROUP NAME --help` for the flags of each.
 
 EXPERIMENT is a module name under ./experiments (e.g. `quickstart`) or a path to an
 experiment file; an experiment is a module with a docstring and `get_config()`.
@@ -18,6 +23,7 @@ from pathlib import Path
 from types import ModuleType
 
 from jaxlm.config import Config, ConfigError, apply_overrides
+from jaxlm.errors import InputError
 from jaxlm.runtime import configure_cpu
 
 
@@ -77,7 +83,7 @@ def run_experiment(module: ModuleType, argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     try:
         return _train(module, args.overrides, args.workdir)
-    except (ConfigError, FileNotFoundError) as e:
+    except (InputError, FileNotFoundError) as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
 
@@ -106,9 +112,12 @@ def main(argv: list[str] | None = None) -> int:
     p_cfg.add_argument("experiment")
     p_cfg.add_argument("--set", dest="overrides", action="append", default=[], metavar="K=V")
     sub.add_parser("presets", help="list model presets with parameter counts")
+    _add_command_groups(sub)
     args = parser.parse_args(argv)
 
     try:
+        if hasattr(args, "run"):  # a `jaxlm GROUP NAME` command from jaxlm.commands
+            return args.run(args)
         if args.command == "presets":
             from jaxlm.models import count_params
             from jaxlm.presets import PRESETS
@@ -121,9 +130,22 @@ def main(argv: list[str] | None = None) -> int:
             print(resolve_config(module, args.overrides, args.experiment).to_json())
             return 0
         return _train(module, args.overrides, args.workdir)
-    except (ConfigError, FileNotFoundError) as e:
+    except (InputError, FileNotFoundError) as e:
         print(f"jaxlm: error: {e}", file=sys.stderr)
         return 2
+
+
+def _add_command_groups(sub) -> None:
+    """`jaxlm GROUP NAME`, for every command module in jaxlm.commands."""
+    from jaxlm.commands import GROUP_HELP, discover
+
+    for group, commands in discover().items():
+        group_parser = sub.add_parser(group, help=GROUP_HELP[group])
+        group_sub = group_parser.add_subparsers(dest="subcommand", required=True)
+        for name, module in commands.items():
+            parser = group_sub.add_parser(name, help=module.HELP, description=module.HELP)
+            module.add_arguments(parser)
+            parser.set_defaults(run=module.run)
 
 
 if __name__ == "__main__":

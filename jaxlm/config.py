@@ -16,10 +16,12 @@ import types
 import typing
 from typing import Any, Literal
 
+from jaxlm.errors import InputError
+
 Dtype = Literal["float32", "bfloat16", "float16"]
 
 
-class ConfigError(ValueError):
+class ConfigError(InputError):
     """A bad configuration value or key; the message names the key."""
 
 

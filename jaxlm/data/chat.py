@@ -28,6 +28,7 @@ from typing import Any, Literal, Protocol
 import numpy as np
 
 from jaxlm.data.tokenizer import BOS_ID, IM_END_ID, IM_START_ID
+from jaxlm.errors import InputError
 
 ROLES = ("system", "user", "assistant", "tool")
 TRAINED_ROLES = frozenset({"assistant"})
@@ -42,7 +43,7 @@ class ChatEncoder(Protocol):
         ...
 
 
-class ChatFormatError(ValueError):
+class ChatFormatError(InputError):
     """A record that is not a conversation; the message names file:line."""
 
 

@@ -22,10 +22,12 @@ from typing import Any, Literal
 import grain
 import numpy as np
 
+from jaxlm.errors import InputError
+
 OnError = Literal["raise", "skip"]
 
 
-class JsonlError(ValueError):
+class JsonlError(InputError):
     """A malformed line (or too many of them); the message names the file and line."""
 
 
