@@ -16,6 +16,7 @@ import types
 import typing
 from typing import Any, Literal
 
+from jaxlm.data.source_spec import parse_sources
 from jaxlm.errors import InputError
 
 Dtype = Literal["float32", "bfloat16", "float16"]
@@ -92,9 +93,17 @@ class ModelConfig:
 
 @dataclasses.dataclass(frozen=True, kw_only=True)
 class DataConfig:
-    """Where tokens come from and how they are packed."""
+    """Where tokens come from and how they are packed.
 
-    corpus: Literal["stdlib"] = "stdlib"
+    `sources` and `eval_sources` use the syntax of jaxlm.data.source_spec, e.g.
+    "stdlib", "jsonl:data/*.jsonl@3,text:books/**/*.txt@1" or "tokens:shards/web".
+    With `eval_sources` empty, a `val_fraction` of every source's documents (chosen by
+    a stable hash) is held out for evaluation and never trained on.
+    """
+
+    sources: str = "stdlib"
+    eval_sources: str = ""  # empty means the held-out split of `sources`
+    text_field: str = "text"  # jsonl key / parquet column holding the document
     tokenizer: str = ""  # path to a .model; empty means train one into the workdir
     tokenizer_vocab_size: int = 4096
     tokenizer_max_chars: int = 8_000_000
@@ -104,12 +113,30 @@ class DataConfig:
     packer: Literal["first_fit", "best_fit", "concat_then_split"] = "first_fit"
     shuffle_window: int = 16384  # training pieces shuffled in windows of this many
     seed: int = 0
-    eval_max_docs: int = 0  # 0 means every validation document
+    eval_max_docs: int = 0  # per eval source; 0 means every held-out document
+    reader_threads: int = 1  # threads reading and tokenizing documents, per process
+    workers: int = 0  # Grain worker processes running the pipeline; 0 = in-process
+    on_bad_record: Literal["raise", "skip"] = "raise"  # skip: count, abort above 1%
 
     def __post_init__(self):
         _positive(self, "seq_len", "batch_size", "tokenizer_vocab_size")
         if not 0.0 < self.val_fraction < 1.0:
             raise ConfigError(f"data.val_fraction={self.val_fraction} must be in (0, 1)")
+        if self.reader_threads < 0 or self.workers < 0:
+            raise ConfigError("data.reader_threads and data.workers must be >= 0")
+        for key in ("sources", "eval_sources"):
+            text = getattr(self, key)
+            if key == "eval_sources" and not text:
+                continue
+            try:
+                specs = parse_sources(text, key=f"data.{key}")
+            except InputError as e:
+                raise ConfigError(str(e)) from None
+            if not self.tokenizer and any(spec.kind == "tokens" for spec in specs):
+                raise ConfigError(
+                    f"data.{key}: pre-tokenized sources need data.tokenizer set to the "
+                    "tokenizer they were made with"
+                )
 
 
 @dataclasses.dataclass(frozen=True, kw_only=True)

@@ -23,10 +23,8 @@ import numpy as np
 from jaxlm import distributed
 from jaxlm.checkpoint import Checkpointer, abstract_like, from_jsonable
 from jaxlm.config import Config
-from jaxlm.data.corpus import read_text, stdlib_files
-from jaxlm.data.packing import padding_batch
-from jaxlm.data.pipeline import pretrain_dataset
-from jaxlm.data.tokenizer import Tokenizer, train_tokenizer
+from jaxlm.data import run_inputs
+from jaxlm.data.counters import DataTotals
 from jaxlm.flops import device_peak_flops, flops_per_token, measure_cpu_matmul_flops
 from jaxlm.generate import complete
 from jaxlm.metrics import MetricsWriter, bits_per_byte, gzip_bits_per_byte
@@ -61,39 +59,6 @@ def log(msg: str) -> None:
         print(msg, flush=True)
 
 
-# ---------------------------------------------------------------------------- data
-
-
-def ensure_tokenizer(cfg: Config, workdir: Path) -> Tokenizer:
-    """Load the configured tokenizer, or train one on the corpus into the workdir."""
-    if cfg.data.tokenizer:
-        return Tokenizer.load(Path(cfg.data.tokenizer))
-    prefix = workdir / "tokenizer"
-    model_path = prefix.with_suffix(".model")
-    if not model_path.exists():
-        if jax.process_index() == 0:
-            log(f"training a {cfg.data.tokenizer_vocab_size}-piece tokenizer -> {model_path}")
-            t0 = time.perf_counter()
-            files = stdlib_files("train", val_fraction=cfg.data.val_fraction)
-            texts = (read_text(p) for p in files)
-            train_tokenizer(
-                texts,
-                prefix,
-                vocab_size=cfg.data.tokenizer_vocab_size,
-                max_chars=cfg.data.tokenizer_max_chars,
-                seed=cfg.data.seed,
-            )
-            log(f"tokenizer trained in {time.perf_counter() - t0:.1f}s")
-        _barrier("tokenizer")
-    tokenizer = Tokenizer.load(model_path)
-    if tokenizer.vocab_size != cfg.model.vocab_size:
-        raise ValueError(
-            f"{model_path}: tokenizer has {tokenizer.vocab_size} pieces but model.vocab_size="
-            f"{cfg.model.vocab_size}"
-        )
-    return tokenizer
-
-
 def _barrier(name: str) -> None:
     if jax.process_count() > 1:
         from jax.experimental import multihost_utils
@@ -101,45 +66,12 @@ def _barrier(name: str) -> None:
         multihost_utils.sync_global_devices(name)
 
 
-def _validation_files(cfg: Config) -> list[Path]:
-    files = stdlib_files("validation", val_fraction=cfg.data.val_fraction)
-    return files[: cfg.data.eval_max_docs] if cfg.data.eval_max_docs else files
+def _allgather_max(value: int) -> int:
+    if jax.process_count() == 1:
+        return value
+    from jax.experimental import multihost_utils
 
-
-def _local_batch_size(cfg: Config) -> int:
-    n = jax.process_count()
-    if cfg.data.batch_size % n:
-        raise ValueError(f"data.batch_size={cfg.data.batch_size} is not divisible by {n} processes")
-    return cfg.data.batch_size // n
-
-
-def eval_batches(cfg: Config, tokenizer: Tokenizer) -> list[dict[str, np.ndarray]]:
-    """Every validation document once, in fixed order; equal batch counts on all hosts."""
-    ds = pretrain_dataset(
-        _validation_files(cfg),
-        tokenizer,
-        seq_len=cfg.data.seq_len,
-        batch_size=_local_batch_size(cfg),
-        packer=cfg.data.packer,
-        seed=cfg.data.seed,
-        shuffle=False,
-        repeat=False,
-        process_index=jax.process_index(),
-        process_count=jax.process_count(),
-    )
-    batches = list(ds)
-    count = len(batches)
-    if jax.process_count() > 1:
-        from jax.experimental import multihost_utils
-
-        count = int(np.max(multihost_utils.process_allgather(np.int32(count))))
-    if count == 0:
-        raise ValueError("the validation split produced no batches")
-    while len(batches) < count:  # all-padding batches carry no loss
-        batches.append(
-            padding_batch(_local_batch_size(cfg), cfg.data.seq_len, pad_id=tokenizer.pad_id)
-        )
-    return batches
+    return int(np.max(multihost_utils.process_allgather(np.int32(value))))
 
 
 # ------------------------------------------------------------------------- helpers
@@ -191,7 +123,9 @@ def train(cfg: Config, workdir: Path | str) -> RunResult:
 
     mesh = make_mesh((cfg.mesh.data, cfg.mesh.fsdp, cfg.mesh.tensor))
     log(f"mesh {dict(mesh.shape)} over {jax.device_count()} {jax.default_backend()} devices")
-    tokenizer = ensure_tokenizer(cfg, workdir)
+    tokenizer = run_inputs.ensure_tokenizer(
+        cfg, workdir, log=log, is_leader=jax.process_index() == 0, barrier=_barrier
+    )
     token_bytes = jax.device_put(tokenizer.token_bytes(), replicated(mesh))
 
     total_steps = cfg.train.steps
@@ -214,18 +148,10 @@ def train(cfg: Config, workdir: Path | str) -> RunResult:
     )
     eval_step = jit_eval_step(make_eval_step(graphdef), state_shardings.params, mesh)
 
-    train_ds = pretrain_dataset(
-        stdlib_files("train", val_fraction=cfg.data.val_fraction),
-        tokenizer,
-        seq_len=cfg.data.seq_len,
-        batch_size=_local_batch_size(cfg),
-        packer=cfg.data.packer,
-        seed=cfg.data.seed,
-        process_index=jax.process_index(),
-        process_count=jax.process_count(),
-        shuffle_window=cfg.data.shuffle_window,
-    )
+    train_ds = run_inputs.train_stream(cfg, tokenizer, jax.process_index(), jax.process_count())
     train_iter = iter(train_ds)
+    fingerprint = run_inputs.data_fingerprint(cfg, tokenizer.sha256)
+    data_totals = DataTotals()
 
     checkpointer = Checkpointer(workdir / "checkpoints")
     start_step = 0
@@ -238,12 +164,17 @@ def train(cfg: Config, workdir: Path | str) -> RunResult:
                 f"{checkpointer.directory}/{latest}: saved config differs from this run's; "
                 "use a new --workdir to start over"
             )
-        train_iter.set_state(from_jsonable(data_state))
+        where = f"{checkpointer.directory}/{latest}"
+        run_inputs.check_fingerprint(data_state["documents_per_source"], fingerprint, where)
+        train_iter.set_state(from_jsonable(data_state["iterator"]))
+        data_totals = DataTotals(data_state["counts"])
         start_step = latest
         log(f"resumed from {checkpointer.directory}/{latest}")
 
     writer = MetricsWriter(workdir, enabled=jax.process_index() == 0)
-    val_batches = eval_batches(cfg, tokenizer)
+    val_batches = run_inputs.eval_batches(
+        cfg, tokenizer, jax.process_index(), jax.process_count(), _allgather_max
+    )
     tokens_per_step = cfg.data.batch_size * cfg.data.seq_len
     flops_tok = flops_per_token(cfg.model, cfg.data.seq_len)
     peak, peak_source = _peak_flops_total(cfg)
@@ -277,6 +208,7 @@ def train(cfg: Config, workdir: Path | str) -> RunResult:
     window: dict[str, list[float]] = {"loss": [], "time": [], "data": []}
     totals = {"step_s": 0.0}
     train_losses: list[float] = []
+    real_fractions: list[float] = []
     last_ckpt = latest
     ckpt_block = 0.0
     final_eval = None
@@ -313,6 +245,7 @@ def train(cfg: Config, workdir: Path | str) -> RunResult:
                     "mfu": flops_tok * tokens_per_step / mean_time / peak,
                     "real_token_fraction": real_frac,
                     "skipped_empty": int(m["skipped_empty"]),
+                    **{f"data_{k}": v for k, v in data_totals.as_dict().items()},
                 },
             )
             for v in window.values():
@@ -320,9 +253,10 @@ def train(cfg: Config, workdir: Path | str) -> RunResult:
 
     for step in range(start_step, total_steps):
         t0 = time.perf_counter()
-        host_batch = next(train_iter)
+        host_batch = data_totals.pop_from(next(train_iter))
         data_wait = time.perf_counter() - t0
         real_frac = float(np.mean(host_batch["segment_ids"] != 0))
+        real_fractions.append(real_frac)
         with jax.set_mesh(mesh):
             state, metrics = train_step(state, host_batch_to_global(host_batch, mesh))
         if pending is not None:
@@ -343,7 +277,12 @@ def train(cfg: Config, workdir: Path | str) -> RunResult:
                 report(*pending)
                 pending = None
             t0 = time.perf_counter()
-            checkpointer.save(done, state, train_iter.get_state(), cfg.to_json())
+            data_state = {
+                "iterator": train_iter.get_state(),
+                "documents_per_source": fingerprint,
+                "counts": data_totals.as_dict(),
+            }
+            checkpointer.save(done, state, data_state, cfg.to_json())
             blocked = time.perf_counter() - t0
             ckpt_block += blocked
             writer.write(done, "checkpoint", {"blocking_s": blocked})
@@ -371,7 +310,9 @@ def train(cfg: Config, workdir: Path | str) -> RunResult:
         },
         train_losses=train_losses,
     )
-    result.gzip_bits_per_byte, _ = gzip_bits_per_byte(read_text(p) for p in _validation_files(cfg))
+    texts = run_inputs.eval_texts(cfg)
+    if texts:  # pre-tokenized eval sources have no text to compress
+        result.gzip_bits_per_byte, _ = gzip_bits_per_byte(texts)
     if jax.process_index() == 0:
         png = workdir / "loss_curve.png"
         plot_loss_curves([writer.path], png, labels=[cfg.name])
@@ -396,6 +337,8 @@ def train(cfg: Config, workdir: Path | str) -> RunResult:
             "wall_s": wall,
             "productive_step_s": totals["step_s"],
             "checkpoint_blocking_s": ckpt_block,
+            "real_token_fraction": float(np.mean(real_fractions)) if real_fractions else 0.0,
+            **{f"data_{k}": v for k, v in data_totals.as_dict().items()},
             "gzip_bits_per_byte": result.gzip_bits_per_byte,
             **{f"eval_{k}": v for k, v in final_eval.items()},
         },

@@ -2,6 +2,7 @@
 
 import dataclasses
 import json
+import re
 
 import pytest
 
@@ -89,3 +90,25 @@ def test_cudnn_attention_constraints_fail_at_config_time():
             Config(),
             ["model.attention_impl=cudnn", "model.compute_dtype=bfloat16", "model.d_model=48"],
         )
+
+
+@pytest.mark.parametrize(
+    ("item", "message"),
+    [
+        ("data.sources=csv:a.csv", "data.sources: unknown source kind 'csv'"),
+        ("data.sources=jsonl", "data.sources: 'jsonl' needs a path"),
+        ("data.sources=stdlib@0", "data.sources: weight in 'stdlib@0' must be positive"),
+        ("data.eval_sources=text:a.txt@x", "data.eval_sources: weight 'x'"),
+        ("data.sources=tokens:shards/a", "pre-tokenized sources need data.tokenizer"),
+    ],
+)
+def test_bad_sources_fail_at_config_time(item, message):
+    with pytest.raises(ConfigError, match=re.escape(message)):
+        apply_overrides(Config(), [item])
+
+
+def test_a_mixture_with_a_tokenizer_is_accepted():
+    cfg = apply_overrides(
+        Config(), ["data.sources=tokens:shards/a@3,jsonl:b.jsonl", "data.tokenizer=t.model"]
+    )
+    assert cfg.data.sources == "tokens:shards/a@3,jsonl:b.jsonl"

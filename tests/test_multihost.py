@@ -24,7 +24,8 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
-def launch(num_processes: int, tmp_path: Path) -> list[dict]:
+def launch(num_processes: int, tmp_path: Path, worker: Path = WORKER, args=()) -> list[dict]:
+    """Runs `worker COORDINATOR N I *args OUT` as N processes; returns their OUT JSONs."""
     coordinator = f"127.0.0.1:{free_port()}"
     env = {k: v for k, v in os.environ.items() if not k.startswith(("XLA_", "JAX"))}
     procs, outs = [], []
@@ -33,7 +34,15 @@ def launch(num_processes: int, tmp_path: Path) -> list[dict]:
         outs.append(out)
         procs.append(
             subprocess.Popen(
-                [sys.executable, str(WORKER), coordinator, str(num_processes), str(i), str(out)],
+                [
+                    sys.executable,
+                    str(worker),
+                    coordinator,
+                    str(num_processes),
+                    str(i),
+                    *args,
+                    str(out),
+                ],
                 cwd=REPO,
                 env=env,
                 stdout=subprocess.PIPE,

@@ -5,11 +5,13 @@ import itertools
 import json
 import re
 
+import grain
 import numpy as np
 import pytest
 from helpers.batches import BOS, EOS, ByteTokenizer
 
 from jaxlm.data import corpus, packing, pipeline
+from jaxlm.data.counters import COUNTS_KEY
 from jaxlm.data.packing import BATCH_KEYS, document_tokens, split_long_document
 from jaxlm.data.tokenizer import train_tokenizer
 
@@ -58,10 +60,11 @@ def _eval_batches(files, **kwargs):
 
 
 def _assert_same_batches(expected, actual):
+    """Same batch schema arrays; counts (COUNTS_KEY) depend on read-ahead and are not compared."""
     assert len(expected) == len(actual)
     for want, got in zip(expected, actual, strict=True):
         assert sorted(want) == sorted(got)
-        for key in want:
+        for key in BATCH_KEYS:
             np.testing.assert_array_equal(want[key], got[key], err_msg=key)
 
 
@@ -105,11 +108,16 @@ def test_process_shards_are_disjoint_and_cover_every_document(text_files):
     assert sum(per_process, collections.Counter()) == _expected_pieces(text_files, 64)
 
 
+def _paths(files):
+    return grain.MapDataset.source([str(path) for path in files])
+
+
 def test_training_shards_are_disjoint_within_each_epoch(text_files):
     def epochs(index):
-        stream = pipeline.file_stream(
-            text_files, seed=3, shuffle=True, repeat=True, process_index=index, process_count=2
-        )
+        stream = pipeline.document_stream(
+            _paths(text_files), seed=3, shuffle=True, repeat=True, process_index=index,
+            process_count=2,
+        )  # fmt: skip
         return [stream[i] for i in range(2 * len(text_files))]
 
     # Process i owns positions i, i + 2, ... of each epoch's permutation.
@@ -122,16 +130,16 @@ def test_training_shards_are_disjoint_within_each_epoch(text_files):
 
 
 def test_each_epoch_is_a_new_permutation(text_files):
-    stream = pipeline.file_stream(
-        text_files, seed=0, shuffle=True, repeat=True, process_index=0, process_count=1
+    stream = pipeline.document_stream(
+        _paths(text_files), seed=0, shuffle=True, repeat=True, process_index=0, process_count=1
     )
     n = len(text_files)
     epoch_one = [stream[i] for i in range(n)]
     epoch_two = [stream[i] for i in range(n, 2 * n)]
     assert sorted(epoch_one) == sorted(epoch_two) == sorted(str(path) for path in text_files)
     assert epoch_one != epoch_two
-    unshuffled = pipeline.file_stream(
-        text_files, seed=0, shuffle=False, repeat=False, process_index=0, process_count=1
+    unshuffled = pipeline.document_stream(
+        _paths(text_files), seed=0, shuffle=False, repeat=False, process_index=0, process_count=1
     )
     assert list(unshuffled) == [str(path) for path in text_files]
 
@@ -204,8 +212,8 @@ def test_real_tokenizer_on_the_stdlib(tmp_path):
         )
     )
     for batch in batches:
-        assert sorted(batch) == sorted(BATCH_KEYS)
-        assert all(value.shape == (8, 128) and value.dtype == np.int32 for value in batch.values())
+        assert sorted(batch) == sorted([*BATCH_KEYS, COUNTS_KEY])
+        assert all(batch[k].shape == (8, 128) and batch[k].dtype == np.int32 for k in BATCH_KEYS)
     token_bytes = tokenizer.token_bytes()
     counted = sum(int(token_bytes[batch["tokens"]].sum()) for batch in batches)
     assert counted == sum(len(path.read_bytes()) for path in validation)
@@ -229,7 +237,7 @@ def test_bad_arguments_are_refused(text_files, kwargs, message):
 
 
 def test_more_processes_than_files_is_refused(text_files):
-    with pytest.raises(ValueError, match="2 files"):
+    with pytest.raises(ValueError, match="2 documents"):
         pipeline.pretrain_dataset(
             text_files[:2], ByteTokenizer(), seq_len=16, batch_size=2, process_count=3
         )

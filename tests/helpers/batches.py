@@ -43,3 +43,8 @@ class ByteTokenizer:
         return [byte + 10 for byte in text.encode("utf-8")]
 
     encode_literal = encode  # bytes never spell a special id
+
+
+def byte_decode(ids) -> str:
+    """Inverse of ByteTokenizer.encode; special ids decode to nothing."""
+    return bytes(i - 10 for i in ids if i >= 10).decode("utf-8", errors="replace")
