@@ -111,6 +111,7 @@ class DataConfig:
     seq_len: int = 256
     batch_size: int = 16  # global, across all processes
     packer: Literal["first_fit", "best_fit", "concat_then_split"] = "first_fit"
+    packing_bins: int = 64  # rows first_fit / best_fit fill at once (more: less padding)
     shuffle_window: int = 16384  # training pieces shuffled in windows of this many
     seed: int = 0
     eval_max_docs: int = 0  # per eval source; 0 means every held-out document
@@ -119,7 +120,7 @@ class DataConfig:
     on_bad_record: Literal["raise", "skip"] = "raise"  # skip: count, abort above 1%
 
     def __post_init__(self):
-        _positive(self, "seq_len", "batch_size", "tokenizer_vocab_size")
+        _positive(self, "seq_len", "batch_size", "tokenizer_vocab_size", "packing_bins")
         if not 0.0 < self.val_fraction < 1.0:
             raise ConfigError(f"data.val_fraction={self.val_fraction} must be in (0, 1)")
         if self.reader_threads < 0 or self.workers < 0:
