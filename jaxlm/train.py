@@ -22,9 +22,10 @@ import numpy as np
 
 from jaxlm import distributed
 from jaxlm.checkpoint import Checkpointer, abstract_like, from_jsonable
-from jaxlm.config import Config
+from jaxlm.config import Config, config_differences
 from jaxlm.data import run_inputs
 from jaxlm.data.counters import DataTotals
+from jaxlm.errors import InputError
 from jaxlm.flops import device_peak_flops, flops_per_token, measure_cpu_matmul_flops
 from jaxlm.generate import complete
 from jaxlm.metrics import MetricsWriter, bits_per_byte, gzip_bits_per_byte
@@ -159,12 +160,14 @@ def train(cfg: Config, workdir: Path | str) -> RunResult:
     if latest is not None:
         target = abstract_like(state_shardings, jax.eval_shape(lambda s: s, state))
         state, data_state, saved_cfg = checkpointer.restore(latest, target)
-        if saved_cfg != cfg.to_dict():
-            raise ValueError(
-                f"{checkpointer.directory}/{latest}: saved config differs from this run's; "
-                "use a new --workdir to start over"
-            )
         where = f"{checkpointer.directory}/{latest}"
+        changed = config_differences(saved_cfg, cfg.to_dict())
+        if changed:
+            raise InputError(
+                f"{where}: this run's config differs from the checkpoint's ("
+                + "; ".join(changed)
+                + "); resuming would not continue the same run. Use a new --workdir"
+            )
         run_inputs.check_fingerprint(data_state["documents_per_source"], fingerprint, where)
         train_iter.set_state(from_jsonable(data_state["iterator"]))
         data_totals = DataTotals(data_state["counts"])
