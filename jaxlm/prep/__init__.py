@@ -1,0 +1,17 @@
+"""Corpus preparation before any tokenizer sees the data (`jaxlm data clean`).
+
+    sources.py     paths/globs -> documents (text files, jsonl records) with their origin
+    normalize.py   Unicode form, line endings, control characters
+    pii.py         optional e-mail / phone-number scrubbing
+    repetition.py  Gopher-style repetition statistics of one document
+    filters.py     the quality filters (length, repetition) with thresholds and names
+    hashing.py     64-bit hashes that are the same in every process (unlike hash())
+    minhash.py     MinHash signatures of word shingles (vectorised numpy)
+    dedup.py       exact and near-duplicate removal, keeping the first occurrence
+    atomic.py      write a file under a temporary name, rename when complete
+    report.py      what each stage removed: counts, characters, examples
+    clean.py       the streaming pipeline that ties them together
+
+The modules use numpy and the standard library, no JAX device. (Reusing JsonlError and
+BadLineCounter from jaxlm.data.jsonl does import Grain, and with it JAX: about 0.7 s.)
+"""
