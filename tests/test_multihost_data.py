@@ -24,7 +24,7 @@ def _write_jsonl(path, count, long_every_other: bool):
 @pytest.mark.timeout(300)
 def test_two_processes_read_disjoint_shards_with_equal_batch_counts(tmp_path):
     train_path, eval_path = tmp_path / "train.jsonl", tmp_path / "eval.jsonl"
-    _write_jsonl(train_path, 40, long_every_other=False)
+    _write_jsonl(train_path, 400, long_every_other=False)  # 3 batches: far less than an epoch
     # Even documents are long: process 0 (documents 0, 2, ...) needs more batches.
     _write_jsonl(eval_path, 21, long_every_other=True)
     texts = [line for line in eval_path.read_text().splitlines()]

@@ -1,0 +1,100 @@
+"""`jaxlm tokenizer extend`: append pieces learned on new text, keeping every old id.
+
+    jaxlm tokenizer extend tokenizers/en32k.model 'zh/*.txt' --vocab-size 48000 \\
+        --out tokenizers/en32k-zh
+
+Trains a domain model of the base's type on the inputs, appends its pieces that the
+base lacks (up to --vocab-size in all) and writes PREFIX.model, PREFIX.vocab and
+PREFIX.json (whose `extended_from` names the base). `--pieces new-chars` (default)
+adds only pieces holding a character the base lacks, so text the base fully covers
+keeps its exact encoding; `--pieces all` also adds pieces of known characters (a new
+domain in the same script). See jaxlm.data.tokenizer_extend for what is guaranteed.
+
+It then reports characters per token of the base and the extended model on the
+first MB of the inputs (training text: measure held-out text with `tokenizer eval`).
+Grow a checkpoint to match with `jaxlm checkpoint grow-vocab`.
+"""
+
+from __future__ import annotations
+
+import argparse
+
+from jaxlm.commands.tokenizer_train import add_input_arguments
+
+HELP = "add pieces learned on new text to a tokenizer, keeping every existing id"
+
+_SAMPLE_CHARS = 1_000_000
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("base", metavar="BASE.model", help="the tokenizer to extend")
+    parser.add_argument(
+        "inputs", nargs="+", metavar="INPUT", help="stdlib, a path/glob, or kind:GLOB"
+    )
+    parser.add_argument("--out", required=True, metavar="PREFIX", help="writes PREFIX.model")
+    parser.add_argument(
+        "--vocab-size", type=int, required=True, help="target size (at most this many pieces)"
+    )
+    parser.add_argument(
+        "--pieces",
+        choices=("new-chars", "all"),
+        default="new-chars",
+        help="new-chars: only pieces holding a character the base lacks, so text of known "
+        "characters encodes as before; all: every new piece",
+    )
+    parser.add_argument(
+        "--domain-vocab-size",
+        type=int,
+        default=0,
+        help="pieces of the model trained on the new text (default: fixed pieces + the "
+        "text's alphabet + twice the budget)",
+    )
+    parser.add_argument("--max-chars", type=int, default=20_000_000)
+    parser.add_argument("--threads", type=int, default=2)
+    parser.add_argument("--seed", type=int, default=0)
+    add_input_arguments(parser, split_default="train")
+
+
+def run(args: argparse.Namespace) -> int:
+    from jaxlm.data.tokenizer import Tokenizer
+    from jaxlm.data.tokenizer_extend import extend_tokenizer
+    from jaxlm.data.tokenizer_inputs import iter_texts, open_inputs, read_texts
+    from jaxlm.data.tokenizer_metadata import sidecar_path
+    from jaxlm.errors import InputError
+
+    if args.max_chars <= 0 or args.domain_vocab_size < 0:
+        raise InputError("--max-chars must be positive and --domain-vocab-size >= 0")
+    base = Tokenizer.load(args.base)
+    opened = open_inputs(args.inputs, text_field=args.text_field, split=args.split)
+    result = extend_tokenizer(
+        base,
+        iter_texts(opened),
+        args.out,
+        vocab_size=args.vocab_size,
+        pieces=args.pieces,
+        domain_vocab_size=args.domain_vocab_size or None,
+        max_chars=args.max_chars,
+        num_threads=args.threads,
+        seed=args.seed,
+    )
+    extended, plan = result.tokenizer, result.plan
+    print(f"extended {base.path} ({base.vocab_size} pieces) -> {extended.path}")
+    print(f"  ids 0..{base.vocab_size - 1} unchanged; {len(plan.added)} pieces appended")
+    print(f"  vocab size {extended.vocab_size} (target {args.vocab_size})")
+    print(
+        f"  domain model: {result.domain_vocab_size} pieces; not added: "
+        f"{plan.already_in_base} already in the base, {plan.only_known_chars} of known "
+        f"characters only (--pieces {args.pieces}), {plan.unreachable} unreachable merges, "
+        f"{plan.over_budget} over the budget"
+    )
+    print(f"  sidecar {sidecar_path(extended.path)}")
+    # The sources are random access, so reading them again starts from the beginning.
+    sample = "".join(read_texts(opened, _SAMPLE_CHARS))
+    before, after = len(base.encode(sample)), len(extended.encode(sample))
+    if before and after:
+        print(
+            f"  on {len(sample):,} characters of the training input: "
+            f"{len(sample) / before:.3f} -> {len(sample) / after:.3f} chars/token "
+            f"({before / after:.2f}x fewer tokens)"
+        )
+    return 0
