@@ -192,6 +192,7 @@ class TrainConfig:
     progress_bar: bool = True
     peak_flops: float = 0.0  # per device; 0 means look it up (or measure on CPU)
     checkpoint_every: int = 0  # 0 means only at the end
+    init_from: str = ""  # params directory (jaxlm checkpoint grow-vocab) to start from
     generate_prompt: str = ""
     generate_tokens: int = 64
 

@@ -60,6 +60,25 @@ def log(msg: str) -> None:
         print(msg, flush=True)
 
 
+def _initialized_from(cfg: Config, state, state_shardings):
+    """The fresh state with params from `train.init_from` (optimizer state stays fresh).
+
+    A resumed run overwrites this with its checkpoint, so it only matters at step 0.
+    """
+    from jaxlm.params_checkpoint import load_params
+
+    params, saved = load_params(cfg.train.init_from, shardings=state_shardings.params)
+    changed = config_differences(
+        dataclasses.asdict(saved.model), dataclasses.asdict(cfg.model), "model."
+    )
+    if changed:
+        raise InputError(
+            f"{cfg.train.init_from}: its params do not fit this model (" + "; ".join(changed) + ")"
+        )
+    log(f"params initialised from {cfg.train.init_from}")
+    return state.replace(params=params)
+
+
 def _barrier(name: str) -> None:
     if jax.process_count() > 1:
         from jax.experimental import multihost_utils
@@ -135,6 +154,8 @@ def train(cfg: Config, workdir: Path | str) -> RunResult:
     state, state_shardings = create_train_state(
         cfg.model, optimizer, mesh, jax.random.key(cfg.train.seed)
     )
+    if cfg.train.init_from:
+        state = _initialized_from(cfg, state, state_shardings)
     graphdef, _ = abstract_model(cfg.model)
     train_step = jit_train_step(
         make_lm_step(

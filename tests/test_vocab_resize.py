@@ -20,6 +20,7 @@ from jaxlm.checkpoint import Checkpointer
 from jaxlm.config import Config, DataConfig, OptimConfig
 from jaxlm.data.tokenizer import Tokenizer, train_tokenizer
 from jaxlm.data.tokenizer_extend import extend_tokenizer
+from jaxlm.errors import InputError
 from jaxlm.models.vocab_resize import grow_vocab
 from jaxlm.optim import make_optimizer
 from jaxlm.params_checkpoint import load_params
@@ -230,3 +231,28 @@ def test_grow_vocab_refusals_exit_2_naming_the_problem(
     assert grow(*args) == 2
     assert needle in capsys.readouterr().err
     assert not (dst / "config.json").exists()
+
+
+def test_a_run_continues_from_grown_params(src_run, tokenizers, tmp_path):
+    """`train.init_from`: step 0 starts from the grown params (lr 0 keeps them exactly)."""
+    from jaxlm.config import apply_overrides
+    from jaxlm.params_checkpoint import restore_latest_params
+    from jaxlm.train import train
+
+    workdir, params = src_run
+    _, ext, _ = tokenizers
+    dst = tmp_path / "grown"
+    assert grow(workdir, dst, "--vocab-size", V_NEW, "--tokenizer", ext.path) == 0
+    _, grown_cfg = load_params(dst)
+    overrides = [f"train.init_from={dst}", "train.steps=1", "train.progress_bar=false",
+                 "optim.lr=0", "data.eval_max_docs=1", "data.batch_size=8",
+                 "data.shuffle_window=64"]  # fmt: skip
+    train(apply_overrides(grown_cfg, overrides), tmp_path / "continued")
+    after, _, step = restore_latest_params(tmp_path / "continued")
+    assert step == 1
+    np.testing.assert_array_equal(after["embed"][...][:V], params["embed"][...])
+    np.testing.assert_array_equal(after["layers"]["w_up"][...], params["layers"]["w_up"][...])
+
+    mismatched = apply_overrides(grown_cfg, [*overrides, "model.d_ff=64"])
+    with pytest.raises(InputError, match=r"do not fit this model \(model.d_ff: \d+ -> 64"):
+        train(mismatched, tmp_path / "mismatched")
