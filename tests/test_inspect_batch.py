@@ -44,3 +44,28 @@ def test_token_table_and_plot(tmp_path):
     assert table.splitlines()[1].split()[:2] == ["0", "1"]
     png = plot_batch(batch, tmp_path / "batch.png")
     assert png.stat().st_size > 1000
+
+
+def test_inspect_command_with_a_token_table(tmp_path, capsys):
+    """`jaxlm data inspect` end to end on a tiny jsonl experiment override."""
+    import json
+
+    from jaxlm import cli
+    from jaxlm.data.tokenizer import train_tokenizer
+
+    texts = [f"def f{i}(x):\n    return x + {i}\n" * (1 + i % 5) for i in range(80)]
+    data = tmp_path / "d.jsonl"
+    data.write_text("".join(json.dumps({"text": t}) + "\n" for t in texts))
+    tok = train_tokenizer(texts, tmp_path / "tok", vocab_size=300, max_chars=100_000)
+    overrides = [
+        f"data.sources=jsonl:{data}",
+        f"data.tokenizer={tok.path}",
+        "model.vocab_size=300",
+        "data.val_fraction=0.2",
+    ]
+    argv = ["data", "inspect", "quickstart", "--rows", "1", "--tokens", "--split", "eval"]
+    for item in overrides:
+        argv += ["--set", item]
+    assert cli.main(argv) == 0
+    out = capsys.readouterr().out
+    assert "row 0:" in out and "col    id  piece" in out and "'return'" in out

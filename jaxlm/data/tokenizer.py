@@ -405,6 +405,10 @@ class Tokenizer:
         """The text of `ids`; pad, BOS and EOS are skipped."""
         return self._sp.decode([int(i) for i in ids])
 
+    def piece(self, token_id: int) -> str:
+        """The SentencePiece piece of one id (e.g. '▁def', '<0x0A>')."""
+        return self._sp.id_to_piece(int(token_id))
+
     def vocab_listing(self) -> str:
         """`piece<TAB>score` per line, as SentencePiece writes `.vocab` files."""
         return "".join(
