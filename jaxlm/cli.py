@@ -139,7 +139,12 @@ def _add_command_groups(sub) -> None:
     """`jaxlm GROUP NAME`, for every command module in jaxlm.commands."""
     from jaxlm.commands import GROUP_HELP, discover
 
-    for group, commands in discover().items():
+    groups, top_level = discover()
+    for name, module in top_level.items():
+        parser = sub.add_parser(name, help=module.HELP, description=module.HELP)
+        module.add_arguments(parser)
+        parser.set_defaults(run=module.run)
+    for group, commands in groups.items():
         group_parser = sub.add_parser(group, help=GROUP_HELP[group])
         group_sub = group_parser.add_subparsers(dest="subcommand", required=True)
         for name, module in commands.items():

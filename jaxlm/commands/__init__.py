@@ -1,7 +1,8 @@
 """Subcommands of `jaxlm` grouped by noun: `jaxlm GROUP NAME ...`.
 
-A module here named `GROUP_NAME.py` (e.g. `data_clean.py` -> `jaxlm data clean`) is
-found automatically. It defines
+A module here named `GROUP_NAME.py` (e.g. `data_clean.py` -> `jaxlm data clean`), or
+`NAME.py` for a top-level command (`export.py` -> `jaxlm export`), is found
+automatically. It defines
 
     HELP: str                       one line for `--help`
     add_arguments(parser) -> None   its flags
@@ -25,13 +26,15 @@ GROUP_HELP = {
 }
 
 
-def discover() -> dict[str, dict[str, ModuleType]]:
-    """{group: {name: module}} for every `GROUP_NAME.py` in this package."""
+def discover() -> tuple[dict[str, dict[str, ModuleType]], dict[str, ModuleType]]:
+    """({group: {name: module}}, {top-level name: module}) for the modules here."""
     groups: dict[str, dict[str, ModuleType]] = {}
+    top_level: dict[str, ModuleType] = {}
     for info in sorted(pkgutil.iter_modules(__path__), key=lambda m: m.name):
         group, sep, name = info.name.partition("_")
-        if not sep or group not in GROUP_HELP:
-            continue
         module = importlib.import_module(f"{__name__}.{info.name}")
-        groups.setdefault(group, {})[name.replace("_", "-")] = module
-    return groups
+        if sep and group in GROUP_HELP:
+            groups.setdefault(group, {})[name.replace("_", "-")] = module
+        else:
+            top_level[info.name.replace("_", "-")] = module
+    return groups, top_level
