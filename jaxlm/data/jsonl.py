@@ -19,7 +19,6 @@ import threading
 from pathlib import Path
 from typing import Any, Literal
 
-import grain
 import numpy as np
 
 from jaxlm.errors import InputError
@@ -129,6 +128,8 @@ def record_stream(
     if not files:
         raise ValueError("a jsonl pipeline needs at least one file, got none")
     bad_lines = bad_lines if bad_lines is not None else BadLineCounter()
+    import grain  # here, not at the top: JsonlError users (data clean) need no grain/JAX
+
     lines = grain.MapDataset.concatenate(
         [
             grain.MapDataset.source(JsonlLines(f, on_error=on_error, counter=bad_lines))
