@@ -1,0 +1,79 @@
+"""RELIABILITY.md D22: the first 20 losses of a tiny model on generated data, checked in.
+
+Any change to the model, loss, optimizer, init or sharding that moves a single bit of
+these losses fails this test on the pinned CPU stack, so numerics never drift
+silently. After a deliberate change (or a dependency upgrade), regenerate with
+
+    JAXLM_REGENERATE_GOLDEN=1 pytest tests/test_golden_losses.py
+
+and say why in the commit. Bitwise equality is asserted where the recorded stack
+(jax/jaxlib version, CPU model and vector ISA) is the one running; XLA may pick other
+kernels elsewhere, so there the losses must agree to 1e-5 relative instead.
+"""
+
+import json
+import os
+import platform
+from pathlib import Path
+
+import jax
+import jaxlib
+import numpy as np
+import pytest
+from helpers.batches import packed_batch
+
+from jaxlm.config import OptimConfig
+from jaxlm.optim import learning_rate_schedule, make_optimizer
+from jaxlm.presets import get_preset
+from jaxlm.sharding import host_batch_to_global, make_mesh
+from jaxlm.steps import jit_train_step, make_lm_step
+from jaxlm.train_state import abstract_model, create_train_state
+
+GOLDEN = Path(__file__).parent / "golden" / "tiny_losses.json"
+STEPS = 20
+
+
+def _stack() -> dict[str, str]:
+    cpu = platform.processor() or platform.machine()
+    try:
+        info = Path("/proc/cpuinfo").read_text()
+        cpu = next(line.split(":", 1)[1].strip() for line in info.splitlines()
+                   if line.startswith("model name"))  # fmt: skip
+        isa = "avx512" if " avx512f" in info else ("avx2" if " avx2" in info else "other")
+    except (OSError, StopIteration):
+        isa = "unknown"
+    return {"jax": jax.__version__, "jaxlib": jaxlib.__version__, "cpu": cpu, "isa": isa}
+
+
+def _losses() -> list[float]:
+    cfg = get_preset("tiny")
+    optim = OptimConfig(lr=1e-2, warmup_steps=2, z_loss=1e-4)
+    mesh = make_mesh((2, 2, 2), jax.devices()[:8])
+    optimizer = make_optimizer(optim, STEPS)
+    state, shardings = create_train_state(cfg, optimizer, mesh, jax.random.key(0))
+    graphdef, _ = abstract_model(cfg)
+    step = jit_train_step(
+        make_lm_step(graphdef, optimizer, learning_rate_schedule(optim, STEPS), z_loss=1e-4),
+        shardings,
+        mesh,
+    )
+    losses = []
+    for i in range(STEPS):
+        batch = packed_batch(cfg.vocab_size, 8, 32, seed=i % 4)  # 4 batches, seen 5 times
+        with jax.set_mesh(mesh):
+            state, metrics = step(state, host_batch_to_global(batch, mesh))
+        losses.append(float(metrics["loss"]))
+    return losses
+
+
+def test_first_losses_match_the_checked_in_file():
+    losses = _losses()
+    if os.environ.get("JAXLM_REGENERATE_GOLDEN") == "1":
+        GOLDEN.write_text(json.dumps({"stack": _stack(), "losses": losses}, indent=1) + "\n")
+    golden = json.loads(GOLDEN.read_text())
+    assert losses[-1] < losses[0] - 0.5, "the tiny model should be learning the 4 batches"
+    if golden["stack"] == _stack():
+        assert losses == golden["losses"]  # bit for bit (floats round-trip through JSON)
+    else:
+        np.testing.assert_allclose(losses, golden["losses"], rtol=1e-5)
+        pytest.skip(f"close, not bitwise: recorded on {golden['stack']}, running {_stack()}")
