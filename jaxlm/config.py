@@ -156,6 +156,11 @@ class OptimConfig:
     clip_norm: float = 1.0  # 0 disables clipping
     grad_accum: int = 1
     z_loss: float = 0.0
+    # Skip (do not apply) a step whose loss exceeds spike_factor x its moving average,
+    # after spike_warmup_steps updates; 0 turns it off.
+    spike_factor: float = 0.0
+    spike_warmup_steps: int = 100
+    max_consecutive_spikes: int = 20  # then stop: the "spike" is the new normal
 
     def __post_init__(self):
         _positive(self, "grad_accum")

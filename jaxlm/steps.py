@@ -98,8 +98,17 @@ def make_lm_step(
     *,
     grad_accum: int = 1,
     z_loss: float = 0.0,
+    spike_factor: float = 0.0,
+    spike_warmup_steps: int = 100,
+    loss_ema_decay: float = 0.99,
 ) -> Callable[[TrainState, Batch], tuple[TrainState, Metrics]]:
-    """Build the pure next-token train step (pretraining and SFT)."""
+    """Build the pure next-token train step (pretraining and SFT).
+
+    With `spike_factor` > 0, once `spike_warmup_steps` updates were applied, a step
+    whose loss exceeds `spike_factor` times the moving average of past losses is
+    skipped like a non-finite one: params and optimizer state stay exactly as they
+    were, and `skipped_spike` says so (the host loop stops after too many in a row).
+    """
 
     def lm_step(state: TrainState, batch: Batch) -> tuple[TrainState, Metrics]:
         sums, grads = accumulated_grads(
@@ -118,12 +127,21 @@ def make_lm_step(
         # A finite gradient can still give a non-finite update (e.g. an absurd lr): check
         # the result too, so bad params are never written, not even for one step.
         finite = finite & _all_finite(new_params)
-        apply = finite & has_tokens
+        spike = (
+            (spike_factor > 0)
+            & (state.step >= spike_warmup_steps)
+            & (loss > spike_factor * state.loss_ema)
+        )
+        apply = finite & has_tokens & ~spike
+        ema = jnp.where(
+            state.step == 0, loss, loss_ema_decay * state.loss_ema + (1 - loss_ema_decay) * loss
+        )
         keep = lambda new, old: jax.tree.map(lambda n, o: jnp.where(apply, n, o), new, old)
         new_state = TrainState(
             step=state.step + apply.astype(jnp.int32),
             params=keep(new_params, state.params),
             opt_state=keep(new_opt_state, state.opt_state),
+            loss_ema=jnp.where(apply, ema, state.loss_ema).astype(jnp.float32),
         )
         metrics = {
             "loss": loss,
@@ -133,6 +151,7 @@ def make_lm_step(
             "num_tokens": sums.num_tokens,
             "finite": finite.astype(jnp.int32),
             "skipped_empty": (~has_tokens).astype(jnp.int32),
+            "skipped_spike": (spike & finite & has_tokens).astype(jnp.int32),
         }
         return new_state, metrics
 

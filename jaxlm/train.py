@@ -164,6 +164,8 @@ def train(cfg: Config, workdir: Path | str) -> RunResult:
             schedule,
             grad_accum=cfg.optim.grad_accum,
             z_loss=cfg.optim.z_loss,
+            spike_factor=cfg.optim.spike_factor,
+            spike_warmup_steps=cfg.optim.spike_warmup_steps,
         ),
         state_shardings,
         mesh,

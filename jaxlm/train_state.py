@@ -27,9 +27,12 @@ from jaxlm.sharding import named_sharding, replicated
 class TrainState:
     """Everything a step updates: a frozen pytree."""
 
-    step: jax.Array
+    step: jax.Array  # updates applied so far (skipped steps do not count)
     params: nnx.State
     opt_state: optax.OptState
+    # Moving average of the training loss over applied steps, for loss-spike skipping
+    # (steps.py); the first applied step sets it.
+    loss_ema: jax.Array
 
 
 def abstract_model(cfg: ModelConfig) -> tuple[nnx.GraphDef, nnx.State]:
@@ -77,7 +80,8 @@ def create_train_state(
 
     def init(key):
         params = init_params(cfg, key)
-        return TrainState(jnp.zeros((), jnp.int32), params, optimizer.init(params))
+        zero = jnp.zeros((), jnp.float32)
+        return TrainState(jnp.zeros((), jnp.int32), params, optimizer.init(params), zero)
 
     shardings = train_state_shardings(cfg, optimizer, mesh)
     with jax.set_mesh(mesh):
@@ -96,6 +100,7 @@ def train_state_shardings(
         step=replicated(mesh),
         params=p_shard,
         opt_state=opt_state_shardings(abstract_opt, p_shard, mesh),
+        loss_ema=replicated(mesh),
     )
 
 

@@ -273,3 +273,32 @@ def test_non_finite_update_from_finite_gradients_is_not_applied(env):
     assert int(after.step) == 0
     assert_bitwise_equal(after.params, before.params)
     assert_bitwise_equal(after.opt_state, before.opt_state)
+
+
+def test_loss_spike_is_skipped_and_changes_nothing(env):
+    """RELIABILITY D20: with spike_factor on, a step whose loss jumps above factor x the
+    moving average is not applied (params, optimizer state and EMA bitwise unchanged)."""
+    mesh, optimizer = env["mesh"], make_optimizer(OPTIM, TOTAL_STEPS)
+    fn = make_lm_step(
+        env["graphdef"], optimizer, learning_rate_schedule(OPTIM, TOTAL_STEPS),
+        spike_factor=1.1, spike_warmup_steps=3, loss_ema_decay=0.0,  # EMA = last loss
+    )  # fmt: skip
+    step = jit_train_step(fn, env["shardings"], mesh)
+    batch = packed_batch(seed=8)
+    spiky = {**batch, "targets": np.random.default_rng(0).permutation(batch["targets"], axis=1)}
+    state = fresh_state(env)
+    with jax.set_mesh(mesh):
+        for _ in range(8):  # learn this batch, so permuted targets cost far more
+            state, m = step(state, host_batch_to_global(batch, mesh))
+            assert int(m["skipped_spike"]) == 0
+        before = jax.device_get(state)
+        state, m = step(state, host_batch_to_global(spiky, mesh))
+        assert int(m["skipped_spike"]) == 1 and int(m["finite"]) == 1
+        assert float(m["loss"]) > 1.1 * float(before.loss_ema)
+        after = jax.device_get(state)
+        assert int(after.step) == int(before.step) == 8
+        assert_bitwise_equal(after.params, before.params)
+        assert_bitwise_equal(after.opt_state, before.opt_state)
+        assert after.loss_ema == before.loss_ema
+        state, m = step(state, host_batch_to_global(batch, mesh))  # ordinary again: applied
+        assert int(m["skipped_spike"]) == 0 and int(jax.device_get(state).step) == 9
