@@ -1,78 +1,401 @@
-"""Orbax checkpoints of the train state together with the data position and config.
+"""Orbax checkpoints of the train state with the data position, config and checksums.
 
-Each step directory holds three items:
-  state   - the TrainState, restored straight into the shardings it was trained with
-  data    - every process's data-iterator state (JSON), so a resumed run reads on
-            from the same batch instead of re-reading or skipping data
-  config  - the run's Config as JSON, compared with the new run's on resume
+Each step directory `<workdir>/checkpoints/<step>` holds four items:
+  state     the TrainState; restored straight into the restoring run's shardings,
+            which may be another mesh or device count (arrays are resharded on read)
+  data      every process's data-iterator state (JSON; gathered to the primary
+            process, which writes it), so a resumed run reads on from the same batch
+            instead of re-reading or skipping data
+  config    the run's Config as JSON, compared with the new run's on resume
+  checksum  a fingerprint of every state array and digests of the JSON items
+            (jaxlm.checkpoint_integrity), verified on every restore
 
-Orbax writes into a temporary directory and renames it when complete, so a crash
-mid-save never leaves a half-written step that looks finished.
+Saves are asynchronous: `save` returns once the arrays are off the devices and the
+files are written in the background. Orbax writes into `<step>.orbax-checkpoint-tmp-*`
+and renames it when complete, so a crash mid-save never leaves a step that looks
+finished; a Checkpointer that opens the directory later deletes such leftovers.
+
+Retention: the newest `keep` steps, plus every step that is a multiple of
+`keep_every` (when > 0) forever. Old steps are deleted only after a newer save has
+finished, so a failed save never deletes the last good checkpoint.
+
+`restore_latest_good` tries steps newest first. A step that cannot be read back as it
+was saved (an unreadable file, a checksum mismatch) is reported by a warning naming
+the step and the reason, moved aside to `<step>.corrupt`, and the step before it is
+tried. If no step can be restored, NoRestorableCheckpointError lists every step and
+reason: a run never silently starts over. A checkpoint that does not fit the model
+(CheckpointMismatchError) or the run's config (the caller's `check_config`) is refused
+at once: that is not damage, and an older step would not fit either.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import json
+import sys
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
 import jax
+import numpy as np
 import orbax.checkpoint as ocp
 
-from jaxlm.train_state import TrainState
+from jaxlm.checkpoint_integrity import (
+    device_fingerprints,
+    host_fingerprints,
+    json_digest,
+    leaf_names,
+    mismatched,
+)
+from jaxlm.checkpoint_shapes import check_fits
+from jaxlm.errors import InputError
+
+CHECKSUM_VERSION = 1
+_REASON_CHARS = 300  # TensorStore errors embed whole specs; the first line says enough
+
+
+class CorruptCheckpointError(RuntimeError):
+    """A finished step that cannot be restored as it was saved."""
+
+    def __init__(self, step: int, reason: str):
+        super().__init__(f"step {step}: {reason}")
+        self.step = step
+        self.reason = reason
+
+
+class NoRestorableCheckpointError(InputError):
+    """Checkpoints exist but none can be restored; the message names each step and why."""
+
+
+@dataclasses.dataclass
+class Restored:
+    """One restored step."""
+
+    step: int
+    state: Any
+    data: dict[str, Any] | None  # this process's data-iterator state; None for params-only
+    config: dict[str, Any]
+    verified: bool  # False for checkpoints written before checksums existed
+
+
+def _warn(message: str) -> None:
+    if jax.process_index() == 0:
+        print(f"jaxlm: warning: {message}", file=sys.stderr, flush=True)
+
+
+def _reason(error: BaseException) -> str:
+    """One line: the innermost cause, which names the file (Orbax wraps it generically)."""
+    seen = [error]
+    while (nxt := seen[-1].__cause__ or seen[-1].__context__) is not None and nxt not in seen:
+        seen.append(nxt)
+    for candidate in reversed(seen):
+        text = str(candidate).split(" See full TensorStore details")[0].strip()
+        if text:
+            line = text.splitlines()[0][:_REASON_CHARS]
+            return f"{type(candidate).__name__}: {line}"
+    return type(error).__name__
+
+
+def _everywhere(ok: bool) -> bool:
+    """True only if `ok` on every process: all processes must pick the same step."""
+    if jax.process_count() == 1:
+        return ok
+    from jax.experimental import multihost_utils
+
+    return bool(np.all(multihost_utils.process_allgather(np.int32(ok))))
+
+
+def restore_args_for(target: Any) -> Any:
+    """Into the target's shardings when it has them, else into host numpy arrays.
+
+    Giving the target dtype casts on read (e.g. a bfloat16 export into fp32 params).
+    """
+
+    def one(leaf):
+        sharding = getattr(leaf, "sharding", None)
+        if sharding is None:
+            return ocp.RestoreArgs(restore_type=np.ndarray, dtype=leaf.dtype)
+        return ocp.ArrayRestoreArgs(sharding=sharding, global_shape=leaf.shape, dtype=leaf.dtype)
+
+    return jax.tree.map(one, target)
+
+
+def _saved_dtypes(metadata_tree: Any) -> dict[str, np.dtype]:
+    leaves = jax.tree.leaves(metadata_tree, is_leaf=lambda x: hasattr(x, "name"))
+    return {leaf.name: np.dtype(leaf.dtype) for leaf in leaves if hasattr(leaf, "dtype")}
+
+
+def _fingerprints(tree: Any) -> dict[str, int]:
+    if all(isinstance(x, np.ndarray) for x in jax.tree.leaves(tree)):
+        return host_fingerprints(tree)
+    return device_fingerprints(tree)
 
 
 class Checkpointer:
-    """Save and restore (state, data-iterator state, config) under `<workdir>/checkpoints`."""
+    """Save and restore (state, data-iterator state, config) under `directory`."""
 
-    def __init__(self, directory: Path, *, max_to_keep: int = 3, async_save: bool = True):
+    def __init__(
+        self,
+        directory: Path | str,
+        *,
+        keep: int = 3,
+        keep_every: int = 0,
+        async_save: bool = True,
+        read_only: bool = False,
+        warn: Callable[[str], None] = _warn,
+    ):
         self.directory = Path(directory).absolute()
+        self.read_only = read_only
+        self.warn = warn
+        if read_only and not self.directory.is_dir():
+            raise FileNotFoundError(f"no checkpoints directory: {self.directory}")
+        policies = ocp.checkpoint_managers
+        policy = policies.LatestN(n=keep)
+        if keep_every:
+            policy = policies.AnyPreservationPolicy(
+                [policy, policies.EveryNSteps(interval_steps=keep_every)]
+            )
         options = ocp.CheckpointManagerOptions(
-            max_to_keep=max_to_keep,
+            preservation_policy=None if read_only else policy,
             enable_async_checkpointing=async_save,
-            cleanup_tmp_directories=True,
+            cleanup_tmp_directories=not read_only,
+            read_only=read_only,
         )
+        json_item = ocp.JsonCheckpointHandler
         self.manager = ocp.CheckpointManager(
-            self.directory, options=options, item_names=("state", "data", "config")
+            self.directory,
+            # The PyTree handler for the state, so params can be read on their own.
+            item_handlers={
+                "state": ocp.PyTreeCheckpointHandler(),
+                "data": json_item(),
+                "config": json_item(),
+                "checksum": json_item(),
+            },
+            options=options,
         )
 
     def latest_step(self) -> int | None:
         return self.manager.latest_step()
 
-    def save(self, step: int, state: TrainState, data_state: dict[str, Any], config_json: str):
-        data = {f"process_{jax.process_index()}": _jsonable(data_state)}
+    def all_steps(self) -> list[int]:
+        return sorted(self.manager.all_steps())
+
+    def step_dir(self, step: int) -> Path:
+        return self.directory / str(step)
+
+    # ------------------------------------------------------------------------ save
+
+    def save(self, step: int, state: Any, data_state: dict[str, Any], config_json: str) -> None:
+        """Start an asynchronous save of `state` (jax.Arrays) at `step`."""
+        data = _every_process(_jsonable(data_state))
+        config = json.loads(config_json)
+        # Computed on the devices before the arrays are copied off them; the one
+        # synchronous cost jaxlm adds to Orbax's (benchmarks/checkpoint_save.py).
+        checksum = {
+            "version": CHECKSUM_VERSION,
+            "state": device_fingerprints(state),
+            "data": json_digest(data),
+            "config": json_digest(config),
+        }
         self.manager.save(
             step,
             args=ocp.args.Composite(
-                state=ocp.args.StandardSave(state),
+                state=ocp.args.PyTreeSave(state),
                 data=ocp.args.JsonSave(data),
-                config=ocp.args.JsonSave(json.loads(config_json)),
+                config=ocp.args.JsonSave(config),
+                checksum=ocp.args.JsonSave(checksum),
             ),
         )
-
-    def restore(self, step: int, abstract_state: TrainState) -> tuple[TrainState, dict, dict]:
-        """Restore into `abstract_state`'s shapes and shardings (ShapeDtypeStructs)."""
-        restored = self.manager.restore(
-            step,
-            args=ocp.args.Composite(
-                state=ocp.args.StandardRestore(abstract_state),
-                data=ocp.args.JsonRestore(),
-                config=ocp.args.JsonRestore(),
-            ),
-        )
-        data = restored.data.get(f"process_{jax.process_index()}")
-        if data is None:
-            raise ValueError(
-                f"{self.directory / str(step)}: no data-iterator state for process "
-                f"{jax.process_index()} (saved with a different process count?)"
-            )
-        return restored.state, data, restored.config
 
     def wait(self) -> None:
+        """Block until the last save is on disk; raises if it failed."""
         self.manager.wait_until_finished()
 
     def close(self) -> None:
         self.manager.close()
+
+    # --------------------------------------------------------------------- restore
+
+    def restore(
+        self,
+        step: int,
+        target: Any | Callable[[dict[str, Any]], Any],
+        *,
+        check_config: Callable[[dict[str, Any], str], None] | None = None,
+        partial: bool = False,
+    ) -> Restored:
+        """Restore `step` into `target`, verified against its checksums.
+
+        `target` is a pytree of ShapeDtypeStructs (with shardings: restored as sharded
+        jax.Arrays; without: as numpy), or a function of the saved config returning one.
+        `partial` restores a subtree of the state (e.g. `{"params": ...}`) and skips
+        the data item. Raises CorruptCheckpointError when the step cannot be read back
+        as saved, CheckpointMismatchError when it does not fit `target`, and whatever
+        `check_config(saved_config, where)` raises.
+        """
+        where = str(self.step_dir(step))
+        has_checksum = (self.step_dir(step) / "checksum").is_dir()
+        head_args = {"config": ocp.args.JsonRestore()}
+        if has_checksum:
+            head_args["checksum"] = ocp.args.JsonRestore()
+        try:
+            head = self.manager.restore(step, args=ocp.args.Composite(**head_args))
+        except Exception as error:  # any failure to read it back means unusable
+            raise CorruptCheckpointError(step, _reason(error)) from error
+        config = head["config"]
+        checksum = head["checksum"] if has_checksum else None
+        if checksum is not None and json_digest(config) != checksum.get("config"):
+            raise CorruptCheckpointError(step, "the config item does not match its checksum")
+        if check_config is not None:
+            check_config(config, where)
+        if callable(target):
+            target = target(config)
+
+        try:
+            metadata = self.manager.item_metadata(step)["state"]
+            metadata = getattr(metadata, "tree", metadata)
+        except Exception as error:
+            raise CorruptCheckpointError(step, _reason(error)) from error
+        check_fits(metadata, target, where, partial=partial)
+
+        args = {
+            "state": ocp.args.PyTreeRestore(
+                item=target, restore_args=restore_args_for(target), partial_restore=partial
+            )
+        }
+        if not partial:
+            args["data"] = ocp.args.JsonRestore()
+        try:
+            body = self.manager.restore(step, args=ocp.args.Composite(**args))
+        except Exception as error:
+            raise CorruptCheckpointError(step, _reason(error)) from error
+        state = body["state"]
+
+        data = None
+        if not partial:
+            if checksum is not None and json_digest(body["data"]) != checksum.get("data"):
+                raise CorruptCheckpointError(step, "the data item does not match its checksum")
+            data = body["data"].get(f"process_{jax.process_index()}")
+            if data is None:
+                raise InputError(
+                    f"{where}: no data-iterator state for process {jax.process_index()} "
+                    "(saved with a different process count?)"
+                )
+        if checksum is not None:
+            self._verify_state(step, state, metadata, target, checksum["state"])
+        return Restored(step, state, data, config, verified=checksum is not None)
+
+    def _verify_state(self, step, state, metadata, target, saved: dict[str, int]) -> None:
+        dtypes = _saved_dtypes(metadata)
+        # A leaf cast on read (another dtype than saved) has another fingerprint.
+        same_dtype = [
+            name
+            for name, leaf in zip(leaf_names(target), jax.tree.leaves(target), strict=True)
+            if dtypes.get(name) == np.dtype(leaf.dtype)
+        ]
+        actual = _fingerprints(state)
+        bad = mismatched(saved, {n: actual[n] for n in same_dtype})
+        if bad:
+            shown = ", ".join(bad[:5]) + (f" and {len(bad) - 5} more" if len(bad) > 5 else "")
+            raise CorruptCheckpointError(
+                step, f"checksum mismatch in {shown} (the files were changed after saving)"
+            )
+
+    def restore_latest_good(
+        self,
+        target: Any | Callable[[dict[str, Any]], Any],
+        *,
+        check_config: Callable[[dict[str, Any], str], None] | None = None,
+        partial: bool = False,
+        steps: list[int] | None = None,
+    ) -> Restored | None:
+        """The newest step that restores and verifies; None when there is no checkpoint.
+
+        Unusable newer steps are warned about and, when writable, moved aside so a
+        resumed run can save those step numbers again. Raises
+        NoRestorableCheckpointError when checkpoints exist but none is usable.
+        """
+        candidates = sorted(self.manager.all_steps() if steps is None else steps, reverse=True)
+        failures: list[CorruptCheckpointError] = []
+        for step in candidates:
+            error = None
+            try:
+                restored = self.restore(step, target, check_config=check_config, partial=partial)
+            except CorruptCheckpointError as e:
+                error = e
+            if not _everywhere(error is None) and error is None:
+                error = CorruptCheckpointError(step, "could not be restored on another process")
+            if error is not None:
+                failures.append(error)
+                self.warn(
+                    f"checkpoint {self.step_dir(step)} is unusable ({error.reason}); "
+                    "trying the step before it"
+                )
+                continue
+            if not restored.verified:
+                self.warn(
+                    f"checkpoint {self.step_dir(step)} has no checksums (written before jaxlm "
+                    "recorded them): restored without verification"
+                )
+            if failures:
+                moved = self._set_aside([f.step for f in failures])
+                self.warn(
+                    f"restored step {step} instead of the newest "
+                    f"{', '.join(str(f.step) for f in failures)}"
+                    + (f"; unusable steps moved to {', '.join(moved)}" if moved else "")
+                )
+            return restored
+        if failures:
+            listed = "; ".join(str(f) for f in failures)
+            raise NoRestorableCheckpointError(
+                f"{self.directory}: no checkpoint can be restored ({listed}). Refusing to "
+                "start over from scratch: repair or remove these steps, or use a new workdir"
+            )
+        return None
+
+    def _set_aside(self, steps: list[int]) -> list[str]:
+        """Rename unusable steps to `<step>.corrupt` (kept for inspection, not reused)."""
+        if self.read_only:
+            return []
+        moved = []
+        for step in steps:
+            source = self.step_dir(step)
+            dest = self.directory / f"{step}.corrupt"
+            n = 1
+            while dest.exists():
+                n += 1
+                dest = self.directory / f"{step}.corrupt.{n}"
+            if jax.process_index() == 0 and source.exists():
+                source.rename(dest)
+            moved.append(str(dest))
+        if jax.process_count() > 1:
+            from jax.experimental import multihost_utils
+
+            multihost_utils.sync_global_devices("jaxlm_checkpoint_set_aside")
+        self.manager.reload()
+        return moved
+
+
+def _every_process(mine: Any) -> dict[str, Any]:
+    """{"process_<i>": data state of process i} for all processes, on every process.
+
+    Orbax writes JSON items from the primary process only, so each process's own
+    iterator position must reach it first (a collective: every process calls save).
+    """
+    if jax.process_count() == 1:
+        return {"process_0": mine}
+    from jax.experimental import multihost_utils
+
+    text = np.frombuffer(json.dumps(mine).encode("utf-8"), np.uint8)
+    lengths = np.asarray(multihost_utils.process_allgather(np.int32(text.size)))
+    padded = np.zeros(int(lengths.max()), np.uint8)
+    padded[: text.size] = text
+    rows = np.asarray(multihost_utils.process_allgather(padded))
+    return {
+        f"process_{i}": json.loads(bytes(rows[i, :n]).decode("utf-8"))
+        for i, n in enumerate(lengths.tolist())
+    }
 
 
 def _jsonable(data_state: Any) -> Any:
@@ -96,7 +419,7 @@ def from_jsonable(data: Any) -> Any:
     return data
 
 
-def abstract_like(state_shardings: TrainState, abstract_state: TrainState) -> TrainState:
+def abstract_like(state_shardings: Any, abstract_state: Any) -> Any:
     """ShapeDtypeStructs carrying the shardings: the restore target."""
     return jax.tree.map(
         lambda x, s: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=s),

@@ -6,11 +6,16 @@
     jaxlm data clean|tokenize|inspect ...              corpus preparation
     jaxlm tokenizer train|eval|extend ...              tokenizer tooling
     jaxlm checkpoint ...                               checkpoint tools
+    jaxlm launch -n N -- jaxlm train ...               N processes as one job, here
 
 Run `jaxlm GROUP NAME --help` for the flags of each.
 
 EXPERIMENT is a module name under ./experiments (e.g. `quickstart`) or a path to an
 experiment file; an experiment is a module with a docstring and `get_config()`.
+
+`jaxlm train` exits 0 when the run finishes or is stopped by SIGTERM/SIGINT after
+saving (jaxlm.preemption), 2 on bad input, and 75 when the step-time watchdog ends a
+stuck run (jaxlm.watchdog).
 """
 
 from __future__ import annotations
@@ -55,20 +60,28 @@ def resolve_config(module: ModuleType, overrides: list[str], name: str) -> Confi
 
 
 def print_result(result) -> None:
-    """What a finished run produced, and where it is."""
+    """What a finished (or preempted) run produced, where it is, and where the time went."""
+    from jaxlm.goodput import format_summary
+
     ev = result.final_eval
     print()
-    print(f"finished {result.steps} steps in {result.wall_seconds:.0f}s")
-    print(f"held-out loss        {ev['loss']:.4f} nats/token")
-    print(
-        f"held-out bits/byte   {ev['bits_per_byte']:.4f}   (gzip -9 on the same bytes: "
-        f"{result.gzip_bits_per_byte:.4f})"
-    )
+    if result.preempted:
+        print(f"stopped by a signal after step {result.steps}, which is saved; run the same")
+        print("command again to resume from there")
+    else:
+        print(f"finished {result.steps} steps in {result.wall_seconds:.0f}s")
+        print(f"held-out loss        {ev['loss']:.4f} nats/token")
+        print(
+            f"held-out bits/byte   {ev['bits_per_byte']:.4f}   (gzip -9 on the same bytes: "
+            f"{result.gzip_bits_per_byte:.4f})"
+        )
     if result.completion:
         print("greedy completion (prompt, then the model's continuation after »):")
         print("-" * 60)
         print(f"{result.prompt}»{result.completion}")
         print("-" * 60)
+    if result.timing:
+        print(format_summary(result.timing))
     print("artefacts:")
     for name, path in result.artefacts.items():
         print(f"  {name:12s} {path}")

@@ -197,12 +197,29 @@ class TrainConfig:
     progress_bar: bool = True
     peak_flops: float = 0.0  # per device; 0 means look it up (or measure on CPU)
     checkpoint_every: int = 0  # 0 means only at the end
-    init_from: str = ""  # params directory (jaxlm checkpoint grow-vocab) to start from
+    # A params directory (jaxlm export, jaxlm checkpoint grow-vocab) or a training
+    # workdir (params of its newest good checkpoint) to start from; fresh optimizer.
+    init_from: str = ""
+    keep_checkpoints: int = 3  # the newest K checkpoints are kept
+    keep_every: int = 0  # also keep every checkpoint whose step is a multiple; 0 = off
+    # Comma-separated dotted keys a resumed run may change, e.g. "train.steps,optim.lr";
+    # any other difference from the checkpoint's config is refused.
+    allow_config_change: str = ""
     generate_prompt: str = ""
     generate_tokens: int = 64
+    # Watchdog (jaxlm.watchdog): exit with status 75 when a step takes longer than
+    # this; 0 = off. The first step (compilation), evaluations and checkpoint saves
+    # get first_step_timeout_s instead.
+    step_timeout_s: float = 0.0
+    first_step_timeout_s: float = 1800.0
 
     def __post_init__(self):
-        _positive(self, "steps", "log_every")
+        _positive(self, "steps", "log_every", "keep_checkpoints")
+        if self.keep_every < 0:
+            raise ConfigError(f"train.keep_every={self.keep_every} must be >= 0 (0 = off)")
+        if self.step_timeout_s < 0:
+            raise ConfigError(f"train.step_timeout_s={self.step_timeout_s} must be >= 0 (0 = off)")
+        _positive(self, "first_step_timeout_s")
 
 
 @dataclasses.dataclass(frozen=True, kw_only=True)

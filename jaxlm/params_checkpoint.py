@@ -1,11 +1,12 @@
 """Model parameters without optimizer state: read from a run, written for a new one.
 
-`restore_latest_params(workdir)` reads the params of the newest checkpoint a
-training run wrote (jaxlm.checkpoint layout) into host memory as numpy, without
-knowing the shardings it was trained with and without reading the optimizer state.
+`restore_params(workdir)` reads the params of a training run's newest good
+checkpoint (jaxlm.checkpoint layout; a damaged newer step is skipped with a
+warning) without reading the optimizer state, verified against the checkpoint's
+checksums: into host memory as numpy, or with `shardings` straight into them.
 
 `save_params` / `load_params` write and read a *params directory*, the starting
-point of a later run (e.g. continued pretraining after growing the vocabulary):
+point of a later run (`train.init_from`) or the result of `jaxlm export`:
 
     DIR/params/          Orbax PyTree checkpoint of the params nnx.State: the tree of
                          TrainState.params, e.g. {"embed": {"value": [V, D]}, ...}
@@ -13,23 +14,28 @@ point of a later run (e.g. continued pretraining after growing the vocabulary):
     DIR/tokenizer.model  the matching tokenizer, with its tokenizer.json sidecar,
                          when one was given; config.json's data.tokenizer points here
 
-`load_params(DIR)` gives the params as numpy; with `shardings` (a State of
-NamedShardings, jaxlm.train_state.param_shardings) each is restored straight into
-its shards.
+The arrays may be stored in another dtype than config.json's model.param_dtype (a
+bfloat16 export of an fp32 run): every load casts them to the dtype of the model it
+loads into, so a bfloat16 export starts an fp32-param run (the widening cast is
+exact; the precision lost in the export stays lost).
+
+`load_init_params(path, model)` is what `train.init_from` calls: `path` is a params
+directory or a training workdir.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import shutil
 from pathlib import Path
 
 import jax
-import numpy as np
 import orbax.checkpoint as ocp
 from flax import nnx
 
-from jaxlm.config import Config, config_from_dict
+from jaxlm.checkpoint import Checkpointer, restore_args_for
+from jaxlm.config import Config, ModelConfig, config_differences, config_from_dict
 from jaxlm.data.tokenizer_metadata import sidecar_path
 from jaxlm.errors import InputError
 from jaxlm.train_state import abstract_model
@@ -37,42 +43,63 @@ from jaxlm.train_state import abstract_model
 PARAMS_DIR = "params"
 CONFIG_FILE = "config.json"
 TOKENIZER_FILE = "tokenizer.model"
+# Model fields that change numerics or implementation but not the parameter tree.
+_SAME_PARAMS = ("param_dtype", "compute_dtype", "attention_impl", "remat")
+
+
+def _target(model: ModelConfig, shardings: nnx.State | None) -> nnx.State:
+    """Abstract params of `model`, carrying `shardings` when given."""
+    _, abstract = abstract_model(model)
+    if shardings is None:
+        return abstract
+    return jax.tree.map(
+        lambda a, s: jax.ShapeDtypeStruct(a.shape, a.dtype, sharding=s), abstract, shardings
+    )
+
+
+def restore_params(
+    workdir: Path | str,
+    *,
+    step: int | None = None,
+    model: ModelConfig | None = None,
+    shardings: nnx.State | None = None,
+    check_config=None,
+) -> tuple[nnx.State, Config, int]:
+    """(params, the run's Config, step) of a training run's checkpoint.
+
+    The newest good step, or exactly `step`. Params take the shapes and dtypes of
+    `model` (default: the checkpoint's own model) and, with `shardings`, are restored
+    into them; otherwise they are numpy. `check_config(saved_config_dict, where)` may
+    refuse the checkpoint before any array is read.
+    """
+    workdir = Path(workdir).absolute()
+    if not workdir.is_dir():
+        raise FileNotFoundError(f"no such workdir: {workdir}")
+    checkpointer = Checkpointer(workdir / "checkpoints", read_only=True)
+    try:
+        steps = checkpointer.all_steps()
+        if step is not None and step not in steps:
+            raise InputError(f"{checkpointer.directory}: no finished step {step} (have {steps})")
+
+        def target(saved: dict) -> dict:
+            return {"params": _target(model or config_from_dict(saved).model, shardings)}
+
+        restored = checkpointer.restore_latest_good(
+            target,
+            check_config=check_config,
+            partial=True,
+            steps=None if step is None else [step],
+        )
+    finally:
+        checkpointer.close()
+    if restored is None:
+        raise InputError(f"{checkpointer.directory} holds no finished checkpoint")
+    return restored.state["params"], config_from_dict(restored.config), restored.step
 
 
 def restore_latest_params(workdir: Path | str) -> tuple[nnx.State, Config, int]:
-    """(params as numpy, the run's Config, step) of the newest checkpoint in `workdir`."""
-    directory = Path(workdir).absolute() / "checkpoints"
-    if not directory.is_dir():
-        raise FileNotFoundError(f"no checkpoints directory: {directory}")
-    json_item = ocp.JsonCheckpointHandler
-    manager = ocp.CheckpointManager(
-        directory,
-        item_handlers={
-            "state": ocp.PyTreeCheckpointHandler(),
-            "data": json_item(),
-            "config": json_item(),
-        },
-        options=ocp.CheckpointManagerOptions(read_only=True),
-    )
-    try:
-        step = manager.latest_step()
-        if step is None:
-            raise InputError(f"{directory} holds no finished checkpoint")
-        saved = manager.restore(step, args=ocp.args.Composite(config=ocp.args.JsonRestore()))
-        cfg = config_from_dict(saved["config"])
-        # The params subtree only (partial restore), shaped by the saved config.
-        _, abstract = abstract_model(cfg.model)
-        item = {"params": abstract}
-        as_numpy = jax.tree.map(lambda _: ocp.RestoreArgs(restore_type=np.ndarray), item)
-        restored = manager.restore(
-            step,
-            args=ocp.args.Composite(
-                state=ocp.args.PyTreeRestore(item=item, restore_args=as_numpy, partial_restore=True)
-            ),
-        )
-    finally:
-        manager.close()
-    return restored["state"]["params"], cfg, step
+    """(params as numpy, the run's Config, step) of the newest good checkpoint."""
+    return restore_params(workdir)
 
 
 def save_params(
@@ -99,30 +126,73 @@ def save_params(
     return directory
 
 
-def load_params(
-    directory: Path | str, *, shardings: nnx.State | None = None
-) -> tuple[nnx.State, Config]:
-    """(params, Config) of a params directory; numpy unless `shardings` are given."""
-    directory = Path(directory).absolute()
-    config_path = directory / CONFIG_FILE
-    if not config_path.is_file():
-        raise FileNotFoundError(f"not a params directory (no {CONFIG_FILE}): {directory}")
+def read_params_config(directory: Path | str) -> Config:
+    """The Config of a params directory (FileNotFoundError if it is not one)."""
+    config_path = Path(directory).absolute() / CONFIG_FILE
+    if not config_path.is_file() or not (config_path.parent / PARAMS_DIR).is_dir():
+        raise FileNotFoundError(
+            f"not a params directory (no {CONFIG_FILE} and {PARAMS_DIR}/): {config_path.parent}"
+        )
     try:
-        cfg = config_from_dict(json.loads(config_path.read_text(encoding="utf-8")))
+        return config_from_dict(json.loads(config_path.read_text(encoding="utf-8")))
     except json.JSONDecodeError as error:
         raise InputError(f"{config_path}: not valid JSON ({error})") from None
-    _, abstract = abstract_model(cfg.model)
-    if shardings is None:
-        restore_args = jax.tree.map(lambda _: ocp.RestoreArgs(restore_type=np.ndarray), abstract)
-    else:
-        abstract = jax.tree.map(
-            lambda a, s: jax.ShapeDtypeStruct(a.shape, a.dtype, sharding=s), abstract, shardings
-        )
-        restore_args = jax.tree.map(
-            lambda a: ocp.ArrayRestoreArgs(sharding=a.sharding, global_shape=a.shape), abstract
-        )
+
+
+def load_params(
+    directory: Path | str,
+    *,
+    shardings: nnx.State | None = None,
+    model: ModelConfig | None = None,
+) -> tuple[nnx.State, Config]:
+    """(params, Config) of a params directory; numpy unless `shardings` are given.
+
+    Arrays are cast to the dtypes of `model` (default: config.json's model).
+    """
+    directory = Path(directory).absolute()
+    cfg = read_params_config(directory)
+    target = _target(model or cfg.model, shardings)
     params = ocp.PyTreeCheckpointer().restore(
         directory / PARAMS_DIR,
-        args=ocp.args.PyTreeRestore(item=abstract, restore_args=restore_args),
+        args=ocp.args.PyTreeRestore(item=target, restore_args=restore_args_for(target)),
     )
     return params, cfg
+
+
+def _refuse_other_model(saved: ModelConfig, model: ModelConfig, source: str) -> None:
+    changed = [
+        change
+        for change in config_differences(
+            dataclasses.asdict(saved), dataclasses.asdict(model), "model."
+        )
+        if change.split(":")[0].removeprefix("model.") not in _SAME_PARAMS
+    ]
+    if changed:
+        raise InputError(f"{source}: its params do not fit this model (" + "; ".join(changed) + ")")
+
+
+def load_init_params(
+    path: Path | str, model: ModelConfig, *, shardings: nnx.State | None = None
+) -> tuple[nnx.State, str]:
+    """Params for `train.init_from`: (params cast to `model`'s dtypes, a description).
+
+    `path` is a params directory (DIR/params + DIR/config.json) or a training workdir
+    (DIR/checkpoints: the params of its newest good checkpoint). Either way its model
+    must have the same parameter shapes as `model`; dtypes may differ (cast on load).
+    """
+    path = Path(path).absolute()
+    if (path / PARAMS_DIR).is_dir():
+        _refuse_other_model(read_params_config(path).model, model, str(path))
+        params, _ = load_params(path, shardings=shardings, model=model)
+        return params, f"params directory {path}"
+    if (path / "checkpoints").is_dir():
+
+        def check(saved: dict, where: str) -> None:
+            _refuse_other_model(config_from_dict(saved).model, model, where)
+
+        params, _, step = restore_params(path, model=model, shardings=shardings, check_config=check)
+        return params, f"{path / 'checkpoints' / str(step)} (params only)"
+    raise FileNotFoundError(
+        f"train.init_from: {path} is neither a params directory (no {PARAMS_DIR}/) nor a "
+        "training workdir (no checkpoints/)"
+    )

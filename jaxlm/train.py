@@ -22,18 +22,20 @@ import numpy as np
 
 from jaxlm import distributed
 from jaxlm.checkpoint import Checkpointer, abstract_like, from_jsonable
-from jaxlm.config import Config, config_differences
+from jaxlm.config import Config
 from jaxlm.data import run_inputs
 from jaxlm.data.counters import DataTotals
-from jaxlm.errors import InputError
 from jaxlm.flops import device_peak_flops, flops_per_token, measure_cpu_matmul_flops
 from jaxlm.generate import complete
+from jaxlm.goodput import TimeLedger
 from jaxlm.metrics import MetricsWriter, bits_per_byte, gzip_bits_per_byte
 from jaxlm.optim import learning_rate_schedule, make_optimizer
 from jaxlm.plotting import plot_loss_curves
+from jaxlm.preemption import StopRequest
 from jaxlm.sharding import host_batch_to_global, make_mesh, replicated
 from jaxlm.steps import jit_eval_step, jit_train_step, make_eval_step, make_lm_step
 from jaxlm.train_state import abstract_model, create_train_state
+from jaxlm.watchdog import StepWatchdog
 
 
 class NonFiniteError(RuntimeError):
@@ -53,6 +55,8 @@ class RunResult:
     completion: str = ""
     wall_seconds: float = 0.0
     train_losses: list[float] = dataclasses.field(default_factory=list)
+    preempted: bool = False  # stopped by SIGTERM/SIGINT after saving `steps`
+    timing: dict[str, float] = dataclasses.field(default_factory=dict)  # goodput.py summary
 
 
 def log(msg: str) -> None:
@@ -63,19 +67,16 @@ def log(msg: str) -> None:
 def _initialized_from(cfg: Config, state, state_shardings):
     """The fresh state with params from `train.init_from` (optimizer state stays fresh).
 
+    `train.init_from` is a params directory (jaxlm export, checkpoint grow-vocab) or a
+    training workdir (its newest good checkpoint); see params_checkpoint.load_init_params.
     A resumed run overwrites this with its checkpoint, so it only matters at step 0.
     """
-    from jaxlm.params_checkpoint import load_params
+    from jaxlm.params_checkpoint import load_init_params
 
-    params, saved = load_params(cfg.train.init_from, shardings=state_shardings.params)
-    changed = config_differences(
-        dataclasses.asdict(saved.model), dataclasses.asdict(cfg.model), "model."
+    params, source = load_init_params(
+        cfg.train.init_from, cfg.model, shardings=state_shardings.params
     )
-    if changed:
-        raise InputError(
-            f"{cfg.train.init_from}: its params do not fit this model (" + "; ".join(changed) + ")"
-        )
-    log(f"params initialised from {cfg.train.init_from}")
+    log(f"params initialised from {source}")
     return state.replace(params=params)
 
 
@@ -134,7 +135,7 @@ def _progress(total: int, start: int, enabled: bool):
 
 def train(cfg: Config, workdir: Path | str) -> RunResult:
     """Pretrain (or continue) `cfg` in `workdir`; returns the final evaluation."""
-    t_start = time.perf_counter()
+    ledger = TimeLedger()  # where the wall time goes (goodput.py)
     distributed.maybe_initialize()
     workdir = Path(workdir).absolute()
     workdir.mkdir(parents=True, exist_ok=True)
@@ -177,24 +178,33 @@ def train(cfg: Config, workdir: Path | str) -> RunResult:
     fingerprint = run_inputs.data_fingerprint(cfg, tokenizer.sha256)
     data_totals = DataTotals()
 
-    checkpointer = Checkpointer(workdir / "checkpoints")
+    checkpointer = Checkpointer(
+        workdir / "checkpoints",
+        keep=cfg.train.keep_checkpoints,
+        keep_every=cfg.train.keep_every,
+    )
     start_step = 0
-    latest = checkpointer.latest_step()
-    if latest is not None:
-        target = abstract_like(state_shardings, jax.eval_shape(lambda s: s, state))
-        state, data_state, saved_cfg = checkpointer.restore(latest, target)
-        where = f"{checkpointer.directory}/{latest}"
-        changed = config_differences(saved_cfg, cfg.to_dict())
-        if changed:
-            raise InputError(
-                f"{where}: this run's config differs from the checkpoint's ("
-                + "; ".join(changed)
-                + "); resuming would not continue the same run. Use a new --workdir"
-            )
+    from jaxlm.resume_config import check_resume_config
+
+    accepted: list[str] = []  # config differences train.allow_config_change allowed
+
+    def check_config(saved_cfg: dict, where: str) -> None:
+        accepted[:] = check_resume_config(saved_cfg, cfg, where)
+
+    # Newest step that restores and verifies; damaged newer ones are warned about and
+    # set aside; none usable is an error (never a silent start from scratch).
+    target = abstract_like(state_shardings, jax.eval_shape(lambda s: s, state))
+    restored = checkpointer.restore_latest_good(target, check_config=check_config)
+    latest = None if restored is None else restored.step
+    if restored is not None:
+        state, data_state = restored.state, restored.data
+        where = str(checkpointer.step_dir(latest))
         run_inputs.check_fingerprint(data_state["documents_per_source"], fingerprint, where)
         train_iter.set_state(from_jsonable(data_state["iterator"]))
         data_totals = DataTotals(data_state["counts"])
         start_step = latest
+        if accepted:
+            log(f"config changes allowed by train.allow_config_change: {'; '.join(accepted)}")
         log(f"resumed from {checkpointer.directory}/{latest}")
 
     writer = MetricsWriter(workdir, enabled=jax.process_index() == 0)
@@ -210,12 +220,19 @@ def train(cfg: Config, workdir: Path | str) -> RunResult:
     )
 
     def run_eval(step: int) -> dict[str, float]:
+        t0 = time.perf_counter()
         sums = {"nll": 0.0, "num_tokens": 0.0, "num_bytes": 0.0}
+        # Several CPU processes: many eval programs queued at once (each with a gloo
+        # all-reduce) deadlock now and then (~1 run in 4 on jax 0.10.2: one device
+        # waits in the all-reduce, the other in XLA's launch semaphore), so each is
+        # waited for. Elsewhere they stay queued.
+        serial = jax.process_count() > 1 and jax.default_backend() == "cpu"
+        results = []
         with jax.set_mesh(mesh):
-            results = [
-                eval_step(state.params, host_batch_to_global(b, mesh), token_bytes)
-                for b in val_batches
-            ]
+            for b in val_batches:
+                results.append(eval_step(state.params, host_batch_to_global(b, mesh), token_bytes))
+                if serial:
+                    jax.block_until_ready(results[-1])
         for r in jax.device_get(results):
             for k in sums:
                 sums[k] += float(r[k])
@@ -225,31 +242,28 @@ def train(cfg: Config, workdir: Path | str) -> RunResult:
             "tokens": sums["num_tokens"],
             "bytes": sums["num_bytes"],
         }
-        writer.write(step, "eval", out)
+        writer.write(step, "eval", {**out, "eval_s": time.perf_counter() - t0})
         return out
 
     bar = _progress(total_steps, start_step, cfg.train.progress_bar)
     pending = None
-    last_time = time.perf_counter()
     window: dict[str, list[float]] = {"loss": [], "time": [], "data": []}
-    totals = {"step_s": 0.0}
     train_losses: list[float] = []
     real_fractions: list[float] = []
     last_ckpt = latest
-    ckpt_block = 0.0
     final_eval = None
+    preempted = False
+    step_budget, long_budget = cfg.train.step_timeout_s, cfg.train.first_step_timeout_s
 
-    def report(step: int, metrics, data_wait: float, real_frac: float) -> None:
-        nonlocal last_time
+    def report(step: int, metrics, real_frac: float) -> None:
         m = jax.device_get(metrics)
-        now = time.perf_counter()
-        step_time, last_time = now - last_time, now
+        step_time, data_wait = ledger.step_done()  # data wait of the batches fetched meanwhile
+        watchdog.expect(f"step {step + 2}", step_budget)
         _check_finite(step, m, last_ckpt)
         loss = float(m["loss"])
         train_losses.append(loss)
         window["loss"].append(loss)
         window["time"].append(step_time)
-        totals["step_s"] += step_time
         window["data"].append(data_wait)
         tok_s = tokens_per_step / step_time
         mfu = flops_tok * tok_s / peak
@@ -257,6 +271,7 @@ def train(cfg: Config, workdir: Path | str) -> RunResult:
             bar.update(1)
             bar.set_postfix(loss=f"{loss:.3f}", tok_s=f"{tok_s:,.0f}", mfu=f"{mfu:.1%}")
         if (step + 1) % cfg.train.log_every == 0 or step + 1 == total_steps:
+            # Means over the window: per step when train.log_every=1.
             mean_time = float(np.mean(window["time"]))
             writer.write(
                 step + 1,
@@ -277,70 +292,119 @@ def train(cfg: Config, workdir: Path | str) -> RunResult:
             for v in window.values():
                 v.clear()
 
-    for step in range(start_step, total_steps):
-        t0 = time.perf_counter()
-        host_batch = data_totals.pop_from(next(train_iter))
-        data_wait = time.perf_counter() - t0
-        real_frac = float(np.mean(host_batch["segment_ids"] != 0))
-        real_fractions.append(real_frac)
-        with jax.set_mesh(mesh):
-            state, metrics = train_step(state, host_batch_to_global(host_batch, mesh))
-        if pending is not None:
-            report(*pending)
-        pending = (step, metrics, data_wait, real_frac)
-
-        done = step + 1
-        is_last = done == total_steps
-        if (cfg.train.eval_every and done % cfg.train.eval_every == 0) or is_last:
-            report(*pending)
-            pending = None
-            ev = final_eval = run_eval(done)
-            log(f"step {done}: eval loss {ev['loss']:.4f}, {ev['bits_per_byte']:.4f} bits/byte")
-            last_time = time.perf_counter()  # eval time is not step time
-        every = cfg.train.checkpoint_every
-        if (every and done % every == 0) or is_last:
+    # Signals and the watchdog are live from the first step to the end of the run.
+    with StopRequest() as stop, StepWatchdog(step_budget > 0) as watchdog:
+        ledger.loop_starts()
+        watchdog.expect(f"step {start_step + 1} (the first of this run: compiles)", long_budget)
+        for step in range(start_step, total_steps):
+            with ledger.data_wait():
+                host_batch = data_totals.pop_from(next(train_iter))
+            real_frac = float(np.mean(host_batch["segment_ids"] != 0))
+            real_fractions.append(real_frac)
+            with jax.set_mesh(mesh):
+                state, metrics = train_step(state, host_batch_to_global(host_batch, mesh))
             if pending is not None:
                 report(*pending)
-                pending = None
-            t0 = time.perf_counter()
-            data_state = {
-                "iterator": train_iter.get_state(),
-                "documents_per_source": fingerprint,
-                "counts": data_totals.as_dict(),
-            }
-            checkpointer.save(done, state, data_state, cfg.to_json())
-            blocked = time.perf_counter() - t0
-            ckpt_block += blocked
-            writer.write(done, "checkpoint", {"blocking_s": blocked})
-            last_ckpt = done
-            last_time = time.perf_counter()
-    if pending is not None:
-        report(*pending)
-    if bar is not None:
-        bar.close()
-    checkpointer.wait()
-    checkpointer.close()
+            pending = (step, metrics, real_frac)
 
-    if final_eval is None:  # resumed at the last step: nothing ran, evaluate anyway
-        final_eval = run_eval(total_steps)
-    result = RunResult(
-        workdir=workdir,
-        steps=total_steps,
-        final_eval=final_eval,
-        artefacts={
-            "config": workdir / "config.json",
-            "tokenizer": tokenizer.path,
-            "metrics": writer.path,
-            "tensorboard": writer.tensorboard_dir,
-            "checkpoints": checkpointer.directory,
+            done = step + 1
+            is_last = done == total_steps
+            # Every process calls this once per step, in the same order (preemption.py).
+            preempted = stop.reached(done) and not is_last
+            evaluate = (cfg.train.eval_every and done % cfg.train.eval_every == 0) or is_last
+            if evaluate and not preempted:  # preempted: save at once, skip this eval
+                report(*pending)
+                pending = None
+                watchdog.expect(f"evaluation at step {done}", long_budget)
+                with ledger.phase("eval"):
+                    ev = final_eval = run_eval(done)
+                log(f"step {done}: eval loss {ev['loss']:.4f}, {ev['bits_per_byte']:.4f} bits/byte")
+                watchdog.expect(f"step {done + 1}", step_budget)
+            every = cfg.train.checkpoint_every
+            if (every and done % every == 0) or is_last or preempted:
+                if pending is not None:
+                    report(*pending)
+                    pending = None
+                watchdog.expect(f"checkpoint save at step {done}", long_budget)
+                with ledger.phase("checkpoint"):
+                    data_state = {
+                        "iterator": train_iter.get_state(),
+                        "documents_per_source": fingerprint,
+                        "counts": data_totals.as_dict(),
+                    }
+                    checkpointer.save(done, state, data_state, cfg.to_json())
+                    if preempted:  # the process may be killed soon: the save must be on disk
+                        checkpointer.wait()
+                writer.write(done, "checkpoint", {"blocking_s": ledger.last_phase_s})
+                last_ckpt = done
+                watchdog.expect(f"step {done + 1}", step_budget)
+            if preempted:
+                # Every process says so: each must have saved the same step.
+                who = f"process {jax.process_index()}: " if jax.process_count() > 1 else ""
+                why = f"{stop.signal_name} received" if stop.signal_name else "preemption notice"
+                print(
+                    f"{who}{why}: saved step {done} to {checkpointer.directory} and stopped; "
+                    "run the same command again to resume from there",
+                    flush=True,
+                )
+                break
+        if pending is not None:
+            report(*pending)
+        if bar is not None:
+            bar.close()
+
+        watchdog.expect("the end of the run (last save, evaluation, generation)", long_budget)
+        with ledger.phase("checkpoint"):
+            checkpointer.wait()
+            checkpointer.close()
+        done = start_step + len(train_losses)
+        result = RunResult(
+            workdir=workdir,
+            steps=done,
+            final_eval=final_eval or {},
+            artefacts={
+                "config": workdir / "config.json",
+                "tokenizer": tokenizer.path,
+                "metrics": writer.path,
+                "tensorboard": writer.tensorboard_dir,
+                "checkpoints": checkpointer.directory,
+            },
+            train_losses=train_losses,
+            preempted=preempted,
+        )
+        if not preempted:  # in a grace period before SIGKILL, only the save matters
+            if final_eval is None:  # resumed at the last step: nothing ran, evaluate anyway
+                with ledger.phase("eval"):
+                    result.final_eval = run_eval(total_steps)
+            _finish(cfg, result, writer, graphdef, state, tokenizer)
+        _barrier("jaxlm_run_end")  # healthy processes reach JAX's shutdown barrier together
+        ledger.lap("finish")
+    result.timing = ledger.summary()
+    result.wall_seconds = result.timing["wall_s"]
+    writer.write(
+        done,
+        "summary",
+        {
+            **result.timing,
+            "steps": done,
+            "preempted": int(preempted),
+            "real_token_fraction": float(np.mean(real_fractions)) if real_fractions else 0.0,
+            **{f"data_{k}": v for k, v in data_totals.as_dict().items()},
+            "gzip_bits_per_byte": result.gzip_bits_per_byte,
+            **{f"eval_{k}": v for k, v in result.final_eval.items()},
         },
-        train_losses=train_losses,
     )
+    writer.close()
+    return result
+
+
+def _finish(cfg: Config, result: RunResult, writer, graphdef, state, tokenizer) -> None:
+    """End-of-run extras: gzip baseline, loss plot, a greedy completion."""
     texts = run_inputs.eval_texts(cfg)
     if texts:  # pre-tokenized eval sources have no text to compress
         result.gzip_bits_per_byte, _ = gzip_bits_per_byte(texts)
     if jax.process_index() == 0:
-        png = workdir / "loss_curve.png"
+        png = result.workdir / "loss_curve.png"
         plot_loss_curves([writer.path], png, labels=[cfg.name])
         result.artefacts["loss_curve"] = png
     if cfg.train.generate_prompt:
@@ -354,20 +418,3 @@ def train(cfg: Config, workdir: Path | str) -> RunResult:
         )
         result.prompt = cfg.train.generate_prompt
         result.completion = tokenizer.decode(ids)
-    wall = time.perf_counter() - t_start
-    result.wall_seconds = wall
-    writer.write(
-        total_steps,
-        "summary",
-        {
-            "wall_s": wall,
-            "productive_step_s": totals["step_s"],
-            "checkpoint_blocking_s": ckpt_block,
-            "real_token_fraction": float(np.mean(real_fractions)) if real_fractions else 0.0,
-            **{f"data_{k}": v for k, v in data_totals.as_dict().items()},
-            "gzip_bits_per_byte": result.gzip_bits_per_byte,
-            **{f"eval_{k}": v for k, v in final_eval.items()},
-        },
-    )
-    writer.close()
-    return result

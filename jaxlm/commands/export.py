@@ -1,0 +1,71 @@
+"""`jaxlm export`: a training run's params, tokenizer and config, for inference or a new run.
+
+    jaxlm export runs/quickstart exports/quickstart-bf16 --dtype bfloat16
+    jaxlm train quickstart --workdir runs/next --set train.init_from=exports/quickstart-bf16
+
+Reads the params of WORKDIR's newest good checkpoint (or --step N; no optimizer state,
+checksums verified, a damaged newer step skipped with a warning) and writes a params
+directory OUT (layout in jaxlm.params_checkpoint): OUT/params, OUT/config.json (the
+run's config, data.tokenizer pointing at OUT/tokenizer.model) and the tokenizer with
+its .json sidecar. That is the layout `train.init_from` and `load_params` read.
+
+--dtype bfloat16 stores the params rounded to bfloat16 (half the bytes). config.json
+keeps the run's model.param_dtype: loading casts the arrays to the dtype of the model
+they load into, so a bfloat16 export still starts an fp32-param run, from the rounded
+values.
+"""
+
+from __future__ import annotations
+
+import argparse
+
+HELP = "write a run's params (optionally as bfloat16), tokenizer and config to a directory"
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("workdir", metavar="WORKDIR", help="a training run's workdir")
+    parser.add_argument("out", metavar="OUT", help="a new directory for the export")
+    parser.add_argument(
+        "--dtype",
+        choices=["bfloat16", "float32"],
+        default=None,
+        help="store the params in this dtype (default: as trained)",
+    )
+    parser.add_argument(
+        "--step", type=int, default=None, help="export this step (default: newest good)"
+    )
+
+
+def run(args: argparse.Namespace) -> int:
+    from pathlib import Path
+
+    import jax
+    import jax.numpy as jnp
+    import numpy as np
+
+    from jaxlm.config import config_from_dict
+    from jaxlm.errors import InputError
+    from jaxlm.params_checkpoint import TOKENIZER_FILE, restore_params, save_params
+
+    workdir, out = Path(args.workdir).absolute(), Path(args.out).absolute()
+    if out.exists() and any(out.iterdir()):
+        raise InputError(f"{out} exists and is not empty; choose a new directory")
+    if not workdir.is_dir():
+        raise FileNotFoundError(f"no such workdir: {workdir}")
+    params, cfg, step = restore_params(workdir, step=args.step)
+    tokenizer = Path(cfg.data.tokenizer or workdir / TOKENIZER_FILE)
+    if not tokenizer.is_file():
+        raise FileNotFoundError(f"the run's tokenizer is missing: {tokenizer}")
+    if args.dtype is not None:
+        dtype = jnp.dtype(args.dtype)
+        params = jax.tree.map(lambda x: np.asarray(x).astype(dtype), params)
+    data = cfg.to_dict()
+    data["data"]["tokenizer"] = str(out / TOKENIZER_FILE)  # self-contained
+    save_params(out, params, config_from_dict(data), tokenizer=tokenizer)
+    stored = args.dtype or cfg.model.param_dtype
+    nbytes = sum(np.asarray(x).nbytes for x in jax.tree.leaves(params))
+    print(f"exported {workdir / 'checkpoints' / str(step)} -> {out}")
+    print(f"  params     {out / 'params'}  ({stored}, {nbytes / 2**20:.1f} MiB)")
+    print(f"  config     {out / 'config.json'}")
+    print(f"  tokenizer  {out / TOKENIZER_FILE}")
+    return 0
