@@ -276,15 +276,28 @@ class Checkpointer:
         if not partial:
             if checksum is not None and json_digest(body["data"]) != checksum.get("data"):
                 raise CorruptCheckpointError(step, "the data item does not match its checksum")
-            data = body["data"].get(f"process_{jax.process_index()}")
-            if data is None:
-                raise InputError(
-                    f"{where}: no data-iterator state for process {jax.process_index()} "
-                    "(saved with a different process count?)"
-                )
+            data = self._data_of_this_process(body["data"], where)
         if checksum is not None:
             self._verify_state(step, state, metadata, target, checksum["state"])
         return Restored(step, state, data, config, verified=checksum is not None)
+
+    @staticmethod
+    def _data_of_this_process(data: dict[str, Any], where: str) -> dict[str, Any]:
+        """This process's data position; refuses a checkpoint of another process count.
+
+        Each process reads its own shard of the data, so N saved positions do not map
+        onto M processes: resuming would re-read or skip documents (RELIABILITY C15).
+        The model state would restore onto any device count; the data position not.
+        """
+        saved, now = len(data), jax.process_count()
+        if saved != now:
+            raise InputError(
+                f"{where}: saved by {saved} process(es), this run has {now}. Each process's "
+                "data position is part of the checkpoint and cannot be split or merged; "
+                f"resume with {saved} process(es), or start a new run from its params with "
+                f"train.init_from={Path(where).parent.parent} (fresh optimizer and data order)"
+            )
+        return data[f"process_{jax.process_index()}"]
 
     def _verify_state(self, step, state, metadata, target, saved: dict[str, int]) -> None:
         dtypes = _saved_dtypes(metadata)

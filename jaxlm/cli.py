@@ -108,7 +108,10 @@ def _train(module: ModuleType, overrides: list[str], workdir: str | None) -> int
     cfg = resolve_config(module, overrides, name)
     workdir = Path(workdir or Path("runs") / cfg.name)
     result = train(cfg, workdir)
-    print_result(result)
+    import jax
+
+    if jax.process_index() == 0:  # one report per job, not one per process
+        print_result(result)
     return 0
 
 

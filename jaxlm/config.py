@@ -160,10 +160,17 @@ class OptimConfig:
     # after spike_warmup_steps updates; 0 turns it off.
     spike_factor: float = 0.0
     spike_warmup_steps: int = 100
-    max_consecutive_spikes: int = 20  # then stop: the "spike" is the new normal
+    # Stop the run after this many skipped spikes in a row (the "spike" is the new
+    # normal, lower the lr); 0 never stops.
+    max_consecutive_spikes: int = 20
 
     def __post_init__(self):
         _positive(self, "grad_accum")
+        if self.spike_factor < 0 or self.max_consecutive_spikes < 0:
+            raise ConfigError(
+                f"optim.spike_factor={self.spike_factor} and optim.max_consecutive_spikes="
+                f"{self.max_consecutive_spikes} must be >= 0 (0 = off)"
+            )
         if self.warmup_steps < 0:
             raise ConfigError(f"optim.warmup_steps={self.warmup_steps} must be >= 0")
         if not 0.0 <= self.decay_fraction <= 1.0:

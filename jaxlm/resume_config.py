@@ -6,11 +6,16 @@ resume is refused, because the result would not be a continuation of the same ru
 
     --set train.steps=20000 --set train.allow_config_change=train.steps,optim.lr
 
-Anything not listed is still refused. Two differences never count:
-  - train.allow_config_change itself (it only says what else may change), and
+Anything not listed is still refused. Some differences never count:
+  - train.allow_config_change itself (it only says what else may change);
   - a key the checkpoint's config does not have at all (written before the field
     existed) whose new value is the field's default: the old code behaved as the
-    default does.
+    default does;
+  - operational keys (OPERATIONAL, and mesh.*): how the run is watched, logged,
+    saved and laid out on devices, never what it computes. They are accepted and
+    logged. A new mesh shape restores the arrays resharded and computes the same
+    function, but float reductions run in another order: losses agree to rounding,
+    not bitwise.
 """
 
 from __future__ import annotations
@@ -22,7 +27,23 @@ from jaxlm.config import Config, ConfigError, all_keys, config_differences
 from jaxlm.errors import InputError
 
 _SELF = "train.allow_config_change"
-_ABSENT = "'<absent>'"  # how config_differences shows a key missing on one side
+_ABSENT = "'<absent>'"
+OPERATIONAL = frozenset(
+    f"train.{key}"
+    for key in (
+        "eval_every",
+        "log_every",
+        "progress_bar",
+        "peak_flops",
+        "checkpoint_every",
+        "keep_checkpoints",
+        "keep_every",
+        "generate_prompt",
+        "generate_tokens",
+        "step_timeout_s",
+        "first_step_timeout_s",
+    )
+)  # how config_differences shows a key missing on one side
 
 
 def allowed_changes(cfg: Config) -> set[str]:
@@ -66,7 +87,8 @@ def check_resume_config(saved: dict[str, Any], cfg: Config, where: str) -> list[
             continue
         if old == _ABSENT and key in defaults and new == repr(defaults[key]):
             continue
-        (accepted if key in allowed else refused).append(change)
+        operational = key in OPERATIONAL or key.startswith("mesh.")
+        (accepted if key in allowed or operational else refused).append(change)
     if refused:
         raise InputError(
             f"{where}: this run's config differs from the checkpoint's ("

@@ -152,6 +152,7 @@ def make_lm_step(
             "finite": finite.astype(jnp.int32),
             "skipped_empty": (~has_tokens).astype(jnp.int32),
             "skipped_spike": (spike & finite & has_tokens).astype(jnp.int32),
+            "loss_ema": state.loss_ema,  # what a spike is measured against
         }
         return new_state, metrics
 

@@ -42,6 +42,10 @@ class NonFiniteError(RuntimeError):
     """Loss or gradients became NaN/Inf; the message names the step."""
 
 
+class LossSpikeError(RuntimeError):
+    """optim.max_consecutive_spikes steps in a row were skipped as loss spikes."""
+
+
 @dataclasses.dataclass
 class RunResult:
     """What a finished run produced, for the CLI to print and tests to check."""
@@ -120,6 +124,44 @@ def _check_finite(step: int, m: dict[str, Any], last_ckpt: int | None) -> None:
         f"non-finite loss, gradient or update at step {step + 1} (loss={float(m['loss'])}, "
         f"grad_norm={float(m['grad_norm'])}); the update was not applied; {saved}"
     )
+
+
+class _SkipCounter:
+    """Steps the train step skipped (no supervised token; loss spike), per log window.
+
+    Stops the run once `max_in_a_row` consecutive steps were skipped as spikes: by
+    then the loss has moved, not spiked, and skipping on would silently train on
+    nothing (optax.apply_if_finite has the same need for a hard stop).
+    """
+
+    def __init__(self, max_in_a_row: int):
+        self.max_in_a_row = max_in_a_row
+        self.window = {"skipped_empty": 0, "skipped_spike": 0}
+        self.run = dict(self.window)
+        self.spikes_in_a_row = 0
+
+    def add(self, step: int, m: dict[str, Any], last_ckpt: int | None) -> None:
+        for key in self.window:
+            self.window[key] += int(m[key])
+            self.run[key] += int(m[key])
+        self.spikes_in_a_row = self.spikes_in_a_row + 1 if int(m["skipped_spike"]) else 0
+        if self.max_in_a_row and self.spikes_in_a_row >= self.max_in_a_row:
+            saved = (
+                f"last checkpoint: step {last_ckpt}"
+                if last_ckpt is not None
+                else "no checkpoint yet"
+            )
+            raise LossSpikeError(
+                f"steps {step + 2 - self.spikes_in_a_row}..{step + 1} were all skipped as loss "
+                f"spikes (the last: loss {float(m['loss']):.4f} vs moving average "
+                f"{float(m['loss_ema']):.4f}; optim.max_consecutive_spikes="
+                f"{self.max_in_a_row}); the loss level has changed, not spiked. Lower the "
+                f"learning rate or raise optim.spike_factor, then resume ({saved})"
+            )
+
+    def take_window(self) -> dict[str, int]:
+        out, self.window = self.window, dict.fromkeys(self.window, 0)
+        return out
 
 
 def _progress(total: int, start: int, enabled: bool):
@@ -204,7 +246,7 @@ def train(cfg: Config, workdir: Path | str) -> RunResult:
         data_totals = DataTotals(data_state["counts"])
         start_step = latest
         if accepted:
-            log(f"config changes allowed by train.allow_config_change: {'; '.join(accepted)}")
+            log(f"config changes accepted on resume: {'; '.join(accepted)}")
         log(f"resumed from {checkpointer.directory}/{latest}")
 
     writer = MetricsWriter(workdir, enabled=jax.process_index() == 0)
@@ -248,6 +290,7 @@ def train(cfg: Config, workdir: Path | str) -> RunResult:
     bar = _progress(total_steps, start_step, cfg.train.progress_bar)
     pending = None
     window: dict[str, list[float]] = {"loss": [], "time": [], "data": []}
+    skips = _SkipCounter(cfg.optim.max_consecutive_spikes)
     train_losses: list[float] = []
     real_fractions: list[float] = []
     last_ckpt = latest
@@ -260,6 +303,7 @@ def train(cfg: Config, workdir: Path | str) -> RunResult:
         step_time, data_wait = ledger.step_done()  # data wait of the batches fetched meanwhile
         watchdog.expect(f"step {step + 2}", step_budget)
         _check_finite(step, m, last_ckpt)
+        skips.add(step, m, last_ckpt)
         loss = float(m["loss"])
         train_losses.append(loss)
         window["loss"].append(loss)
@@ -285,7 +329,7 @@ def train(cfg: Config, workdir: Path | str) -> RunResult:
                     "tokens_per_s": tokens_per_step / mean_time,
                     "mfu": flops_tok * tokens_per_step / mean_time / peak,
                     "real_token_fraction": real_frac,
-                    "skipped_empty": int(m["skipped_empty"]),
+                    **skips.take_window(),  # steps not applied in this window
                     **{f"data_{k}": v for k, v in data_totals.as_dict().items()},
                 },
             )
@@ -388,6 +432,7 @@ def train(cfg: Config, workdir: Path | str) -> RunResult:
             **result.timing,
             "steps": done,
             "preempted": int(preempted),
+            **skips.run,  # steps of this run (not of earlier, resumed-from runs) not applied
             "real_token_fraction": float(np.mean(real_fractions)) if real_fractions else 0.0,
             **{f"data_{k}": v for k, v in data_totals.as_dict().items()},
             "gzip_bits_per_byte": result.gzip_bits_per_byte,

@@ -23,6 +23,7 @@ from jaxlm.checkpoint import (
 from jaxlm.checkpoint_integrity import device_fingerprints, host_fingerprints
 from jaxlm.checkpoint_shapes import CheckpointMismatchError
 from jaxlm.config import Config, OptimConfig
+from jaxlm.errors import InputError
 from jaxlm.optim import make_optimizer
 from jaxlm.presets import get_preset
 from jaxlm.sharding import make_mesh
@@ -111,6 +112,25 @@ def test_round_trip_is_bitwise_with_data_and_config(copy):
     # Bytes survive the JSON round trip as latin-1 text (from_jsonable undoes it).
     assert restored.data["iterator"]["index"] == 17 and restored.data["at"] == 4
     assert restored.config == Config().to_dict()
+
+
+def test_another_process_count_is_refused_naming_both(tmp_path, monkeypatch):
+    """RELIABILITY C15: two processes' data positions do not fit one process."""
+    import jaxlm.checkpoint as checkpoint_module
+
+    two = lambda mine: {"process_0": mine, "process_1": {**mine, "at": "other shard"}}
+    monkeypatch.setattr(checkpoint_module, "_every_process", two)
+    mesh = make_mesh((8, 1, 1))
+    state = make_state(mesh)
+    checkpointer = Checkpointer(tmp_path / "ckpt")
+    checkpointer.save(1, state, DATA, Config().to_json())
+    checkpointer.wait()
+    with pytest.raises(InputError, match=r"/ckpt/1: saved by 2 process\(es\), this run has 1\."):
+        checkpointer.restore(1, target_on(mesh, state))
+    # Params alone (partial restore, no data item) still load: init_from's way.
+    params = checkpointer.restore(1, {"params": target_on(mesh, state).params}, partial=True)
+    assert_bitwise(params.state["params"], state.params)
+    checkpointer.close()
 
 
 def test_restore_onto_another_mesh_reshards_with_equal_values(copy):

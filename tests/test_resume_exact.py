@@ -186,9 +186,19 @@ def test_config_changes_are_refused_unless_allowed_by_key(straight, tmp_path, ca
     with pytest.raises(InputError, match=r"checkpoint's \(optim.lr: 0.003 -> 0.001\); "):
         train(other, workdir)  # only what is listed may differ
 
+    # Operational keys (logging, saving, watchdog, mesh) need no permission.
+    operational = ["train.log_every=2", "train.step_timeout_s=600", "mesh.data=2", "mesh.fsdp=4"]
+    assert check_resume_config(saved, apply_overrides(Config(), [*allowed, *operational]), "") == [
+        "mesh.data: -1 -> 2",
+        "mesh.fsdp: 1 -> 4",
+        "train.log_every: 1 -> 2",
+        "train.step_timeout_s: 0.0 -> 600.0",
+        "train.steps: 6 -> 8",
+    ]
+
     result = train(apply_overrides(Config(), allowed), workdir)
     out = capsys.readouterr().out
-    assert "config changes allowed by train.allow_config_change: train.steps: 6 -> 8" in out
+    assert "config changes accepted on resume: train.steps: 6 -> 8" in out
     assert f"resumed from {workdir / 'checkpoints'}/6" in out
     assert result.steps == 8 and sorted(losses(workdir)) == [7, 8]
 

@@ -1,9 +1,12 @@
-"""The host loop stops on a non-finite step, naming it, and writes no checkpoint after it."""
+"""The host loop stops on a non-finite step or a run of loss spikes, naming the steps,
+and writes no checkpoint after them."""
+
+import json
 
 import pytest
 
 from jaxlm.config import Config, apply_overrides
-from jaxlm.train import NonFiniteError, train
+from jaxlm.train import LossSpikeError, NonFiniteError, train
 
 SMALL = [
     "model.d_model=32",
@@ -34,3 +37,27 @@ def test_non_finite_stops_the_run_naming_the_step(tmp_path):
     ):
         train(cfg, tmp_path)
     assert not list((tmp_path / "checkpoints").glob("[0-9]*"))
+
+
+def test_consecutive_loss_spikes_stop_the_run_and_are_counted(tmp_path):
+    # spike_factor < 1: once 2 updates are applied every loss counts as a spike.
+    spiky = ["optim.spike_factor=0.5", "optim.spike_warmup_steps=2"]
+    stop_after_3 = [*spiky, "optim.max_consecutive_spikes=3", "train.log_every=1"]
+    cfg = apply_overrides(Config(), [*SMALL, "train.steps=8", *stop_after_3])
+    with pytest.raises(
+        LossSpikeError,
+        match=r"steps 3\.\.5 were all skipped as loss spikes \(the last: loss .* vs moving "
+        r"average .*optim.max_consecutive_spikes=3\).*\(no checkpoint yet\)",
+    ):
+        train(cfg, tmp_path)
+    records = [json.loads(line) for line in (tmp_path / "metrics.jsonl").read_text().splitlines()]
+    skipped = {r["step"]: r["skipped_spike"] for r in records if r["split"] == "train"}
+    assert skipped == {1: 0, 2: 0, 3: 1, 4: 1}  # step 5 raised before it was logged
+    assert not list((tmp_path / "checkpoints").glob("[0-9]*"))
+
+    # 0 never stops; the summary counts this run's skipped steps.
+    cfg = apply_overrides(Config(), [*SMALL, *spiky, "optim.max_consecutive_spikes=0"])
+    train(cfg, tmp_path / "never")
+    lines = (tmp_path / "never" / "metrics.jsonl").read_text().splitlines()
+    summary = [json.loads(line) for line in lines if '"summary"' in line][-1]
+    assert (summary["skipped_spike"], summary["skipped_empty"]) == (3, 0)
