@@ -49,6 +49,12 @@ class ModelConfig:
     attention_impl: Literal["xla", "cudnn", "naive"] = "xla"
     scan_layers: bool = True
     remat: Literal["none", "full", "dots"] = "none"
+    # LoRA (jaxlm.models.lora): rank > 0 adds low-rank adapters A [in, r] and B [r, out]
+    # (B starts at zero) to the projections named in lora_targets; only they train,
+    # the base weights stay frozen. The effective weight is W + (alpha / rank) A B.
+    lora_rank: int = 0
+    lora_alpha: float = 16.0
+    lora_targets: str = "wq,wk,wv,wo,w_gate,w_up,w_down"
 
     def __post_init__(self):
         _positive(self, "vocab_size", "d_model", "n_layers", "n_heads", "n_kv_heads")
@@ -103,6 +109,10 @@ class DataConfig:
 
     sources: str = "stdlib"
     eval_sources: str = ""  # empty means the held-out split of `sources`
+    # What a record is: "text" (pretraining documents), "chat" (conversations; SFT
+    # trains only assistant tokens) or "preference" (chosen/rejected pairs: the run
+    # optimises config.preference). chat and preference read jsonl: sources.
+    format: Literal["text", "chat", "preference"] = "text"
     text_field: str = "text"  # jsonl key / parquet column holding the document
     tokenizer: str = ""  # path to a .model; empty means train one into the workdir
     tokenizer_vocab_size: int = 4096
@@ -230,6 +240,35 @@ class TrainConfig:
 
 
 @dataclasses.dataclass(frozen=True, kw_only=True)
+class PreferenceConfig:
+    """Preference optimisation (data.format=preference); jaxlm.preference_losses.
+
+    loss: "sigmoid" (DPO; with label_smoothing > 0 conservative DPO), "ipo", or
+    "simpo" (reference-free, length-normalised log-probs, target margin simpo_gamma).
+    nll_weight > 0 adds that times the chosen response's per-token NLL (RPO-style).
+    reference: "model" runs the frozen reference in every step; "precomputed" scores
+    the training pairs with it once before training and reads the log-probs back.
+    """
+
+    loss: Literal["sigmoid", "ipo", "simpo"] = "sigmoid"
+    beta: float = 0.1
+    label_smoothing: float = 0.0
+    simpo_gamma: float = 0.5
+    nll_weight: float = 0.0
+    reference: Literal["model", "precomputed"] = "model"
+
+    def __post_init__(self):
+        if self.beta <= 0:
+            raise ConfigError(f"preference.beta={self.beta} must be > 0")
+        if not 0.0 <= self.label_smoothing < 0.5:
+            raise ConfigError(
+                f"preference.label_smoothing={self.label_smoothing} must be in [0, 0.5)"
+            )
+        if self.nll_weight < 0:
+            raise ConfigError(f"preference.nll_weight={self.nll_weight} must be >= 0")
+
+
+@dataclasses.dataclass(frozen=True, kw_only=True)
 class Config:
     """A whole run."""
 
@@ -239,6 +278,7 @@ class Config:
     optim: OptimConfig = dataclasses.field(default_factory=OptimConfig)
     mesh: MeshConfig = dataclasses.field(default_factory=MeshConfig)
     train: TrainConfig = dataclasses.field(default_factory=TrainConfig)
+    preference: PreferenceConfig = dataclasses.field(default_factory=PreferenceConfig)
 
     def __post_init__(self):
         if self.data.seq_len > self.model.max_seq_len:

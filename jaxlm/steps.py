@@ -15,7 +15,6 @@ untouched and reports `finite = 0`; the host loop stops on it (see train.py).
 from __future__ import annotations
 
 from collections.abc import Callable
-from typing import Any
 
 import jax
 import jax.numpy as jnp
@@ -24,6 +23,7 @@ from flax import nnx
 from jax.sharding import Mesh
 
 from jaxlm.losses import LossSums, next_token_loss_sums, safe_mean
+from jaxlm.param_views import FULL, ParamViews, States
 from jaxlm.sharding import batch_sharding, constrain, replicated
 from jaxlm.train_state import TrainState
 
@@ -31,13 +31,17 @@ Batch = dict[str, jax.Array]
 Metrics = dict[str, jax.Array]
 
 
-def forward(graphdef: nnx.GraphDef, params: nnx.State, batch: Batch) -> jax.Array:
-    """Logits for a [B, T] batch in the DESIGN.md schema."""
-    model = nnx.merge(graphdef, params)
+def forward(graphdef: nnx.GraphDef, params: nnx.State | States, batch: Batch) -> jax.Array:
+    """Logits for a [B, T] batch in the DESIGN.md schema.
+
+    `params` is one State or a tuple of States merged together (param_views.py).
+    """
+    states = params if isinstance(params, tuple) else (params,)
+    model = nnx.merge(graphdef, *states)
     return model(batch["tokens"], positions=batch["positions"], segment_ids=batch["segment_ids"])
 
 
-def loss_sums(graphdef: nnx.GraphDef, params: nnx.State, batch: Batch) -> LossSums:
+def loss_sums(graphdef: nnx.GraphDef, params: nnx.State | States, batch: Batch) -> LossSums:
     logits = forward(graphdef, params, batch)
     return next_token_loss_sums(logits, batch["targets"], batch["loss_mask"])
 
@@ -58,12 +62,21 @@ def split_microbatches(batch: Batch, num: int) -> Batch:
 
 
 def accumulated_grads(
-    graphdef: nnx.GraphDef, params: nnx.State, batch: Batch, *, grad_accum: int, z_loss: float
+    graphdef: nnx.GraphDef,
+    params: nnx.State,
+    batch: Batch,
+    *,
+    grad_accum: int,
+    z_loss: float,
+    model_params: Callable[[nnx.State], nnx.State | States] = lambda p: p,
 ) -> tuple[LossSums, nnx.State]:
-    """Summed loss terms and the gradient of their (unnormalised) sum."""
+    """Summed loss terms and the gradient of their (unnormalised) sum w.r.t. `params`.
+
+    `model_params(params)` is what the model runs with (e.g. adapters + frozen base).
+    """
 
     def objective(p, b):
-        sums = loss_sums(graphdef, p, b)
+        sums = loss_sums(graphdef, model_params(p), b)
         return sums.nll + z_loss * sums.z, sums
 
     grad_fn = jax.grad(objective, has_aux=True)
@@ -101,6 +114,7 @@ def make_lm_step(
     spike_factor: float = 0.0,
     spike_warmup_steps: int = 100,
     loss_ema_decay: float = 0.99,
+    views: ParamViews = FULL,
 ) -> Callable[[TrainState, Batch], tuple[TrainState, Metrics]]:
     """Build the pure next-token train step (pretraining and SFT).
 
@@ -112,7 +126,12 @@ def make_lm_step(
 
     def lm_step(state: TrainState, batch: Batch) -> tuple[TrainState, Metrics]:
         sums, grads = accumulated_grads(
-            graphdef, state.params, batch, grad_accum=grad_accum, z_loss=z_loss
+            graphdef,
+            state.params,
+            batch,
+            grad_accum=grad_accum,
+            z_loss=z_loss,
+            model_params=lambda p: views.policy(p, state.frozen),
         )
         denom = jnp.maximum(sums.num_tokens, 1.0)
         grads = jax.tree.map(lambda g: g / denom, grads)
@@ -142,6 +161,7 @@ def make_lm_step(
             params=keep(new_params, state.params),
             opt_state=keep(new_opt_state, state.opt_state),
             loss_ema=jnp.where(apply, ema, state.loss_ema).astype(jnp.float32),
+            frozen=state.frozen,
         )
         metrics = {
             "loss": loss,
@@ -159,7 +179,7 @@ def make_lm_step(
     return lm_step
 
 
-def make_eval_step(graphdef: nnx.GraphDef) -> Callable[..., Metrics]:
+def make_eval_step(graphdef: nnx.GraphDef, views: ParamViews = FULL) -> Callable[..., Metrics]:
     """Summed nats, supervised tokens and the UTF-8 bytes those tokens decode to.
 
     Bits per byte = nats / ln 2 / bytes, with bytes taken from the tokenizer's
@@ -167,8 +187,8 @@ def make_eval_step(graphdef: nnx.GraphDef) -> Callable[..., Metrics]:
     comparable across tokenizers and with byte-level compressors such as gzip.
     """
 
-    def eval_step(params: nnx.State, batch: Batch, token_bytes_V: jax.Array) -> Metrics:
-        sums = loss_sums(graphdef, params, batch)
+    def eval_step(params: nnx.State, frozen, batch: Batch, token_bytes_V: jax.Array) -> Metrics:
+        sums = loss_sums(graphdef, views.policy(params, frozen), batch)
         target_bytes_BT = jnp.take(token_bytes_V, batch["targets"], axis=0)
         mask = batch["loss_mask"].astype(jnp.float32)
         return {
@@ -190,9 +210,15 @@ def jit_train_step(step_fn, state_shardings: TrainState, mesh: Mesh):
     )
 
 
-def jit_eval_step(eval_fn, params_shardings: Any, mesh: Mesh):
+def jit_eval_step(eval_fn, state_shardings: TrainState, mesh: Mesh):
+    """eval_fn(params, frozen, batch, extra) with the state's shardings."""
     return jax.jit(
         eval_fn,
-        in_shardings=(params_shardings, batch_sharding(mesh), replicated(mesh)),
+        in_shardings=(
+            state_shardings.params,
+            state_shardings.frozen,
+            batch_sharding(mesh),
+            replicated(mesh),
+        ),
         out_shardings=replicated(mesh),
     )

@@ -213,7 +213,7 @@ def train(cfg: Config, workdir: Path | str) -> RunResult:
         state_shardings,
         mesh,
     )
-    eval_step = jit_eval_step(make_eval_step(graphdef), state_shardings.params, mesh)
+    eval_step = jit_eval_step(make_eval_step(graphdef), state_shardings, mesh)
 
     train_ds = run_inputs.train_stream(cfg, tokenizer, jax.process_index(), jax.process_count())
     train_iter = iter(train_ds)
@@ -272,7 +272,11 @@ def train(cfg: Config, workdir: Path | str) -> RunResult:
         results = []
         with jax.set_mesh(mesh):
             for b in val_batches:
-                results.append(eval_step(state.params, host_batch_to_global(b, mesh), token_bytes))
+                results.append(
+                    eval_step(
+                        state.params, state.frozen, host_batch_to_global(b, mesh), token_bytes
+                    )
+                )
                 if serial:
                     jax.block_until_ready(results[-1])
         for r in jax.device_get(results):

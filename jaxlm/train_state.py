@@ -33,6 +33,10 @@ class TrainState:
     # Moving average of the training loss over applied steps, for loss-spike skipping
     # (steps.py); the first applied step sets it.
     loss_ema: jax.Array
+    # Parameters that do not train (param_views.py): LoRA's base weights, a DPO
+    # reference model; None when there are none. Saved with the state; the step
+    # returns them unchanged; sharded by the same logical-axis rules as params.
+    frozen: Any = None
 
 
 def abstract_model(cfg: ModelConfig) -> tuple[nnx.GraphDef, nnx.State]:
