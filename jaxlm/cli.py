@@ -70,11 +70,15 @@ def print_result(result) -> None:
         print("command again to resume from there")
     else:
         print(f"finished {result.steps} steps in {result.wall_seconds:.0f}s")
-        print(f"held-out loss        {ev['loss']:.4f} nats/token")
-        print(
-            f"held-out bits/byte   {ev['bits_per_byte']:.4f}   (gzip -9 on the same bytes: "
-            f"{result.gzip_bits_per_byte:.4f})"
-        )
+        if "accuracy" in ev:  # a preference run
+            print(f"held-out preference accuracy {ev['accuracy']:.4f} over {ev['pairs']:.0f} pairs")
+            print(f"held-out preference loss     {ev['loss']:.4f}   margin {ev['margin']:.4f}")
+        else:
+            print(f"held-out loss        {ev['loss']:.4f} nats/token")
+            print(
+                f"held-out bits/byte   {ev['bits_per_byte']:.4f}   (gzip -9 on the same "
+                f"bytes: {result.gzip_bits_per_byte:.4f})"
+            )
     if result.completion:
         print("greedy completion (prompt, then the model's continuation after »):")
         print("-" * 60)

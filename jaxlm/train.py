@@ -23,18 +23,19 @@ import numpy as np
 from jaxlm import distributed
 from jaxlm.checkpoint import Checkpointer, abstract_like, from_jsonable
 from jaxlm.config import Config
-from jaxlm.data import run_inputs
+from jaxlm.data import posttrain_inputs, run_inputs
 from jaxlm.data.counters import DataTotals
+from jaxlm.errors import InputError
 from jaxlm.flops import device_peak_flops, flops_per_token, measure_cpu_matmul_flops
 from jaxlm.generate import complete
 from jaxlm.goodput import TimeLedger
-from jaxlm.metrics import MetricsWriter, bits_per_byte, gzip_bits_per_byte
+from jaxlm.metrics import MetricsWriter, gzip_bits_per_byte
 from jaxlm.optim import learning_rate_schedule, make_optimizer
 from jaxlm.plotting import plot_loss_curves
 from jaxlm.preemption import StopRequest
-from jaxlm.sharding import host_batch_to_global, make_mesh, replicated
-from jaxlm.steps import jit_eval_step, jit_train_step, make_eval_step, make_lm_step
-from jaxlm.train_state import abstract_model, create_train_state
+from jaxlm.run_objective import build_objective
+from jaxlm.run_state import initial_state
+from jaxlm.sharding import host_batch_to_global, make_mesh
 from jaxlm.watchdog import StepWatchdog
 
 
@@ -68,22 +69,6 @@ def log(msg: str) -> None:
         print(msg, flush=True)
 
 
-def _initialized_from(cfg: Config, state, state_shardings):
-    """The fresh state with params from `train.init_from` (optimizer state stays fresh).
-
-    `train.init_from` is a params directory (jaxlm export, checkpoint grow-vocab) or a
-    training workdir (its newest good checkpoint); see params_checkpoint.load_init_params.
-    A resumed run overwrites this with its checkpoint, so it only matters at step 0.
-    """
-    from jaxlm.params_checkpoint import load_init_params
-
-    params, source = load_init_params(
-        cfg.train.init_from, cfg.model, shardings=state_shardings.params
-    )
-    log(f"params initialised from {source}")
-    return state.replace(params=params)
-
-
 def _barrier(name: str) -> None:
     if jax.process_count() > 1:
         from jax.experimental import multihost_utils
@@ -100,6 +85,21 @@ def _allgather_max(value: int) -> int:
 
 
 # ------------------------------------------------------------------------- helpers
+
+
+def _eval_batches(cfg: Config, tokenizer, batch_size: int) -> list[dict[str, np.ndarray]]:
+    """Held-out batches of this process; every process gets the same number."""
+    where = (jax.process_index(), jax.process_count())
+    if cfg.data.format == "text":
+        return run_inputs.eval_batches(cfg, tokenizer, *where, _allgather_max)
+    batches = posttrain_inputs.posttrain_eval_batches(cfg, tokenizer, *where, batch_size)
+    if cfg.data.format == "chat":
+        return run_inputs.equalize_batch_count(batches, _allgather_max, cfg, tokenizer.pad_id)
+    count = _allgather_max(len(batches))
+    if count == 0:
+        raise InputError(f"{cfg.data.eval_sources or cfg.data.sources}: no held-out pairs")
+    filler = posttrain_inputs.empty_pairs(batch_size, cfg.data.seq_len, tokenizer.pad_id)
+    return batches + [filler] * (count - len(batches))
 
 
 def _peak_flops_total(cfg: Config) -> tuple[float, str]:
@@ -189,35 +189,36 @@ def train(cfg: Config, workdir: Path | str) -> RunResult:
     tokenizer = run_inputs.ensure_tokenizer(
         cfg, workdir, log=log, is_leader=jax.process_index() == 0, barrier=_barrier
     )
-    token_bytes = jax.device_put(tokenizer.token_bytes(), replicated(mesh))
 
     total_steps = cfg.train.steps
     schedule = learning_rate_schedule(cfg.optim, total_steps)
     optimizer = make_optimizer(cfg.optim, total_steps)
-    state, state_shardings = create_train_state(
-        cfg.model, optimizer, mesh, jax.random.key(cfg.train.seed)
-    )
-    if cfg.train.init_from:
-        state = _initialized_from(cfg, state, state_shardings)
-    graphdef, _ = abstract_model(cfg.model)
-    train_step = jit_train_step(
-        make_lm_step(
-            graphdef,
-            optimizer,
-            schedule,
-            grad_accum=cfg.optim.grad_accum,
-            z_loss=cfg.optim.z_loss,
-            spike_factor=cfg.optim.spike_factor,
-            spike_warmup_steps=cfg.optim.spike_warmup_steps,
-        ),
+    run_state = initial_state(cfg, optimizer, mesh, jax.random.key(cfg.train.seed), log=log)
+    state, state_shardings, graphdef = run_state.state, run_state.shardings, run_state.graphdef
+    objective = build_objective(
+        cfg,
+        graphdef,
+        optimizer,
+        schedule,
         state_shardings,
         mesh,
+        run_state.views,
+        tokenizer.token_bytes(),
     )
-    eval_step = jit_eval_step(make_eval_step(graphdef), state_shardings, mesh)
+    train_step = objective.train_step
 
-    train_ds = run_inputs.train_stream(cfg, tokenizer, jax.process_index(), jax.process_count())
+    batch_size = run_inputs.local_batch_size(cfg, jax.process_count())
+    where = (jax.process_index(), jax.process_count())
+    if cfg.data.format == "text":
+        train_ds = run_inputs.train_stream(cfg, tokenizer, *where)
+    else:
+        train_ds = posttrain_inputs.posttrain_train_stream(cfg, tokenizer, *where, batch_size)
     train_iter = iter(train_ds)
-    fingerprint = run_inputs.data_fingerprint(cfg, tokenizer.sha256)
+    fingerprint = (
+        run_inputs.data_fingerprint(cfg, tokenizer.sha256)
+        if cfg.data.format == "text"
+        else posttrain_inputs.lines_per_file(cfg)
+    )
     data_totals = DataTotals()
 
     checkpointer = Checkpointer(
@@ -250,10 +251,10 @@ def train(cfg: Config, workdir: Path | str) -> RunResult:
         log(f"resumed from {checkpointer.directory}/{latest}")
 
     writer = MetricsWriter(workdir, enabled=jax.process_index() == 0)
-    val_batches = run_inputs.eval_batches(
-        cfg, tokenizer, jax.process_index(), jax.process_count(), _allgather_max
-    )
-    tokens_per_step = cfg.data.batch_size * cfg.data.seq_len
+    val_batches = _eval_batches(cfg, tokenizer, batch_size)
+    # Trained positions per step (both sides of a preference pair; the reference
+    # model's forward pass is not counted in MFU).
+    tokens_per_step = cfg.data.batch_size * cfg.data.seq_len * objective.rows_per_example
     flops_tok = flops_per_token(cfg.model, cfg.data.seq_len)
     peak, peak_source = _peak_flops_total(cfg)
     log(
@@ -263,7 +264,6 @@ def train(cfg: Config, workdir: Path | str) -> RunResult:
 
     def run_eval(step: int) -> dict[str, float]:
         t0 = time.perf_counter()
-        sums = {"nll": 0.0, "num_tokens": 0.0, "num_bytes": 0.0}
         # Several CPU processes: many eval programs queued at once (each with a gloo
         # all-reduce) deadlock now and then (~1 run in 4 on jax 0.10.2: one device
         # waits in the all-reduce, the other in XLA's launch semaphore), so each is
@@ -272,22 +272,10 @@ def train(cfg: Config, workdir: Path | str) -> RunResult:
         results = []
         with jax.set_mesh(mesh):
             for b in val_batches:
-                results.append(
-                    eval_step(
-                        state.params, state.frozen, host_batch_to_global(b, mesh), token_bytes
-                    )
-                )
+                results.append(objective.eval_step(state, host_batch_to_global(b, mesh)))
                 if serial:
                     jax.block_until_ready(results[-1])
-        for r in jax.device_get(results):
-            for k in sums:
-                sums[k] += float(r[k])
-        out = {
-            "loss": sums["nll"] / max(sums["num_tokens"], 1.0),
-            "bits_per_byte": bits_per_byte(sums["nll"], sums["num_bytes"]),
-            "tokens": sums["num_tokens"],
-            "bytes": sums["num_bytes"],
-        }
+        out = objective.summarize(jax.device_get(results))
         writer.write(step, "eval", {**out, "eval_s": time.perf_counter() - t0})
         return out
 
@@ -449,7 +437,7 @@ def train(cfg: Config, workdir: Path | str) -> RunResult:
 
 def _finish(cfg: Config, result: RunResult, writer, graphdef, state, tokenizer) -> None:
     """End-of-run extras: gzip baseline, loss plot, a greedy completion."""
-    texts = run_inputs.eval_texts(cfg)
+    texts = run_inputs.eval_texts(cfg) if cfg.data.format == "text" else []
     if texts:  # pre-tokenized eval sources have no text to compress
         result.gzip_bits_per_byte, _ = gzip_bits_per_byte(texts)
     if jax.process_index() == 0:

@@ -122,20 +122,34 @@ def record_stream(
     process_count: int,
     on_error: OnError = "raise",
     bad_lines: BadLineCounter | None = None,
+    split: str = "all",
+    val_fraction: float = 0.1,
+    names: list[str] | None = None,
 ):
     """`(where, record)` of every line of `files`: seeded shuffle, this process's shard,
-    repeated per epoch. The shared head of the SFT, preference and text-record pipelines."""
+    repeated per epoch. The shared head of the SFT and preference pipelines.
+
+    `split` "train" / "validation" keeps the lines whose stable key (the file's name in
+    `names`, default its file name, mixed with the line's record index; see
+    jaxlm.data.sources.split) falls on that side of `val_fraction`: the same held-out
+    lines in every run, whatever the seed or process count."""
     if not files:
         raise ValueError("a jsonl pipeline needs at least one file, got none")
     bad_lines = bad_lines if bad_lines is not None else BadLineCounter()
     import grain  # here, not at the top: JsonlError users (data clean) need no grain/JAX
 
-    lines = grain.MapDataset.concatenate(
-        [
-            grain.MapDataset.source(JsonlLines(f, on_error=on_error, counter=bad_lines))
-            for f in files
-        ]
-    )
+    from jaxlm.data.sources.documents import SelectedDocuments
+    from jaxlm.data.sources.split import kept_indices, record_keys
+
+    names = names or [Path(f).name for f in files]
+    parts = []
+    for f, name in zip(files, names, strict=True):
+        lines = JsonlLines(f, on_error=on_error, counter=bad_lines)
+        if split != "all":
+            keep = kept_indices(record_keys(name, len(lines)), split, val_fraction)
+            lines = SelectedDocuments(lines, keep)
+        parts.append(grain.MapDataset.source(lines))
+    lines = grain.MapDataset.concatenate(parts)
     if shuffle:
         lines = lines.shuffle(seed)
     lines = lines[process_index::process_count]

@@ -134,6 +134,9 @@ def preference_dataset(
     process_count: int = 1,
     on_error: OnError = "raise",
     bad_lines: BadLineCounter | None = None,
+    split: str = "all",
+    val_fraction: float = 0.1,
+    names: list[str] | None = None,
     stats: PreferenceStats | None = None,
 ) -> grain.IterDataset:
     """Per-process `[B, 2, T]` preference batches from jsonl files."""
@@ -147,6 +150,9 @@ def preference_dataset(
         process_count=process_count,
         on_error=on_error,
         bad_lines=bad_lines,
+        split=split,
+        val_fraction=val_fraction,
+        names=names,
     )
     encode = functools.partial(encode_pair, tokenizer=tokenizer, seq_len=seq_len, stats=stats)
     pairs = lines.map(encode).to_iter_dataset(grain.ReadOptions(num_threads=1))

@@ -66,9 +66,24 @@ def open_sources(
 def ensure_tokenizer(
     cfg: Config, workdir: Path, *, log: Callable[[str], None], is_leader: bool, barrier
 ) -> Tokenizer:
-    """Load the configured tokenizer, or train one on the training documents."""
+    """Load the configured tokenizer, or train one on the training documents.
+
+    Post-training (data.format chat / preference) continues a model, so its tokenizer
+    is the one `train.init_from` was trained with: data.tokenizer, else the
+    tokenizer.model inside the init_from export or workdir.
+    """
     if cfg.data.tokenizer:
         return Tokenizer.load(Path(cfg.data.tokenizer))
+    if cfg.data.format != "text":
+        inherited = Path(cfg.train.init_from) / "tokenizer.model" if cfg.train.init_from else None
+        if inherited is None or not inherited.is_file():
+            raise InputError(
+                f"data.format={cfg.data.format} needs the model's tokenizer: set "
+                "data.tokenizer, or train.init_from to an export or workdir that holds "
+                f"tokenizer.model (looked for {inherited})"
+            )
+        log(f"tokenizer from train.init_from: {inherited}")
+        return Tokenizer.load(inherited)
     prefix = workdir / "tokenizer"
     model_path = prefix.with_suffix(".model")
     if not model_path.exists():

@@ -51,6 +51,9 @@ def sft_dataset(
     process_count: int = 1,
     on_error: OnError = "raise",
     bad_lines: BadLineCounter | None = None,
+    split: str = "all",
+    val_fraction: float = 0.1,
+    names: list[str] | None = None,
     stats: ChatStats | None = None,
 ) -> grain.IterDataset:
     """Packed SFT batches for this process; `stats` and `bad_lines` count what was skipped."""
@@ -64,6 +67,9 @@ def sft_dataset(
         process_count=process_count,
         on_error=on_error,
         bad_lines=bad_lines,
+        split=split,
+        val_fraction=val_fraction,
+        names=names,
     )
     encode = functools.partial(encode_record, tokenizer=tokenizer, seq_len=seq_len, stats=stats)
     # One reader thread: the counters are plain integers updated by the encode stage.

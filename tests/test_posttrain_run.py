@@ -1,0 +1,79 @@
+"""SFT through the training loop: data.format=chat from a pretrained workdir.
+
+The held-out loss must count exactly the assistant tokens of the held-out
+conversations (computed here independently of the pipeline), the tokenizer must come
+from train.init_from, and the pipeline's counts must reach metrics.jsonl.
+"""
+
+import json
+
+import numpy as np
+import pytest
+from test_train_loop import SMALL
+
+from jaxlm.config import Config, apply_overrides
+from jaxlm.data.chat import encode_conversation, parse_conversation
+from jaxlm.data.sources.split import kept_indices, record_keys
+from jaxlm.data.tokenizer import Tokenizer
+from jaxlm.errors import InputError
+from jaxlm.train import train
+
+QUESTIONS = ["What does len do?", "How do I sort a list?", "What is a dict?", "Name a loop."]
+ANSWERS = ["It counts items.", "Use sorted(xs).", "A mapping of keys.", "for x in xs: ..."]
+
+
+def chat_file(path, n=40):
+    lines = []
+    for i in range(n):
+        q, a = QUESTIONS[i % 4], ANSWERS[i % 4]
+        turns = [{"role": "user", "content": f"{q} ({i})"}, {"role": "assistant", "content": a}]
+        lines.append(json.dumps({"conversations": turns}))
+    lines.append(json.dumps({"conversations": [{"role": "user", "content": "no answer"}]}))
+    path.write_text("\n".join(lines) + "\n")
+    return path
+
+
+@pytest.fixture(scope="module")
+def pretrained(tmp_path_factory):
+    workdir = tmp_path_factory.mktemp("base")
+    train(apply_overrides(Config(), [*SMALL, "train.steps=3", "model.max_seq_len=64"]), workdir)
+    return workdir
+
+
+def test_sft_trains_and_evaluates_exactly_the_held_out_assistant_tokens(pretrained, tmp_path):
+    data = chat_file(tmp_path / "chat.jsonl")
+    overrides = [
+        *SMALL,
+        "data.format=chat",
+        f"data.sources=jsonl:{data}",
+        "data.val_fraction=0.25",
+        f"train.init_from={pretrained}",
+        "train.log_every=1",
+        "model.max_seq_len=64",
+        "data.seq_len=64",
+    ]
+    result = train(apply_overrides(Config(), overrides), tmp_path / "sft")
+
+    tokenizer = Tokenizer.load(pretrained / "tokenizer.model")
+    records = [json.loads(line) for line in data.read_text().splitlines()]
+    held_out = kept_indices(record_keys("chat.jsonl", len(records)), "validation", 0.25)
+    expected = 0
+    for i in held_out:
+        enc = encode_conversation(parse_conversation(records[i]), tokenizer, max_len=64)
+        expected += 0 if enc is None else int(np.sum(enc.train_token))
+    assert expected > 0 and result.final_eval["tokens"] == expected
+
+    lines = (tmp_path / "sft" / "metrics.jsonl").read_text().splitlines()
+    summary = [json.loads(x) for x in lines if '"summary"' in x][-1]
+    assert summary["data_chat_encoded"] > 0
+    # The one conversation without an assistant turn is skipped and counted, if it
+    # fell in the training split.
+    in_train = len(records) - 1 not in set(held_out.tolist())
+    assert summary.get("data_chat_skipped_no_assistant", 0) >= int(in_train)
+
+
+def test_post_training_without_a_tokenizer_is_refused(tmp_path):
+    data = chat_file(tmp_path / "chat.jsonl")
+    cfg = apply_overrides(Config(), [*SMALL, "data.format=chat", f"data.sources=jsonl:{data}"])
+    with pytest.raises(InputError, match=r"data.format=chat needs the model's tokenizer"):
+        train(cfg, tmp_path / "run")
