@@ -210,6 +210,7 @@ class TrainConfig:
     steps: int = 1000
     seed: int = 0
     eval_every: int = 250  # 0 disables periodic evaluation (a final one still runs)
+    eval_at_start: bool = False  # also evaluate the starting model (a step-0 eval record)
     log_every: int = 10
     progress_bar: bool = True
     peak_flops: float = 0.0  # per device; 0 means look it up (or measure on CPU)

@@ -32,6 +32,7 @@ OPERATIONAL = frozenset(
     f"train.{key}"
     for key in (
         "eval_every",
+        "eval_at_start",
         "log_every",
         "progress_bar",
         "peak_flops",

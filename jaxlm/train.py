@@ -87,6 +87,12 @@ def _allgather_max(value: int) -> int:
 # ------------------------------------------------------------------------- helpers
 
 
+def _eval_text(ev: dict[str, float]) -> str:
+    if "accuracy" in ev:
+        return f"loss {ev['loss']:.4f}, preference accuracy {ev['accuracy']:.4f}"
+    return f"loss {ev['loss']:.4f}, {ev['bits_per_byte']:.4f} bits/byte"
+
+
 def _eval_batches(cfg: Config, tokenizer, batch_size: int) -> list[dict[str, np.ndarray]]:
     """Held-out batches of this process; every process gets the same number."""
     where = (jax.process_index(), jax.process_count())
@@ -330,6 +336,13 @@ def train(cfg: Config, workdir: Path | str) -> RunResult:
 
     # Signals and the watchdog are live from the first step to the end of the run.
     with StopRequest() as stop, StepWatchdog(step_budget > 0) as watchdog:
+        if cfg.train.eval_at_start and start_step == 0:
+            # The starting model's held-out numbers (e.g. the base model's loss on the
+            # SFT data), as the step-0 eval record.
+            watchdog.expect("evaluation at step 0", long_budget)
+            with ledger.phase("eval"):
+                ev = run_eval(0)
+            log(f"step 0: eval {_eval_text(ev)}")
         ledger.loop_starts()
         watchdog.expect(f"step {start_step + 1} (the first of this run: compiles)", long_budget)
         for step in range(start_step, total_steps):
@@ -354,7 +367,7 @@ def train(cfg: Config, workdir: Path | str) -> RunResult:
                 watchdog.expect(f"evaluation at step {done}", long_budget)
                 with ledger.phase("eval"):
                     ev = final_eval = run_eval(done)
-                log(f"step {done}: eval loss {ev['loss']:.4f}, {ev['bits_per_byte']:.4f} bits/byte")
+                log(f"step {done}: eval {_eval_text(ev)}")
                 watchdog.expect(f"step {done + 1}", step_budget)
             every = cfg.train.checkpoint_every
             if (every and done % every == 0) or is_last or preempted:

@@ -49,6 +49,7 @@ def test_sft_trains_and_evaluates_exactly_the_held_out_assistant_tokens(pretrain
         "data.val_fraction=0.25",
         f"train.init_from={pretrained}",
         "train.log_every=1",
+        "train.eval_at_start=true",
         "model.max_seq_len=64",
         "data.seq_len=64",
     ]
@@ -64,6 +65,9 @@ def test_sft_trains_and_evaluates_exactly_the_held_out_assistant_tokens(pretrain
     assert expected > 0 and result.final_eval["tokens"] == expected
 
     lines = (tmp_path / "sft" / "metrics.jsonl").read_text().splitlines()
+    evals = [json.loads(x) for x in lines if '"eval"' in x]
+    assert [e["step"] for e in evals] == [0, 5]  # the base model's, then the SFT model's
+    assert evals[0]["tokens"] == expected and evals[-1]["loss"] < evals[0]["loss"]
     summary = [json.loads(x) for x in lines if '"summary"' in x][-1]
     assert summary["data_chat_encoded"] > 0
     # The one conversation without an assistant turn is skipped and counted, if it
