@@ -348,6 +348,8 @@ def train(cfg: Config, workdir: Path | str) -> RunResult:
         for step in range(start_step, total_steps):
             with ledger.data_wait():
                 host_batch = data_totals.pop_from(next(train_iter))
+                # Other "_" keys (e.g. preference pairs' "_where") are not model inputs.
+                host_batch = {k: v for k, v in host_batch.items() if not k.startswith("_")}
             real_frac = float(np.mean(host_batch["segment_ids"] != 0))
             real_fractions.append(real_frac)
             with jax.set_mesh(mesh):

@@ -44,6 +44,8 @@ def test_both_formats_parse():
 
 def test_batch_masks_exactly_the_final_response(tmp_path):
     (batch,), _ = batch_of(tmp_path, [MINIMIND, PROMPT_FORMAT])
+    wheres = batch.pop("_where")  # which line each pair came from
+    assert [w.rsplit(":", 1)[1] for w in wheres] == ["1", "2"]
     assert all(v.shape == (2, 2, 96) for v in batch.values())
     responses = [["good one", "no"], ["Paris", "Rome"]]
     for b in range(2):

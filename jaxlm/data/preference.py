@@ -34,6 +34,9 @@ from jaxlm.data.chat import (
 )
 from jaxlm.data.jsonl import BadLineCounter, OnError, record_stream
 from jaxlm.data.packing import add_targets_and_mask
+from jaxlm.errors import InputError
+
+WHERE_KEY = "_where"  # "file:line" of each pair; keys starting "_" never reach a step
 
 
 @dataclasses.dataclass
@@ -80,9 +83,18 @@ def response_only(encoded: EncodedChat) -> EncodedChat:
 
 
 def encode_pair(
-    item, *, tokenizer: ChatEncoder, seq_len: int, stats: PreferenceStats
+    item,
+    *,
+    tokenizer: ChatEncoder,
+    seq_len: int,
+    stats: PreferenceStats,
+    reference_logps: Mapping[str, np.ndarray] | None = None,
 ) -> dict[str, np.ndarray] | None:
-    """Stage: `(where, record)` -> `{"tokens", "train_token"}` of shape [2, T], or None."""
+    """Stage: `(where, record)` -> `{"tokens", "train_token"}` of shape [2, T], or None.
+
+    With `reference_logps` (jaxlm.reference_logps: "file:line" -> the reference
+    model's [chosen, rejected] log-probs), the pair also carries `ref_logps` [2].
+    """
     where, record = item
     if record is None:
         return None
@@ -101,12 +113,23 @@ def encode_pair(
         n = len(enc.tokens)
         tokens[i, :n], train[i, :n], segment_ids[i, :n] = enc.tokens, enc.train_token, 1
     stats.encoded += 1
-    return {"tokens": tokens, "train_token": train, "segment_ids": segment_ids}
+    pair = {"tokens": tokens, "train_token": train, "segment_ids": segment_ids, "where": where}
+    if reference_logps is not None:
+        if where not in reference_logps:
+            raise InputError(
+                f"{where}: no precomputed reference log-probs for this pair (the data "
+                "changed after they were computed?)"
+            )
+        pair["ref_logps"] = np.asarray(reference_logps[where], np.float32)
+    return pair
 
 
 def stack_pairs(pairs: Sequence[dict[str, np.ndarray]], *, batch_size: int, pad_id: int):
     """[B, 2, T] batch in the DESIGN.md schema; a short last batch gets empty pairs."""
     seq_len = pairs[0]["tokens"].shape[-1]
+    ref = [p.pop("ref_logps") for p in pairs if "ref_logps" in p]
+    # Which line each pair came from (for jaxlm.reference_logps); not a model input.
+    wheres = [p.pop("where") for p in pairs]
     batch = {k: np.zeros((batch_size, 2, seq_len), np.int32) for k in pairs[0]}
     batch["tokens"][:] = pad_id
     for b, pair in enumerate(pairs):
@@ -117,7 +140,11 @@ def stack_pairs(pairs: Sequence[dict[str, np.ndarray]], *, batch_size: int, pad_
         flat["segment_ids"] != 0, np.arange(seq_len, dtype=np.int32), 0
     ).astype(np.int32)
     out = add_targets_and_mask(flat)
-    return {k: v.reshape(batch_size, 2, seq_len) for k, v in out.items()}
+    out = {k: v.reshape(batch_size, 2, seq_len) for k, v in out.items()}
+    if ref:  # [B, 2]; filler pairs get 0 (they carry no loss)
+        out["ref_logps"] = np.zeros((batch_size, 2), np.float32)
+        out["ref_logps"][: len(ref)] = np.stack(ref)
+    return {**out, WHERE_KEY: wheres}
 
 
 def preference_dataset(
@@ -138,6 +165,7 @@ def preference_dataset(
     val_fraction: float = 0.1,
     names: list[str] | None = None,
     stats: PreferenceStats | None = None,
+    reference_logps: Mapping[str, np.ndarray] | None = None,
 ) -> grain.IterDataset:
     """Per-process `[B, 2, T]` preference batches from jsonl files."""
     stats = stats if stats is not None else PreferenceStats()
@@ -154,7 +182,13 @@ def preference_dataset(
         val_fraction=val_fraction,
         names=names,
     )
-    encode = functools.partial(encode_pair, tokenizer=tokenizer, seq_len=seq_len, stats=stats)
+    encode = functools.partial(
+        encode_pair,
+        tokenizer=tokenizer,
+        seq_len=seq_len,
+        stats=stats,
+        reference_logps=reference_logps,
+    )
     pairs = lines.map(encode).to_iter_dataset(grain.ReadOptions(num_threads=1))
     return pairs.batch(
         batch_size, batch_fn=functools.partial(stack_pairs, batch_size=batch_size, pad_id=pad_id)
