@@ -87,7 +87,14 @@ def _preference(cfg, graphdef, optimizer, schedule, state_shardings, mesh, views
     from jaxlm.steps_preference import make_preference_eval_step, make_preference_step
 
     step = make_preference_step(
-        graphdef, optimizer, schedule, cfg.preference, grad_accum=cfg.optim.grad_accum, views=views
+        graphdef,
+        optimizer,
+        schedule,
+        cfg.preference,
+        grad_accum=cfg.optim.grad_accum,
+        spike_factor=cfg.optim.spike_factor,
+        spike_warmup_steps=cfg.optim.spike_warmup_steps,
+        views=views,
     )
     evaluate = jax.jit(
         make_preference_eval_step(graphdef, cfg.preference, views),

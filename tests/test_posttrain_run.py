@@ -81,3 +81,43 @@ def test_post_training_without_a_tokenizer_is_refused(tmp_path):
     cfg = apply_overrides(Config(), [*SMALL, "data.format=chat", f"data.sources=jsonl:{data}"])
     with pytest.raises(InputError, match=r"data.format=chat needs the model's tokenizer"):
         train(cfg, tmp_path / "run")
+
+
+def preference_file(path, n=40):
+    lines = []
+    for i in range(n):
+        q, a = QUESTIONS[i % 4], ANSWERS[i % 4]
+        prompt = [{"role": "user", "content": f"{q} ({i})"}]
+        chosen = [*prompt, {"role": "assistant", "content": a}]
+        rejected = [*prompt, {"role": "assistant", "content": ANSWERS[(i + 1) % 4]}]
+        lines.append(json.dumps({"chosen": chosen, "rejected": rejected}))  # MiniMind's format
+    path.write_text("\n".join(lines) + "\n")
+    return path
+
+
+@pytest.mark.parametrize("loss", ["sigmoid", "ipo", "simpo"])
+def test_preference_training_raises_held_out_accuracy_from_the_start(pretrained, tmp_path, loss):
+    data = preference_file(tmp_path / "dpo.jsonl")
+    overrides = [
+        *SMALL,
+        "data.format=preference",
+        f"data.sources=jsonl:{data}",
+        "data.val_fraction=0.25",
+        f"train.init_from={pretrained}",
+        "train.eval_at_start=true",
+        "train.steps=60",
+        "model.max_seq_len=64",
+        "data.seq_len=64",
+        f"preference.loss={loss}",
+        "preference.beta=0.5",
+        "optim.lr=0.02",
+        "optim.schedule=constant",
+    ]
+    result = train(apply_overrides(Config(), overrides), tmp_path / "dpo")
+    lines = (tmp_path / "dpo" / "metrics.jsonl").read_text().splitlines()
+    evals = [json.loads(x) for x in lines if '"eval"' in x]
+    assert [e["step"] for e in evals] == [0, 60]
+    assert evals[0]["pairs"] == evals[1]["pairs"] > 0
+    if loss != "simpo":  # policy == reference at the start: every implied reward is 0
+        assert evals[0]["accuracy"] == 0.0 and evals[0]["margin"] == 0.0
+    assert result.final_eval["accuracy"] > max(evals[0]["accuracy"], 0.75)
