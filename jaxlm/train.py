@@ -33,8 +33,9 @@ from jaxlm.metrics import MetricsWriter, gzip_bits_per_byte
 from jaxlm.optim import learning_rate_schedule, make_optimizer
 from jaxlm.plotting import plot_loss_curves
 from jaxlm.preemption import StopRequest
+from jaxlm.reference_logps import reference_table
 from jaxlm.run_objective import build_objective
-from jaxlm.run_state import initial_state
+from jaxlm.run_state import initial_state, needs_reference
 from jaxlm.sharding import host_batch_to_global, make_mesh
 from jaxlm.watchdog import StepWatchdog
 
@@ -93,18 +94,20 @@ def _eval_text(ev: dict[str, float]) -> str:
     return f"loss {ev['loss']:.4f}, {ev['bits_per_byte']:.4f} bits/byte"
 
 
-def _eval_batches(cfg: Config, tokenizer, batch_size: int) -> list[dict[str, np.ndarray]]:
+def _eval_batches(cfg: Config, tokenizer, batch_size: int, **extra) -> list[dict[str, np.ndarray]]:
     """Held-out batches of this process; every process gets the same number."""
     where = (jax.process_index(), jax.process_count())
     if cfg.data.format == "text":
         return run_inputs.eval_batches(cfg, tokenizer, *where, _allgather_max)
-    batches = posttrain_inputs.posttrain_eval_batches(cfg, tokenizer, *where, batch_size)
+    batches = posttrain_inputs.posttrain_eval_batches(cfg, tokenizer, *where, batch_size, **extra)
     if cfg.data.format == "chat":
         return run_inputs.equalize_batch_count(batches, _allgather_max, cfg, tokenizer.pad_id)
     count = _allgather_max(len(batches))
     if count == 0:
         raise InputError(f"{cfg.data.eval_sources or cfg.data.sources}: no held-out pairs")
-    filler = posttrain_inputs.empty_pairs(batch_size, cfg.data.seq_len, tokenizer.pad_id)
+    filler = posttrain_inputs.empty_pairs(
+        batch_size, cfg.data.seq_len, tokenizer.pad_id, ref_logps="reference_logps" in extra
+    )
     return batches + [filler] * (count - len(batches))
 
 
@@ -215,10 +218,21 @@ def train(cfg: Config, workdir: Path | str) -> RunResult:
 
     batch_size = run_inputs.local_batch_size(cfg, jax.process_count())
     where = (jax.process_index(), jax.process_count())
+    extra = {}  # what the post-training pipelines attach to each example
+    if (
+        cfg.data.format == "preference"
+        and not needs_reference(cfg)
+        and cfg.preference.loss != "simpo"
+    ):
+        extra["reference_logps"] = reference_table(
+            cfg, tokenizer, workdir, state, graphdef, run_state.views, mesh, batch_size, log
+        )
     if cfg.data.format == "text":
         train_ds = run_inputs.train_stream(cfg, tokenizer, *where)
     else:
-        train_ds = posttrain_inputs.posttrain_train_stream(cfg, tokenizer, *where, batch_size)
+        train_ds = posttrain_inputs.posttrain_train_stream(
+            cfg, tokenizer, *where, batch_size, **extra
+        )
     train_iter = iter(train_ds)
     fingerprint = (
         run_inputs.data_fingerprint(cfg, tokenizer.sha256)
@@ -257,7 +271,7 @@ def train(cfg: Config, workdir: Path | str) -> RunResult:
         log(f"resumed from {checkpointer.directory}/{latest}")
 
     writer = MetricsWriter(workdir, enabled=jax.process_index() == 0)
-    val_batches = _eval_batches(cfg, tokenizer, batch_size)
+    val_batches = _eval_batches(cfg, tokenizer, batch_size, **extra)
     # Trained positions per step (both sides of a preference pair; the reference
     # model's forward pass is not counted in MFU).
     tokens_per_step = cfg.data.batch_size * cfg.data.seq_len * objective.rows_per_example

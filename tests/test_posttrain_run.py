@@ -121,3 +121,37 @@ def test_preference_training_raises_held_out_accuracy_from_the_start(pretrained,
     if loss != "simpo":  # policy == reference at the start: every implied reward is 0
         assert evals[0]["accuracy"] == 0.0 and evals[0]["margin"] == 0.0
     assert result.final_eval["accuracy"] > max(evals[0]["accuracy"], 0.75)
+
+
+def test_precomputed_reference_log_probs_train_like_the_reference_model(
+    pretrained, tmp_path, capsys
+):
+    data = preference_file(tmp_path / "dpo.jsonl")
+    overrides = [
+        *SMALL,
+        "data.format=preference",
+        f"data.sources=jsonl:{data}",
+        "data.val_fraction=0.25",
+        f"train.init_from={pretrained}",
+        "train.steps=6",
+        "train.log_every=1",
+        "model.max_seq_len=64",
+        "data.seq_len=64",
+        "optim.lr=0.02",
+    ]
+    in_step = train(apply_overrides(Config(), overrides), tmp_path / "model")
+    pre_cfg = apply_overrides(Config(), [*overrides, "preference.reference=precomputed"])
+    pre = train(pre_cfg, tmp_path / "pre")
+    table = tmp_path / "pre" / "reference_logps.npz"
+    with np.load(table, allow_pickle=False) as saved:
+        assert len(saved["where"]) == 40  # every line: training and held-out pairs
+    np.testing.assert_allclose(pre.train_losses, in_step.train_losses, rtol=1e-5)
+    for key in ("loss", "accuracy", "margin"):
+        np.testing.assert_allclose(pre.final_eval[key], in_step.final_eval[key], rtol=1e-4)
+
+    # A longer run in the same workdir resumes and reads the table back.
+    capsys.readouterr()
+    longer = [*overrides, "preference.reference=precomputed", "train.steps=8"]
+    longer.append("train.allow_config_change=train.steps")
+    train(apply_overrides(Config(), longer), tmp_path / "pre")
+    assert f"reference log-probs from {table}" in capsys.readouterr().out

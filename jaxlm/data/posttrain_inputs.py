@@ -24,7 +24,7 @@ from jaxlm.config import Config
 from jaxlm.data.chat import ChatStats
 from jaxlm.data.counters import COUNTS_KEY
 from jaxlm.data.jsonl import BadLineCounter
-from jaxlm.data.preference import PreferenceStats, preference_dataset
+from jaxlm.data.preference import WHERE_KEY, PreferenceStats, preference_dataset
 from jaxlm.data.sft import sft_dataset
 from jaxlm.data.source_spec import parse_sources
 from jaxlm.data.sources.paths import matching_files, relative_names
@@ -46,11 +46,14 @@ def jsonl_files(specs: str, key: str) -> tuple[list[Path], list[str]]:
     return files, names
 
 
-def lines_per_file(cfg: Config) -> dict[str, int]:
-    """Non-blank lines per training file: a resumed run must read the same data."""
+def lines_per_file(cfg: Config, *, with_eval: bool = False) -> dict[str, int]:
+    """Non-blank lines per training file (and evaluation file): a resumed run must
+    read the same data."""
     from jaxlm.data.jsonl import line_offsets
 
     files, _ = jsonl_files(cfg.data.sources, "data.sources")
+    if with_eval and cfg.data.eval_sources:
+        files += jsonl_files(cfg.data.eval_sources, "data.eval_sources")[0]
     return {str(f): len(line_offsets(f)[0]) for f in files}
 
 
@@ -103,9 +106,16 @@ def _dataset(cfg: Config, tokenizer, specs: str, key: str, **kwargs):
 
 
 def posttrain_train_stream(
-    cfg: Config, tokenizer, process_index: int, process_count: int, batch_size: int
+    cfg: Config,
+    tokenizer,
+    process_index: int,
+    process_count: int,
+    batch_size: int,
+    **extra,
 ):
-    """This process's endless, checkpointable chat or preference batches."""
+    """This process's endless, checkpointable chat or preference batches.
+
+    `extra` goes to the pipeline (e.g. `reference_logps` for preference pairs)."""
     return _dataset(
         cfg,
         tokenizer,
@@ -115,11 +125,17 @@ def posttrain_train_stream(
         split="all" if cfg.data.eval_sources else "train",
         process_index=process_index,
         process_count=process_count,
+        **extra,
     )
 
 
 def posttrain_eval_batches(
-    cfg: Config, tokenizer, process_index: int, process_count: int, batch_size: int
+    cfg: Config,
+    tokenizer,
+    process_index: int,
+    process_count: int,
+    batch_size: int,
+    **extra,
 ) -> list[dict[str, np.ndarray]]:
     """Every held-out conversation or pair of this process once, in file order."""
     specs, key = (
@@ -138,12 +154,38 @@ def posttrain_eval_batches(
         repeat=False,
         process_index=process_index,
         process_count=process_count,
+        **extra,
     )
     return [{k: v for k, v in b.items() if not k.startswith("_")} for b in data]
 
 
-def empty_pairs(batch_size: int, seq_len: int, pad_id: int) -> dict[str, np.ndarray]:
-    """A `[B, 2, T]` preference batch with no valid pair (fills uneven hosts' eval sets)."""
+def all_pairs(
+    cfg: Config, tokenizer, specs: str, key: str, process_index, process_count, batch_size
+):
+    """Every pair of `specs` (no split) once, with "_where": for jaxlm.reference_logps."""
+    data = _dataset(
+        cfg,
+        tokenizer,
+        specs,
+        key,
+        batch_size=batch_size,
+        split="all",
+        shuffle=False,
+        repeat=False,
+        process_index=process_index,
+        process_count=process_count,
+    )
+    return [{k: v for k, v in b.items() if not k.startswith("_") or k == WHERE_KEY} for b in data]
+
+
+def empty_pairs(
+    batch_size: int, seq_len: int, pad_id: int, *, ref_logps: bool = False
+) -> dict[str, np.ndarray]:
+    """A `[B, 2, T]` preference batch with no valid pair (fills uneven hosts' eval sets);
+    `ref_logps` adds zero reference log-probs, to match precomputed-reference batches."""
     zeros = np.zeros((batch_size, 2, seq_len), np.int32)
     names = ("targets", "loss_mask", "positions", "segment_ids")
-    return {"tokens": np.full_like(zeros, pad_id), **{k: zeros.copy() for k in names}}
+    batch = {"tokens": np.full_like(zeros, pad_id), **{k: zeros.copy() for k in names}}
+    if ref_logps:
+        batch["ref_logps"] = np.zeros((batch_size, 2), np.float32)
+    return batch
