@@ -2,6 +2,8 @@
 
 Usage: python both_shards_train.py WORKDIR [--set K=V ...]   (cwd: the repository)
 
+Chat and preference runs (data.format) are covered the same way.
+
 In a two-process `jaxlm train`, process p reads data shard p of 2 and feeds the rows
 p*B/2 .. (p+1)*B/2 - 1 of each global batch. This driver runs the real `train()` in a
 single process whose training stream yields, at every step, shard 0's batch on top of
@@ -15,7 +17,7 @@ import sys
 import numpy as np
 
 from jaxlm.cli import load_experiment, resolve_config
-from jaxlm.data import run_inputs
+from jaxlm.data import posttrain_inputs, run_inputs
 from jaxlm.data.counters import COUNTS_KEY
 from jaxlm.train import train
 
@@ -62,6 +64,16 @@ def main() -> int:
         return BothShards([original(cfg, tokenizer, p, 2) for p in range(2)])
 
     run_inputs.train_stream = both_shards
+    original_posttrain = posttrain_inputs.posttrain_train_stream
+
+    def both_posttrain_shards(cfg, tokenizer, process_index, process_count, batch_size, **extra):
+        assert process_count == 1, "run this driver as a single process"
+        shards = [
+            original_posttrain(cfg, tokenizer, p, 2, batch_size // 2, **extra) for p in range(2)
+        ]
+        return BothShards(shards)
+
+    posttrain_inputs.posttrain_train_stream = both_posttrain_shards
     cfg = resolve_config(load_experiment("quickstart"), args.overrides, "quickstart")
     train(cfg, args.workdir)
     return 0
