@@ -64,6 +64,10 @@ METRIC_SUMS = (
     "chosen_logp_sum",  # policy log-prob of the chosen response, summed over its tokens
     "rejected_logp_sum",
     "nll_sum",  # chosen response's mean per-token NLL (the RPO term before λ)
+    # Valid pairs whose chosen response has the higher mean per-token log-prob under the
+    # policy alone: a reference-free ranking that also scores a model before preference
+    # training (whose implied DPO rewards are all 0 against itself).
+    "logp_correct",
 )
 
 
@@ -159,5 +163,8 @@ def preference_loss(
         "chosen_logp_sum": total(pc),
         "rejected_logp_sum": total(pr),
         "nll_sum": total(-_per_token(pc, chosen_tokens)),
+        "logp_correct": total(
+            (_per_token(pc, chosen_tokens) > _per_token(pr, rejected_tokens)).astype(jnp.float32)
+        ),
     }
     return total(loss), sums

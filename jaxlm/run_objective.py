@@ -112,7 +112,8 @@ def _preference(cfg, graphdef, optimizer, schedule, state_shardings, mesh, views
         for key, value in sums.items():
             if key.endswith("_sum"):
                 out[key[: -len("_sum")]] = value / pairs
-        out["accuracy"] = sums["correct"] / pairs
+        out["accuracy"] = sums["correct"] / pairs  # implied-reward ranking
+        out["logp_accuracy"] = sums["logp_correct"] / pairs  # reference-free ranking
         return out
 
     return Objective(jit_train_step(step, state_shardings, mesh), eval_step, summarize, 2)

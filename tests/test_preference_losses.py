@@ -156,3 +156,13 @@ def test_dpo_gradient_sign_favours_chosen():
 def test_reference_needed_except_for_simpo():
     with pytest.raises(ValueError, match="reference"):
         pref(PreferenceConfig(loss="ipo"), [-1.0], [-2.0])
+
+
+def test_logp_ranking_is_per_token_and_reference_free():
+    # Chosen: -10 over 5 tokens (-2 per token); rejected: -6 over 2 tokens (-3 per token).
+    # The chosen response ranks first per token although its summed log-prob is lower.
+    cfg = PreferenceConfig()
+    args = [jnp.array([-10.0, -4.0]), jnp.array([-6.0, -1.0]), jnp.zeros(2), jnp.zeros(2)]
+    _, sums = preference_loss(cfg, *args, jnp.array([5.0, 2.0]), jnp.array([2.0, 2.0]))
+    # Pair 2: -2 per token vs -0.5 per token: the rejected one ranks first.
+    assert float(sums["logp_correct"]) == 1.0 and float(sums["pairs"]) == 2.0
