@@ -14,6 +14,7 @@ hash into training (1 - val_fraction) and held-out; otherwise training reads all
 from __future__ import annotations
 
 import itertools
+import shutil
 import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -82,8 +83,17 @@ def ensure_tokenizer(
                 "data.tokenizer, or train.init_from to an export or workdir that holds "
                 f"tokenizer.model (looked for {inherited})"
             )
-        log(f"tokenizer from train.init_from: {inherited}")
-        return Tokenizer.load(inherited)
+        # A copy in the workdir keeps the run self-contained (export, resume, inspect).
+        copy = workdir / "tokenizer.model"
+        if is_leader and not copy.exists():
+            from jaxlm.data.tokenizer_metadata import sidecar_path
+
+            shutil.copyfile(inherited, copy)
+            if sidecar_path(inherited).is_file():
+                shutil.copyfile(sidecar_path(inherited), sidecar_path(copy))
+        barrier("tokenizer")
+        log(f"tokenizer from train.init_from: {inherited} (copied to {copy})")
+        return Tokenizer.load(copy)
     prefix = workdir / "tokenizer"
     model_path = prefix.with_suffix(".model")
     if not model_path.exists():
