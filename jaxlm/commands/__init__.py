@@ -20,7 +20,7 @@ import pkgutil
 from types import ModuleType
 
 GROUP_HELP = {
-    "data": "prepare corpora: clean, tokenize into shards, inspect packed batches",
+    "data": "prepare corpora: clean, tokenize into shards, inspect batches, post-training sets",
     "tokenizer": "train, evaluate and extend SentencePiece tokenizers",
     "checkpoint": "operate on saved checkpoints",
 }
