@@ -19,7 +19,8 @@ def make_next_token_fn(graphdef: nnx.GraphDef):
 
     @jax.jit
     def next_token(params, buffer_1T, length, key, temperature):
-        model = nnx.merge(graphdef, params)
+        # One State, or a tuple merged together (e.g. LoRA adapters + base).
+        model = nnx.merge(graphdef, *(params if isinstance(params, tuple) else (params,)))
         # Causal attention: positions at and after `length` (still padding) cannot
         # influence the logits at length - 1.
         logits_1TV = model(buffer_1T)

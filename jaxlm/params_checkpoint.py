@@ -44,7 +44,17 @@ PARAMS_DIR = "params"
 CONFIG_FILE = "config.json"
 TOKENIZER_FILE = "tokenizer.model"
 # Model fields that change numerics or implementation but not the parameter tree.
-_SAME_PARAMS = ("param_dtype", "compute_dtype", "attention_impl", "remat")
+# Model fields that do not change the plain params' shapes. LoRA fields among them:
+# a LoRA run's params are restored merged (restore_params), i.e. as the plain model's.
+_SAME_PARAMS = (
+    "param_dtype",
+    "compute_dtype",
+    "attention_impl",
+    "remat",
+    "lora_rank",
+    "lora_alpha",
+    "lora_targets",
+)
 
 
 def _target(model: ModelConfig, shardings: nnx.State | None) -> nnx.State:
@@ -82,7 +92,14 @@ def restore_params(
             raise InputError(f"{checkpointer.directory}: no finished step {step} (have {steps})")
 
         def target(saved: dict) -> dict:
-            return {"params": _target(model or config_from_dict(saved).model, shardings)}
+            saved_model = config_from_dict(saved).model
+            if saved_model.lora_rank:  # adapters (params) on a frozen base (frozen)
+                from jaxlm.models.lora import abstract_lora, plain_config
+
+                _, adapters, _ = abstract_lora(saved_model)
+                plain = plain_config(model or saved_model)
+                return {"params": adapters, "frozen": _target(plain, shardings)}
+            return {"params": _target(model or saved_model, shardings)}
 
         restored = checkpointer.restore_latest_good(
             target,
@@ -94,7 +111,14 @@ def restore_params(
         checkpointer.close()
     if restored is None:
         raise InputError(f"{checkpointer.directory} holds no finished checkpoint")
-    return restored.state["params"], config_from_dict(restored.config), restored.step
+    cfg = config_from_dict(restored.config)
+    if "frozen" in restored.state:  # a LoRA run: W + (alpha / r) A B, the plain model's params
+        from jaxlm.models.lora import merge_lora, plain_config
+
+        params = merge_lora(cfg.model, restored.state["params"], restored.state["frozen"])
+        cfg = dataclasses.replace(cfg, model=plain_config(cfg.model))
+        return params, cfg, restored.step
+    return restored.state["params"], cfg, restored.step
 
 
 def restore_latest_params(workdir: Path | str) -> tuple[nnx.State, Config, int]:
@@ -147,11 +171,18 @@ def load_params(
 ) -> tuple[nnx.State, Config]:
     """(params, Config) of a params directory; numpy unless `shardings` are given.
 
-    Arrays are cast to the dtypes of `model` (default: config.json's model).
+    Arrays are cast to the dtypes of `model` (default: config.json's model). A
+    directory of LoRA adapters alone (`jaxlm export --adapters-only`: config.json has
+    model.lora_rank > 0) gives the adapters.
     """
     directory = Path(directory).absolute()
     cfg = read_params_config(directory)
-    target = _target(model or cfg.model, shardings)
+    if (model or cfg.model).lora_rank:
+        from jaxlm.models.lora import abstract_lora
+
+        target = abstract_lora(model or cfg.model)[1]
+    else:
+        target = _target(model or cfg.model, shardings)
     params = ocp.PyTreeCheckpointer().restore(
         directory / PARAMS_DIR,
         args=ocp.args.PyTreeRestore(item=target, restore_args=restore_args_for(target)),

@@ -135,6 +135,16 @@ def _check_finite(step: int, m: dict[str, Any], last_ckpt: int | None) -> None:
     )
 
 
+_PREFERENCE_METRICS = (
+    "reward_accuracy",
+    "margin",
+    "chosen_reward",
+    "rejected_reward",
+    "chosen_logp",
+    "rejected_logp",
+)
+
+
 class _SkipCounter:
     """Steps the train step skipped (no supervised token; loss spike), per log window.
 
@@ -342,6 +352,8 @@ def train(cfg: Config, workdir: Path | str) -> RunResult:
                     "mfu": flops_tok * tokens_per_step / mean_time / peak,
                     "real_token_fraction": real_frac,
                     **skips.take_window(),  # steps not applied in this window
+                    # A preference step's own numbers (of this window's last step).
+                    **{k: float(m[k]) for k in _PREFERENCE_METRICS if k in m},
                     **{f"data_{k}": v for k, v in data_totals.as_dict().items()},
                 },
             )
@@ -441,7 +453,14 @@ def train(cfg: Config, workdir: Path | str) -> RunResult:
             if final_eval is None:  # resumed at the last step: nothing ran, evaluate anyway
                 with ledger.phase("eval"):
                     result.final_eval = run_eval(total_steps)
-            _finish(cfg, result, writer, graphdef, state, tokenizer)
+            _finish(
+                cfg,
+                result,
+                writer,
+                graphdef,
+                run_state.views.policy(state.params, state.frozen),
+                tokenizer,
+            )
         _barrier("jaxlm_run_end")  # healthy processes reach JAX's shutdown barrier together
         ledger.lap("finish")
     result.timing = ledger.summary()
@@ -464,7 +483,7 @@ def train(cfg: Config, workdir: Path | str) -> RunResult:
     return result
 
 
-def _finish(cfg: Config, result: RunResult, writer, graphdef, state, tokenizer) -> None:
+def _finish(cfg: Config, result: RunResult, writer, graphdef, model_params, tokenizer) -> None:
     """End-of-run extras: gzip baseline, loss plot, a greedy completion."""
     texts = run_inputs.eval_texts(cfg) if cfg.data.format == "text" else []
     if texts:  # pre-tokenized eval sources have no text to compress
@@ -476,7 +495,7 @@ def _finish(cfg: Config, result: RunResult, writer, graphdef, state, tokenizer) 
     if cfg.train.generate_prompt:
         ids = complete(
             graphdef,
-            state.params,
+            model_params,
             [tokenizer.bos_id, *tokenizer.encode(cfg.train.generate_prompt)],
             max_new_tokens=cfg.train.generate_tokens,
             buffer_len=cfg.data.seq_len,

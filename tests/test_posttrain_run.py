@@ -155,3 +155,85 @@ def test_precomputed_reference_log_probs_train_like_the_reference_model(
     longer.append("train.allow_config_change=train.steps")
     train(apply_overrides(Config(), longer), tmp_path / "pre")
     assert f"reference log-probs from {table}" in capsys.readouterr().out
+
+
+def test_lora_sft_then_lora_dpo_train_only_adapters_and_export_merged(pretrained, tmp_path):
+    """LoRA: the base stays bitwise the pretrained params; the merged export evaluates
+    like the adapted model; DPO with LoRA uses the base as its reference (no copy)."""
+    from jaxlm import cli
+    from jaxlm.models.lora import count_lora
+    from jaxlm.params_checkpoint import load_params, restore_latest_params
+
+    chat = chat_file(tmp_path / "chat.jsonl")
+    common = [*SMALL, "model.max_seq_len=64", "data.seq_len=64", "data.val_fraction=0.25"]
+    lora = ["model.lora_rank=4", "model.lora_alpha=8", "optim.lr=0.02", "train.steps=8"]
+    sft = [*common, *lora, "data.format=chat", f"data.sources=jsonl:{chat}"]
+    sft_cfg = apply_overrides(Config(), [*sft, f"train.init_from={pretrained}"])
+    result = train(sft_cfg, tmp_path / "sft")
+
+    # Only the adapters trained: the checkpoint's frozen base is the pretrained params.
+    from jaxlm.checkpoint import Checkpointer
+
+    checkpointer = Checkpointer(tmp_path / "sft" / "checkpoints", read_only=True)
+    saved = checkpointer.manager.item_metadata(8)["state"]
+    checkpointer.close()
+    saved = getattr(saved, "tree", saved)
+    n_adapters, _ = count_lora(sft_cfg.model)
+    adapter_sizes = [int(np.prod(x.shape)) for x in jax_leaves(saved["params"])]
+    assert sum(adapter_sizes) == n_adapters
+    base, _, _ = restore_latest_params(pretrained)
+    export = tmp_path / "sft_export"
+    assert cli.main(["export", str(tmp_path / "sft"), str(export)]) == 0
+    merged, merged_cfg = load_params(export)
+    assert merged_cfg.model.lora_rank == 0
+    changed = [
+        not np.array_equal(np.asarray(m), np.asarray(b))
+        for m, b in zip(jax_leaves(merged), jax_leaves(base), strict=True)
+    ]
+    assert any(changed) and not all(changed)  # adapted projections moved; norms, embed not
+
+    # The merged export, as a plain model, evaluates like the LoRA model did.
+    check = apply_overrides(
+        Config(),
+        [
+            *common,
+            "data.format=chat",
+            f"data.sources=jsonl:{chat}",
+            "train.steps=1",
+            f"train.init_from={export}",
+            "train.eval_at_start=true",
+            "optim.lr=0",
+        ],
+    )
+    train(check, tmp_path / "check")
+    lines = (tmp_path / "check" / "metrics.jsonl").read_text().splitlines()
+    first = next(json.loads(x) for x in lines if '"eval"' in x)
+    assert first["step"] == 0
+    assert first["loss"] == pytest.approx(result.final_eval["loss"], rel=1e-5)
+
+    # LoRA DPO from the merged SFT export: reference = base with adapters off.
+    pairs = preference_file(tmp_path / "dpo.jsonl")
+    dpo = [*common, *lora, "data.format=preference", f"data.sources=jsonl:{pairs}"]
+    dpo_cfg = apply_overrides(
+        Config(),
+        [*dpo, f"train.init_from={export}", "train.eval_at_start=true", "train.log_every=1"],
+    )
+    train(dpo_cfg, tmp_path / "dpo")
+    lines = (tmp_path / "dpo" / "metrics.jsonl").read_text().splitlines()
+    evals = [json.loads(x) for x in lines if '"eval"' in x]
+    assert evals[0]["accuracy"] == 0.0 and evals[0]["margin"] == 0.0  # policy == reference
+    steps = [json.loads(x) for x in lines if '"train"' in x]
+    assert steps[0]["loss"] == pytest.approx(np.log(2), abs=1e-6)  # adapters start at 0
+    assert steps[-1]["reward_accuracy"] > 0.5 and steps[-1]["margin"] > 0
+
+    adapters_dir = tmp_path / "adapters"
+    assert cli.main(["export", str(tmp_path / "dpo"), str(adapters_dir), "--adapters-only"]) == 0
+    adapters, adapters_cfg = load_params(adapters_dir)
+    assert adapters_cfg.model.lora_rank == 4
+    assert sum(int(np.prod(np.shape(x))) for x in jax_leaves(adapters)) == n_adapters
+
+
+def jax_leaves(tree):
+    import jax
+
+    return jax.tree.leaves(tree)

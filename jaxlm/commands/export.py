@@ -9,6 +9,11 @@ directory OUT (layout in jaxlm.params_checkpoint): OUT/params, OUT/config.json (
 run's config, data.tokenizer pointing at OUT/tokenizer.model) and the tokenizer with
 its .json sidecar. That is the layout `train.init_from` and `load_params` read.
 
+A LoRA run (model.lora_rank > 0) is exported merged: W + (alpha / r) A B in every
+adapted weight, a plain model needing no LoRA code (config.json says lora_rank=0).
+--adapters-only writes the adapters alone instead (config.json keeps the LoRA
+settings; the base is whatever the run started from, its train.init_from).
+
 --dtype bfloat16 stores the params rounded to bfloat16 (half the bytes). config.json
 keeps the run's model.param_dtype: loading casts the arrays to the dtype of the model
 they load into, so a bfloat16 export still starts an fp32-param run, from the rounded
@@ -34,6 +39,11 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--step", type=int, default=None, help="export this step (default: newest good)"
     )
+    parser.add_argument(
+        "--adapters-only",
+        action="store_true",
+        help="a LoRA run: write only its adapters (default: merged into the base weights)",
+    )
 
 
 def run(args: argparse.Namespace) -> int:
@@ -52,7 +62,10 @@ def run(args: argparse.Namespace) -> int:
         raise InputError(f"{out} exists and is not empty; choose a new directory")
     if not workdir.is_dir():
         raise FileNotFoundError(f"no such workdir: {workdir}")
-    params, cfg, step = restore_params(workdir, step=args.step)
+    if args.adapters_only:
+        params, cfg, step = _restore_adapters(workdir, args.step)
+    else:
+        params, cfg, step = restore_params(workdir, step=args.step)
     tokenizer = Path(cfg.data.tokenizer or workdir / TOKENIZER_FILE)
     if not tokenizer.is_file():
         raise FileNotFoundError(f"the run's tokenizer is missing: {tokenizer}")
@@ -69,3 +82,29 @@ def run(args: argparse.Namespace) -> int:
     print(f"  config     {out / 'config.json'}")
     print(f"  tokenizer  {out / TOKENIZER_FILE}")
     return 0
+
+
+def _restore_adapters(workdir, step):
+    """(adapters, the run's Config, step) of a LoRA run's checkpoint."""
+    from jaxlm.checkpoint import Checkpointer
+    from jaxlm.config import config_from_dict
+    from jaxlm.errors import InputError
+    from jaxlm.models.lora import abstract_lora
+
+    checkpointer = Checkpointer(workdir / "checkpoints", read_only=True)
+    try:
+
+        def target(saved: dict) -> dict:
+            model = config_from_dict(saved).model
+            if not model.lora_rank:
+                raise InputError(f"{workdir}: not a LoRA run (model.lora_rank=0)")
+            return {"params": abstract_lora(model)[1]}
+
+        restored = checkpointer.restore_latest_good(
+            target, partial=True, steps=None if step is None else [step]
+        )
+    finally:
+        checkpointer.close()
+    if restored is None:
+        raise InputError(f"{checkpointer.directory} holds no finished checkpoint")
+    return restored.state["params"], config_from_dict(restored.config), restored.step

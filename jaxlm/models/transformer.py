@@ -4,7 +4,9 @@ The NNX module only declares and initialises parameters, each tagged with logica
 axis names (see jaxlm/sharding.py). The forward pass reads them as plain arrays and
 runs the layers with `jax.lax.scan` over a leading "layers" axis, so compile time
 stays flat with depth. `logits = model(tokens, positions=..., segment_ids=...)` is
-the one signature every objective uses; losses live in jaxlm/losses.py.
+the one signature every objective uses; losses live in jaxlm/losses.py. With
+`model.lora_rank` > 0, `Layers` also holds LoRA adapters and each targeted projection
+adds their low-rank branch (jaxlm/models/lora.py).
 
 Dimension legend:
     B batch          T sequence         D model width      V vocabulary
@@ -21,6 +23,7 @@ import jax.numpy as jnp
 from flax import nnx
 
 from jaxlm.config import ModelConfig
+from jaxlm.models import lora
 from jaxlm.models.attention import attention
 from jaxlm.models.layers import rms_norm, swiglu
 from jaxlm.models.rope import apply_rope
@@ -65,8 +68,10 @@ class Layers(nnx.Module):
         self.w_down = _param(rngs, (L, F, D), out_std, dt, ("layers", "mlp", "embed"))
 
     def arrays(self) -> dict[str, jax.Array]:
-        """The stacked weights as a dict of plain arrays (what `scan` iterates over)."""
-        return {name: var[...] for name, var in vars(self).items() if isinstance(var, nnx.Param)}
+        """The stacked weights (and LoRA adapters, if any) as a dict of plain arrays: what
+        `scan` iterates over."""
+        weight_types = (nnx.Param, lora.LoRAParam)
+        return {name: var[...] for name, var in vars(self).items() if isinstance(var, weight_types)}
 
 
 def block(
@@ -80,10 +85,16 @@ def block(
     dt = x_BTD.dtype
     w = {k: v.astype(dt) for k, v in p.items()}
 
+    def proj(spec: str, x: jax.Array, name: str) -> jax.Array:
+        # With LoRA, W's projection plus the adapter branch (jaxlm/models/lora.py).
+        if cfg.lora_rank > 0:
+            return lora.project(spec, x, w, name, lora.lora_scale(cfg))
+        return jnp.einsum(spec, x, w[name])
+
     h_BTD = rms_norm(x_BTD, p["attn_norm"], cfg.norm_eps)
-    q_BTNH = jnp.einsum("BTD,DNH->BTNH", h_BTD, w["wq"])
-    k_BTKH = jnp.einsum("BTD,DKH->BTKH", h_BTD, w["wk"])
-    v_BTKH = jnp.einsum("BTD,DKH->BTKH", h_BTD, w["wv"])
+    q_BTNH = proj("BTD,DNH->BTNH", h_BTD, "wq")
+    k_BTKH = proj("BTD,DKH->BTKH", h_BTD, "wk")
+    v_BTKH = proj("BTD,DKH->BTKH", h_BTD, "wv")
     if cfg.qk_norm:
         q_BTNH = rms_norm(q_BTNH, p["q_norm"], cfg.norm_eps)
         k_BTKH = rms_norm(k_BTKH, p["k_norm"], cfg.norm_eps)
@@ -92,11 +103,14 @@ def block(
     q_BTNH = apply_rope(q_BTNH, positions_BT, cfg.rope_theta)
     k_BTKH = apply_rope(k_BTKH, positions_BT, cfg.rope_theta)
     attn_BTNH = attention(q_BTNH, k_BTKH, v_BTKH, segment_ids_BT, implementation=cfg.attention_impl)
-    x_BTD = x_BTD + jnp.einsum("BTNH,NHD->BTD", attn_BTNH, w["wo"])
+    x_BTD = x_BTD + proj("BTNH,NHD->BTD", attn_BTNH, "wo")
     x_BTD = constrain(x_BTD, "act_batch", "act_seq", "act_embed")
 
     h_BTD = rms_norm(x_BTD, p["mlp_norm"], cfg.norm_eps)
-    x_BTD = x_BTD + swiglu(h_BTD, w["w_gate"], w["w_up"], w["w_down"])
+    if cfg.lora_rank > 0:
+        x_BTD = x_BTD + lora.swiglu(h_BTD, w, lora.lora_scale(cfg))
+    else:
+        x_BTD = x_BTD + swiglu(h_BTD, w["w_gate"], w["w_up"], w["w_down"])
     return constrain(x_BTD, "act_batch", "act_seq", "act_embed")
 
 
@@ -133,6 +147,10 @@ class Transformer(nnx.Module):
         self.final_norm = _ones((D,), cfg.param_dtype, ("norm",))
         if not cfg.tie_embeddings:
             self.unembed = _param(rngs, (D, V), cfg.init_std, cfg.param_dtype, ("embed", "vocab"))
+        if cfg.lora_rank > 0:
+            # Last, after every base weight has drawn its key: the base of a LoRA model
+            # from a key is then exactly the plain model from that key.
+            lora.add_adapters(self.layers, cfg, rngs)
 
     def __call__(
         self,
