@@ -15,6 +15,7 @@ untouched and reports `finite = 0`; the host loop stops on it (see train.py).
 from __future__ import annotations
 
 from collections.abc import Callable
+from typing import Any
 
 import jax
 import jax.numpy as jnp
@@ -104,6 +105,57 @@ def _all_finite(tree) -> jax.Array:
     return jnp.all(jnp.stack([jnp.all(jnp.isfinite(x)) for x in jax.tree.leaves(tree)]))
 
 
+def guarded_update(
+    state: TrainState,
+    grads: Any,
+    optimizer: optax.GradientTransformation,
+    loss: jax.Array,
+    *,
+    finite: jax.Array,
+    has_data: jax.Array,
+    spike_factor: float,
+    spike_warmup_steps: int,
+    loss_ema_decay: float,
+) -> tuple[TrainState, Metrics]:
+    """The optimizer update, applied only when it is safe; (new state, flags).
+
+    Not applied (params and optimizer state stay bitwise as they were, `step` does not
+    advance) when the loss, gradient or resulting params are not finite, when the batch
+    had nothing to learn from (`has_data` False), or, with `spike_factor` > 0 after
+    `spike_warmup_steps` updates, when the loss exceeds spike_factor x its moving average.
+    Shared by every objective's step, so all skip the same way.
+    """
+    updates, new_opt_state = optimizer.update(grads, state.opt_state, state.params)
+    new_params = optax.apply_updates(state.params, updates)
+    # A finite gradient can still give a non-finite update (e.g. an absurd lr): check
+    # the result too, so bad params are never written, not even for one step.
+    finite = finite & _all_finite(new_params)
+    spike = (
+        (spike_factor > 0)
+        & (state.step >= spike_warmup_steps)
+        & (loss > spike_factor * state.loss_ema)
+    )
+    apply = finite & has_data & ~spike
+    ema = jnp.where(
+        state.step == 0, loss, loss_ema_decay * state.loss_ema + (1 - loss_ema_decay) * loss
+    )
+    keep = lambda new, old: jax.tree.map(lambda n, o: jnp.where(apply, n, o), new, old)
+    new_state = TrainState(
+        step=state.step + apply.astype(jnp.int32),
+        params=keep(new_params, state.params),
+        opt_state=keep(new_opt_state, state.opt_state),
+        loss_ema=jnp.where(apply, ema, state.loss_ema).astype(jnp.float32),
+        frozen=state.frozen,
+    )
+    flags = {
+        "finite": finite.astype(jnp.int32),
+        "skipped_empty": (~has_data).astype(jnp.int32),
+        "skipped_spike": (spike & finite & has_data).astype(jnp.int32),
+        "loss_ema": state.loss_ema,  # what a spike is measured against
+    }
+    return new_state, flags
+
+
 def make_lm_step(
     graphdef: nnx.GraphDef,
     optimizer: optax.GradientTransformation,
@@ -138,30 +190,16 @@ def make_lm_step(
         grad_norm = optax.tree.norm(grads)
         loss = safe_mean(sums.nll, sums.num_tokens)
         finite = jnp.isfinite(loss) & jnp.isfinite(grad_norm) & jnp.isfinite(sums.z)
-        # Nothing supervised (e.g. an all-padding batch): no update, and say so.
-        has_tokens = sums.num_tokens > 0
-
-        updates, new_opt_state = optimizer.update(grads, state.opt_state, state.params)
-        new_params = optax.apply_updates(state.params, updates)
-        # A finite gradient can still give a non-finite update (e.g. an absurd lr): check
-        # the result too, so bad params are never written, not even for one step.
-        finite = finite & _all_finite(new_params)
-        spike = (
-            (spike_factor > 0)
-            & (state.step >= spike_warmup_steps)
-            & (loss > spike_factor * state.loss_ema)
-        )
-        apply = finite & has_tokens & ~spike
-        ema = jnp.where(
-            state.step == 0, loss, loss_ema_decay * state.loss_ema + (1 - loss_ema_decay) * loss
-        )
-        keep = lambda new, old: jax.tree.map(lambda n, o: jnp.where(apply, n, o), new, old)
-        new_state = TrainState(
-            step=state.step + apply.astype(jnp.int32),
-            params=keep(new_params, state.params),
-            opt_state=keep(new_opt_state, state.opt_state),
-            loss_ema=jnp.where(apply, ema, state.loss_ema).astype(jnp.float32),
-            frozen=state.frozen,
+        new_state, flags = guarded_update(
+            state,
+            grads,
+            optimizer,
+            loss,
+            finite=finite,
+            has_data=sums.num_tokens > 0,  # nothing supervised (an all-padding batch)
+            spike_factor=spike_factor,
+            spike_warmup_steps=spike_warmup_steps,
+            loss_ema_decay=loss_ema_decay,
         )
         metrics = {
             "loss": loss,
@@ -169,10 +207,7 @@ def make_lm_step(
             "grad_norm": grad_norm,
             "lr": schedule(state.step),
             "num_tokens": sums.num_tokens,
-            "finite": finite.astype(jnp.int32),
-            "skipped_empty": (~has_tokens).astype(jnp.int32),
-            "skipped_spike": (spike & finite & has_tokens).astype(jnp.int32),
-            "loss_ema": state.loss_ema,  # what a spike is measured against
+            **flags,
         }
         return new_state, metrics
 

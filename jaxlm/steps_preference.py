@@ -35,7 +35,7 @@ from jaxlm.losses import safe_mean
 from jaxlm.param_views import FULL, ParamViews, States
 from jaxlm.preference_losses import METRIC_SUMS, Sums, preference_loss, sequence_logps
 from jaxlm.sharding import constrain
-from jaxlm.steps import _all_finite, forward, split_microbatches
+from jaxlm.steps import forward, guarded_update, split_microbatches
 from jaxlm.train_state import TrainState
 
 Batch = dict[str, jax.Array]
@@ -181,39 +181,22 @@ def make_preference_step(
         grad_norm = optax.tree.norm(grads)
         means = _means(sums)
         loss = means["loss"]
-        # Nothing to compare (e.g. a batch of filler pairs): no update, and say so.
-        has_pairs = sums["pairs"] > 0
-
-        updates, new_opt_state = optimizer.update(grads, state.opt_state, state.params)
-        new_params = optax.apply_updates(state.params, updates)
-        # A finite gradient can still give a non-finite update: check what would be
-        # written, so bad params never reach the state.
-        finite = jnp.isfinite(loss) & jnp.isfinite(grad_norm) & _all_finite(new_params)
-        spike = (
-            (spike_factor > 0)
-            & (state.step >= spike_warmup_steps)
-            & (loss > spike_factor * state.loss_ema)
-        )
-        apply = finite & has_pairs & ~spike
-        ema = jnp.where(
-            state.step == 0, loss, loss_ema_decay * state.loss_ema + (1 - loss_ema_decay) * loss
-        )
-        keep = lambda new, old: jax.tree.map(lambda n, o: jnp.where(apply, n, o), new, old)
-        new_state = TrainState(
-            step=state.step + apply.astype(jnp.int32),
-            params=keep(new_params, state.params),
-            opt_state=keep(new_opt_state, state.opt_state),
-            loss_ema=jnp.where(apply, ema, state.loss_ema).astype(jnp.float32),
-            frozen=state.frozen,
+        new_state, flags = guarded_update(
+            state,
+            grads,
+            optimizer,
+            loss,
+            finite=jnp.isfinite(loss) & jnp.isfinite(grad_norm),
+            has_data=sums["pairs"] > 0,  # nothing to compare (a batch of filler pairs)
+            spike_factor=spike_factor,
+            spike_warmup_steps=spike_warmup_steps,
+            loss_ema_decay=loss_ema_decay,
         )
         metrics = {
             **means,
             "grad_norm": grad_norm,
             "lr": schedule(state.step),
-            "finite": finite.astype(jnp.int32),
-            "skipped_empty": (~has_pairs).astype(jnp.int32),
-            "skipped_spike": (spike & finite & has_pairs).astype(jnp.int32),
-            "loss_ema": state.loss_ema,  # what a spike is measured against
+            **flags,
         }
         return new_state, metrics
 
