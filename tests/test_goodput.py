@@ -6,6 +6,7 @@ import time
 import pytest
 from helpers.runs import TINY, make_tokenizer
 
+import jaxlm.run_objective
 import jaxlm.train
 from jaxlm.config import Config, apply_overrides
 from jaxlm.goodput import TimeLedger, format_summary
@@ -63,7 +64,7 @@ def test_ledger_books_every_second_once():
 def test_a_tiny_run_accounts_for_its_wall_time(tmp_path, monkeypatch):
     # Slow evaluations and saves down so that leaking them into step time would show.
     pause = 0.4
-    real_bpb, real_save = jaxlm.train.bits_per_byte, jaxlm.train.Checkpointer.save
+    real_bpb, real_save = jaxlm.run_objective.bits_per_byte, jaxlm.train.Checkpointer.save
 
     def slow_bpb(*args):
         time.sleep(pause)
@@ -73,7 +74,7 @@ def test_a_tiny_run_accounts_for_its_wall_time(tmp_path, monkeypatch):
         time.sleep(pause)
         return real_save(self, *args, **kwargs)
 
-    monkeypatch.setattr(jaxlm.train, "bits_per_byte", slow_bpb)
+    monkeypatch.setattr(jaxlm.run_objective, "bits_per_byte", slow_bpb)  # in every eval
     monkeypatch.setattr(jaxlm.train.Checkpointer, "save", slow_save)
     tokenizer = make_tokenizer(tmp_path)
     overrides = [
