@@ -74,6 +74,51 @@ class Layers(nnx.Module):
         return {name: var[...] for name, var in vars(self).items() if isinstance(var, weight_types)}
 
 
+def _project(cfg: ModelConfig, w: dict[str, jax.Array], spec: str, x: jax.Array, name: str):
+    """x @ w[name] by the einsum `spec`; with LoRA, plus the adapter branch (lora.py)."""
+    if cfg.lora_rank > 0:
+        return lora.project(spec, x, w, name, lora.lora_scale(cfg))
+    return jnp.einsum(spec, x, w[name])
+
+
+def layer_weights(p: dict[str, jax.Array], dtype) -> dict[str, jax.Array]:
+    """One layer's weights cast to the compute dtype; norm scales stay as stored (rms_norm
+    applies them in float32)."""
+    return {k: v if k.endswith("norm") else v.astype(dtype) for k, v in p.items()}
+
+
+def attention_inputs(
+    cfg: ModelConfig, w: dict[str, jax.Array], x_BTD: jax.Array, positions_BT: jax.Array
+) -> tuple[jax.Array, jax.Array, jax.Array]:
+    """q, k, v of one block, normed and rotated: what attention (or a KV cache) takes."""
+    h_BTD = rms_norm(x_BTD, w["attn_norm"], cfg.norm_eps)
+    q_BTNH = _project(cfg, w, "BTD,DNH->BTNH", h_BTD, "wq")
+    k_BTKH = _project(cfg, w, "BTD,DKH->BTKH", h_BTD, "wk")
+    v_BTKH = _project(cfg, w, "BTD,DKH->BTKH", h_BTD, "wv")
+    if cfg.qk_norm:
+        q_BTNH = rms_norm(q_BTNH, w["q_norm"], cfg.norm_eps)
+        k_BTKH = rms_norm(k_BTKH, w["k_norm"], cfg.norm_eps)
+    q_BTNH = constrain(q_BTNH, "act_batch", "act_seq", "act_heads", "act_head_dim")
+    k_BTKH = constrain(k_BTKH, "act_batch", "act_seq", "act_kv_heads", "act_head_dim")
+    q_BTNH = apply_rope(q_BTNH, positions_BT, cfg.rope_theta)
+    k_BTKH = apply_rope(k_BTKH, positions_BT, cfg.rope_theta)
+    return q_BTNH, k_BTKH, v_BTKH
+
+
+def finish_block(
+    cfg: ModelConfig, w: dict[str, jax.Array], x_BTD: jax.Array, attn_BTNH: jax.Array
+) -> jax.Array:
+    """The rest of a block after attention: output projection, residual, MLP."""
+    x_BTD = x_BTD + _project(cfg, w, "BTNH,NHD->BTD", attn_BTNH, "wo")
+    x_BTD = constrain(x_BTD, "act_batch", "act_seq", "act_embed")
+    h_BTD = rms_norm(x_BTD, w["mlp_norm"], cfg.norm_eps)
+    if cfg.lora_rank > 0:
+        x_BTD = x_BTD + lora.swiglu(h_BTD, w, lora.lora_scale(cfg))
+    else:
+        x_BTD = x_BTD + swiglu(h_BTD, w["w_gate"], w["w_up"], w["w_down"])
+    return constrain(x_BTD, "act_batch", "act_seq", "act_embed")
+
+
 def block(
     cfg: ModelConfig,
     p: dict[str, jax.Array],
@@ -82,36 +127,10 @@ def block(
     segment_ids_BT: jax.Array,
 ) -> jax.Array:
     """One pre-norm transformer block; `p` holds a single layer's weights."""
-    dt = x_BTD.dtype
-    w = {k: v.astype(dt) for k, v in p.items()}
-
-    def proj(spec: str, x: jax.Array, name: str) -> jax.Array:
-        # With LoRA, W's projection plus the adapter branch (jaxlm/models/lora.py).
-        if cfg.lora_rank > 0:
-            return lora.project(spec, x, w, name, lora.lora_scale(cfg))
-        return jnp.einsum(spec, x, w[name])
-
-    h_BTD = rms_norm(x_BTD, p["attn_norm"], cfg.norm_eps)
-    q_BTNH = proj("BTD,DNH->BTNH", h_BTD, "wq")
-    k_BTKH = proj("BTD,DKH->BTKH", h_BTD, "wk")
-    v_BTKH = proj("BTD,DKH->BTKH", h_BTD, "wv")
-    if cfg.qk_norm:
-        q_BTNH = rms_norm(q_BTNH, p["q_norm"], cfg.norm_eps)
-        k_BTKH = rms_norm(k_BTKH, p["k_norm"], cfg.norm_eps)
-    q_BTNH = constrain(q_BTNH, "act_batch", "act_seq", "act_heads", "act_head_dim")
-    k_BTKH = constrain(k_BTKH, "act_batch", "act_seq", "act_kv_heads", "act_head_dim")
-    q_BTNH = apply_rope(q_BTNH, positions_BT, cfg.rope_theta)
-    k_BTKH = apply_rope(k_BTKH, positions_BT, cfg.rope_theta)
+    w = layer_weights(p, x_BTD.dtype)
+    q_BTNH, k_BTKH, v_BTKH = attention_inputs(cfg, w, x_BTD, positions_BT)
     attn_BTNH = attention(q_BTNH, k_BTKH, v_BTKH, segment_ids_BT, implementation=cfg.attention_impl)
-    x_BTD = x_BTD + proj("BTNH,NHD->BTD", attn_BTNH, "wo")
-    x_BTD = constrain(x_BTD, "act_batch", "act_seq", "act_embed")
-
-    h_BTD = rms_norm(x_BTD, p["mlp_norm"], cfg.norm_eps)
-    if cfg.lora_rank > 0:
-        x_BTD = x_BTD + lora.swiglu(h_BTD, w, lora.lora_scale(cfg))
-    else:
-        x_BTD = x_BTD + swiglu(h_BTD, w["w_gate"], w["w_up"], w["w_down"])
-    return constrain(x_BTD, "act_batch", "act_seq", "act_embed")
+    return finish_block(cfg, w, x_BTD, attn_BTNH)
 
 
 def run_layers(
@@ -166,21 +185,27 @@ class Transformer(nnx.Module):
             positions = jnp.broadcast_to(jnp.arange(T, dtype=jnp.int32), (B, T))
         if segment_ids is None:
             segment_ids = jnp.ones((B, T), dtype=jnp.int32)
-        compute = jnp.dtype(cfg.compute_dtype)
+        x_BTD = self.embed_tokens(tokens_BT)
+        x_BTD = run_layers(cfg, self.layers.arrays(), x_BTD, positions, segment_ids)
+        return self.logits(x_BTD)
 
+    def embed_tokens(self, tokens_BT: jax.Array) -> jax.Array:
+        """Token embeddings [B, T, D] in the compute dtype."""
         # Gather the FSDP shards of the table first (as FSDP does for every weight):
         # a lookup into a table split on its embed axis forces XLA to replicate it.
         embed_VD = constrain(self.embed[...], "vocab", None)
-        x_BTD = jnp.take(embed_VD, tokens_BT, axis=0).astype(compute)
-        x_BTD = constrain(x_BTD, "act_batch", "act_seq", "act_embed")
-        x_BTD = run_layers(cfg, self.layers.arrays(), x_BTD, positions, segment_ids)
-        x_BTD = rms_norm(x_BTD, self.final_norm[...], cfg.norm_eps)
+        x_BTD = jnp.take(embed_VD, tokens_BT, axis=0).astype(jnp.dtype(self.cfg.compute_dtype))
+        return constrain(x_BTD, "act_batch", "act_seq", "act_embed")
 
+    def logits(self, x_BTD: jax.Array) -> jax.Array:
+        """Float32 logits [B, T, V] of the last layer's output: final norm, unembedding."""
+        cfg = self.cfg
+        x_BTD = rms_norm(x_BTD, self.final_norm[...], cfg.norm_eps)
         unembed_DV = self.embed[...].T if cfg.tie_embeddings else self.unembed[...]
         logits_BTV = jnp.einsum(
             "BTD,DV->BTV",
             x_BTD,
-            unembed_DV.astype(compute),
+            unembed_DV.astype(jnp.dtype(cfg.compute_dtype)),
             preferred_element_type=jnp.float32,
         )
         return constrain(logits_BTV, "act_batch", "act_seq", "act_vocab")

@@ -1,0 +1,133 @@
+"""Load a trained model for inference: from an export directory or a training workdir.
+
+    model = load_model("exports/quickstart")                # jaxlm export's output
+    model = load_model("runs/quickstart")                   # newest good checkpoint
+    model = load_model(path, overrides=["model.rope_scaling=yarn",
+                                        "model.rope_scaling_factor=4"])
+
+Overrides may change only model settings that leave the parameters' shapes alone
+(compute dtype, attention implementation, maximum length, RoPE settings): anything
+else would not fit the saved weights and is refused with the key named. With a
+`mesh`, params are restored straight into their shardings (jaxlm.sharding's logical
+rules), so a model larger than one device loads without passing through one.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from pathlib import Path
+
+from flax import nnx
+from jax.sharding import Mesh
+
+from jaxlm.config import Config, apply_overrides, config_differences
+from jaxlm.data.tokenizer import Tokenizer
+from jaxlm.errors import InputError
+from jaxlm.params_checkpoint import (
+    PARAMS_DIR,
+    TOKENIZER_FILE,
+    load_params,
+    read_params_config,
+    restore_params,
+)
+from jaxlm.train_state import abstract_model, param_shardings
+
+# Model keys an inference override may change: none of them changes a weight's shape.
+_INFERENCE_KEYS = ("compute_dtype", "attention_impl", "max_seq_len", "remat", "scan_layers")
+
+
+@dataclasses.dataclass
+class LoadedModel:
+    cfg: Config
+    graphdef: nnx.GraphDef
+    params: nnx.State
+    tokenizer: Tokenizer
+    source: str  # what was read, for messages
+    mesh: Mesh | None = None
+
+    def module(self) -> nnx.Module:
+        """The NNX model (params bound), for notebooks and one-off forward passes."""
+        return nnx.merge(self.graphdef, self.params)
+
+
+def _check_overrides(saved: Config, new: Config, source: str) -> None:
+    refused = []
+    for change in config_differences(saved.to_dict(), new.to_dict()):
+        key = change.split(":")[0]
+        name = key.removeprefix("model.")
+        allowed = key.startswith("model.") and (name in _INFERENCE_KEYS or name.startswith("rope_"))
+        if not allowed:
+            refused.append(change)
+    if refused:
+        raise InputError(
+            f"{source}: overrides may only change model settings that keep the weights' "
+            f"shapes ({', '.join(_INFERENCE_KEYS)}, rope_*); refused: " + "; ".join(refused)
+        )
+
+
+def _tokenizer_path(cfg: Config, path: Path) -> Path:
+    # An export points data.tokenizer at its own copy; a workdir keeps one beside its
+    # checkpoints (post-training runs copy the inherited one there).
+    candidates = [path / TOKENIZER_FILE]
+    if cfg.data.tokenizer:
+        candidates.append(Path(cfg.data.tokenizer))
+    for candidate in candidates:
+        if candidate.is_file():
+            return candidate
+    raise FileNotFoundError(f"{path}: no tokenizer ({path / TOKENIZER_FILE} is missing)")
+
+
+def load_model(
+    path: Path | str, *, overrides: list[str] | tuple[str, ...] = (), mesh: Mesh | None = None
+) -> LoadedModel:
+    """The model stored at `path` (export directory or training workdir), ready to run."""
+    path = Path(path).absolute()
+    if (path / PARAMS_DIR).is_dir():
+        saved = read_params_config(path)
+        if saved.model.lora_rank:
+            raise InputError(
+                f"{path}: holds LoRA adapters alone (model.lora_rank={saved.model.lora_rank}); "
+                "export the run without --adapters-only to get a merged model"
+            )
+        kind = "export"
+    elif (path / "checkpoints").is_dir():
+        kind = "workdir"
+    else:
+        raise FileNotFoundError(
+            f"{path} is neither an export (no {PARAMS_DIR}/) nor a training workdir "
+            "(no checkpoints/)"
+        )
+
+    def configure(saved: Config) -> tuple[Config, nnx.State | None]:
+        cfg = apply_overrides(saved, list(overrides))
+        _check_overrides(saved, cfg, str(path))
+        shardings = None
+        if mesh is not None:
+            shardings = param_shardings(abstract_model(cfg.model)[1], mesh)
+        return cfg, shardings
+
+    if kind == "export":
+        cfg, shardings = configure(saved)
+        params, _ = load_params(path, shardings=shardings, model=cfg.model)
+        source = str(path)
+    else:
+        # The config is known only once the checkpoint is chosen: restore as saved
+        # (merging LoRA), then apply overrides, which never change shapes.
+        params, saved, step = restore_params(path)
+        cfg, shardings = configure(saved)
+        params = _cast_and_place(params, cfg, shardings)
+        source = f"{path / 'checkpoints' / str(step)}"
+    graphdef, _ = abstract_model(cfg.model)
+    tokenizer = Tokenizer.load(_tokenizer_path(cfg, path))
+    return LoadedModel(cfg, graphdef, params, tokenizer, source, mesh)
+
+
+def _cast_and_place(params: nnx.State, cfg: Config, shardings: nnx.State | None) -> nnx.State:
+    import jax
+    import numpy as np
+
+    dtypes = abstract_model(cfg.model)[1]
+    cast = jax.tree.map(lambda x, a: np.asarray(x).astype(a.dtype), params, dtypes)
+    if shardings is None:
+        return cast
+    return jax.device_put(cast, shardings)
