@@ -27,8 +27,8 @@ from jaxlm.data import posttrain_inputs, run_inputs
 from jaxlm.data.counters import DataTotals
 from jaxlm.errors import InputError
 from jaxlm.flops import device_peak_flops, flops_per_token, measure_cpu_matmul_flops
-from jaxlm.generate import complete
 from jaxlm.goodput import TimeLedger
+from jaxlm.inference.decode import Generator
 from jaxlm.metrics import MetricsWriter, gzip_bits_per_byte
 from jaxlm.optim import learning_rate_schedule, make_optimizer
 from jaxlm.plotting import plot_loss_curves
@@ -493,13 +493,14 @@ def _finish(cfg: Config, result: RunResult, writer, graphdef, model_params, toke
         plot_loss_curves([writer.path], png, labels=[cfg.name])
         result.artefacts["loss_curve"] = png
     if cfg.train.generate_prompt:
-        ids = complete(
-            graphdef,
-            model_params,
-            [tokenizer.bos_id, *tokenizer.encode(cfg.train.generate_prompt)],
-            max_new_tokens=cfg.train.generate_tokens,
-            buffer_len=cfg.data.seq_len,
-            stop_id=tokenizer.eos_id,
+        # A sample of what the model learnt, never a reason to fail the run: the prompt
+        # keeps its end and the completion is cut to fit model.max_seq_len.
+        limit = cfg.model.max_seq_len
+        prompt = [tokenizer.bos_id, *tokenizer.encode(cfg.train.generate_prompt)][-(limit - 1) :]
+        out = Generator(cfg.model, graphdef, model_params).generate(
+            [prompt],
+            max_new_tokens=min(cfg.train.generate_tokens, limit - len(prompt)),
+            stop_ids=[tokenizer.eos_id],
         )
         result.prompt = cfg.train.generate_prompt
-        result.completion = tokenizer.decode(ids)
+        result.completion = tokenizer.decode(out.tokens[0])

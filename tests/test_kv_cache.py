@@ -35,10 +35,12 @@ def test_cached_logits_equal_full_forward_at_every_position(cfg):
     graphdef, params = _model(cfg)
     rng = np.random.default_rng(0)
     prompt_lengths, n_new, P = [5, 12, 1], 9, 16
-    sequences = [rng.integers(1, cfg.vocab_size, n + n_new).astype(np.int32) for n in prompt_lengths]
+    sequences = [
+        rng.integers(1, cfg.vocab_size, n + n_new).astype(np.int32) for n in prompt_lengths
+    ]
     B = len(sequences)
     prompts = np.zeros((B, P), np.int32)
-    for b, (seq, n) in enumerate(zip(sequences, prompt_lengths)):
+    for b, (seq, n) in enumerate(zip(sequences, prompt_lengths, strict=True)):
         prompts[b, :n] = seq[:n]
     lengths = jnp.asarray(prompt_lengths)
     valid = jnp.arange(P)[None] < lengths[:, None]
@@ -55,12 +57,14 @@ def test_cached_logits_equal_full_forward_at_every_position(cfg):
     )
     decode_logits = []
     for t in range(n_new - 1):
-        token = jnp.asarray([[seq[n + t]] for seq, n in zip(sequences, prompt_lengths)])
+        token = jnp.asarray(
+            [[seq[n + t]] for seq, n in zip(sequences, prompt_lengths, strict=True)]
+        )
         logits, cache = step(cache, token, (lengths + t)[:, None], jnp.int32(P + t))
         decode_logits.append(logits[:, 0])
 
     model = nnx.merge(graphdef, params)
-    for b, (seq, n) in enumerate(zip(sequences, prompt_lengths)):
+    for b, (seq, n) in enumerate(zip(sequences, prompt_lengths, strict=True)):
         full = np.asarray(model(jnp.asarray(seq[None, : n + n_new - 1]))[0])
         np.testing.assert_allclose(prefill_logits[b, :n], full[:n], atol=1e-4, rtol=1e-4)
         for t in range(n_new - 1):
@@ -104,7 +108,7 @@ def test_greedy_generation_matches_recomputation_and_is_deterministic():
     gen = Generator(CFG, graphdef, params)
     prompts = [[5, 9, 2, 7], [11], [3, 3, 3, 3, 3, 3, 3, 3, 3, 3, 3, 3, 3, 3, 3, 3, 3, 40]]
     out = gen.generate(prompts, max_new_tokens=12)
-    for prompt, tokens in zip(prompts, out.tokens):
+    for prompt, tokens in zip(prompts, out.tokens, strict=True):
         assert tokens == _greedy_reference(graphdef, params, prompt, 12)
     assert gen.generate(prompts, max_new_tokens=12).tokens == out.tokens
     # A row's output does not depend on the other rows of its batch.

@@ -56,7 +56,7 @@ def test_top_p_always_keeps_the_most_likely_token():
 
 def test_min_p_keeps_tokens_above_the_scaled_maximum():
     min_p = 0.2
-    expected = set(np.flatnonzero(PROBS >= min_p * PROBS.max()))
+    expected = set(np.flatnonzero(min_p * PROBS.max() <= PROBS))
     assert 1 < len(expected) < V
     assert set(np.flatnonzero(np.isfinite(keep_min_p(LOGITS, min_p)[0]))) == expected
     draws = _draws(SamplingConfig(temperature=1.0, min_p=min_p))

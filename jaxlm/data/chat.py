@@ -143,3 +143,15 @@ def encode_conversation(
         stats.truncated += 1
     stats.encoded += 1
     return EncodedChat(np.asarray(tokens, np.int32), np.asarray(flags, np.int32))
+
+
+def encode_chat_prompt(messages: Sequence[Message], tokenizer: ChatEncoder) -> list[int]:
+    """BOS + rendered turns + the assistant header: what generation continues from.
+
+    Token for token what SFT trained on up to the point where the answer starts, so a
+    chat model sees at inference exactly the layout it learnt.
+    """
+    tokens = [BOS_ID]
+    for message in messages:
+        tokens += encode_turn(message, tokenizer)[0]
+    return [*tokens, IM_START_ID, *tokenizer.encode("assistant\n")]

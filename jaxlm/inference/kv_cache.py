@@ -98,7 +98,8 @@ def forward_cached(
     prefill needs only the last prompt token's) and the updated cache. `valid_BT`
     marks real tokens; padding gets keys and values too but stays invalid.
     """
-    model = nnx.merge(graphdef, params)
+    # One State, or a tuple merged together (a LoRA run's adapters + frozen base).
+    model = nnx.merge(graphdef, *(params if isinstance(params, tuple) else (params,)))
     compute = jnp.dtype(cfg.compute_dtype)
     T = tokens_BT.shape[1]
     S = cache.slots

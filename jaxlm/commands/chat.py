@@ -1,0 +1,76 @@
+"""`jaxlm chat`: talk to a chat model in the terminal, tokens streamed as they come.
+
+    jaxlm chat runs/chain/sft_export --system "You write Python." --temperature 0.7
+
+Uses the chat template stored with the model's tokenizer (the layout SFT trained
+on), keeps the conversation, and drops the oldest exchanges (saying so) when it no
+longer fits the model's context. Type /reset to start over, /quit (or Ctrl-D) to
+leave. Reads one message per line from standard input, so it can also be piped.
+"""
+
+from __future__ import annotations
+
+import argparse
+
+HELP = "chat with a model interactively (chat template, history, streaming)"
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    from jaxlm.inference.cli_options import add_model_arguments, add_sampling_arguments
+
+    add_model_arguments(parser)
+    parser.add_argument("--system", default="", help="a system message for the conversation")
+    add_sampling_arguments(parser, max_new_tokens=256)
+
+
+def run(args: argparse.Namespace) -> int:
+    import sys
+
+    from jaxlm.errors import InputError
+    from jaxlm.inference.chat_session import ChatSession
+    from jaxlm.inference.cli_options import load, sampling_config
+
+    sampling = sampling_config(args)
+    model, generator = load(args)
+    session = ChatSession(
+        generator,
+        model.tokenizer,
+        system=args.system,
+        sampling=sampling,
+        max_new_tokens=args.max_new_tokens,
+        seed=args.seed,
+    )
+    interactive = sys.stdin.isatty()
+    print(
+        f"chatting with {model.source} ({model.tokenizer.chat_template.name} template); "
+        "/reset starts over, /quit leaves",
+        file=sys.stderr,
+    )
+    while True:
+        if interactive:
+            sys.stdout.write("\n> ")
+            sys.stdout.flush()
+        line = sys.stdin.readline()
+        if not line:
+            return 0
+        text = line.rstrip("\n")
+        if text.strip() == "/quit":
+            return 0
+        if text.strip() == "/reset":
+            session.reset()
+            print("[conversation cleared]", file=sys.stderr)
+            continue
+        if not text.strip():
+            continue
+        dropped = session.dropped
+        try:
+            session.reply(text, on_text=lambda piece: (sys.stdout.write(piece), sys.stdout.flush()))
+        except InputError as error:
+            print(f"[{error}]", file=sys.stderr)
+            continue
+        sys.stdout.write("\n")
+        if session.dropped > dropped:
+            print(
+                f"[context full: dropped the {session.dropped - dropped} oldest messages]",
+                file=sys.stderr,
+            )

@@ -1,0 +1,70 @@
+"""Command-line options shared by `jaxlm generate` and `jaxlm chat`."""
+
+from __future__ import annotations
+
+import argparse
+
+
+def add_model_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("model", metavar="MODEL", help="an export directory or a training workdir")
+    parser.add_argument(
+        "--set",
+        dest="overrides",
+        action="append",
+        default=[],
+        metavar="model.KEY=VALUE",
+        help="change a setting that keeps the weights' shapes, e.g. model.rope_scaling=yarn",
+    )
+    parser.add_argument(
+        "--mesh",
+        default=None,
+        metavar="D,F,T",
+        help="shard the model over a (data, fsdp, tensor) mesh of the local devices, e.g. 1,1,8",
+    )
+
+
+def add_sampling_arguments(parser: argparse.ArgumentParser, *, max_new_tokens: int) -> None:
+    group = parser.add_argument_group("sampling")
+    group.add_argument("--max-new-tokens", type=int, default=max_new_tokens)
+    group.add_argument("--temperature", type=float, default=0.0, help="0 = greedy (default)")
+    group.add_argument("--top-k", type=int, default=0, help="keep the k most likely (0 = off)")
+    group.add_argument("--top-p", type=float, default=1.0, help="nucleus mass (1 = off)")
+    group.add_argument("--min-p", type=float, default=0.0, help="relative floor (0 = off)")
+    group.add_argument("--repetition-penalty", type=float, default=1.0, help="1 = off")
+    group.add_argument("--seed", type=int, default=0)
+
+
+def sampling_config(args: argparse.Namespace):
+    from jaxlm.inference.sampling import SamplingConfig
+
+    return SamplingConfig(
+        temperature=args.temperature,
+        top_k=args.top_k,
+        top_p=args.top_p,
+        min_p=args.min_p,
+        repetition_penalty=args.repetition_penalty,
+    )
+
+
+def load(args: argparse.Namespace):
+    """(LoadedModel, Generator) for the MODEL and --set/--mesh options."""
+    from jaxlm.errors import InputError
+    from jaxlm.inference.decode import Generator
+    from jaxlm.inference.loading import load_model
+    from jaxlm.sharding import make_mesh
+
+    mesh = None
+    if args.mesh:
+        try:
+            shape = [int(x) for x in args.mesh.split(",")]
+        except ValueError:
+            raise InputError(f"--mesh {args.mesh!r}: expected three integers like 1,1,8") from None
+        if len(shape) != 3:
+            raise InputError(f"--mesh {args.mesh!r}: expected three integers like 1,1,8")
+        try:
+            mesh = make_mesh(shape)
+        except ValueError as error:
+            raise InputError(f"--mesh {args.mesh}: {error}") from None
+    model = load_model(args.model, overrides=args.overrides, mesh=mesh)
+    generator = Generator(model.cfg.model, model.graphdef, model.params, mesh=mesh)
+    return model, generator
