@@ -1,7 +1,7 @@
 """The whole chain on the embedded corpus: pretrain -> SFT -> DPO, each from the last export.
 
     python -m experiments.posttrain_chain [--workdir runs/chain] [--pretrain-steps 750]
-        [--sft-steps 300] [--dpo-steps 200] [--lora-rank 0]
+        [--sft-steps 300] [--dpo-steps 200] [--dpo-lr 5e-5] [--dpo-beta 0.1] [--lora-rank 0]
 
 1. `jaxlm data posttrain`: SFT conversations ("write this function", answered with the
    real stdlib function) and preference pairs (the real function vs a corruption of it)
@@ -92,6 +92,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--sft-steps", type=int, default=300)
     parser.add_argument("--dpo-steps", type=int, default=200)
     parser.add_argument("--lora-rank", type=int, default=0, help="> 0: SFT and DPO train LoRA")
+    parser.add_argument("--dpo-lr", type=float, default=5e-5)
+    parser.add_argument("--dpo-beta", type=float, default=0.1)
     parser.add_argument("--max-pairs", type=int, default=4000)
     args = parser.parse_args(argv)
     root = Path(args.workdir).absolute()
@@ -135,8 +137,8 @@ def main(argv: list[str] | None = None) -> int:
             f"train.init_from={root / 'sft_export'}",
             f"train.steps={args.dpo_steps}",
             f"train.eval_every={args.dpo_steps}",
-            "optim.lr=3e-4",
-            "preference.beta=0.1",
+            f"optim.lr={args.dpo_lr}",
+            f"preference.beta={args.dpo_beta}",
             *lora,
         ],
     )
