@@ -27,6 +27,7 @@ class MetricsWriter:
         if not enabled:
             return
         self.path.parent.mkdir(parents=True, exist_ok=True)
+        _set_aside_torn_line(self.path)
         self._file = self.path.open("a", encoding="utf-8")
         if tensorboard:
             from tensorboardX import SummaryWriter
@@ -52,6 +53,21 @@ class MetricsWriter:
         if self._tb is not None:
             self._tb.close()
             self._tb = None
+
+
+def _set_aside_torn_line(path: Path) -> None:
+    """A process killed mid-write leaves a last line without its newline; records
+    appended after it would be glued to it. Move that fragment to `<path>.torn`."""
+    if not path.is_file() or path.stat().st_size == 0:
+        return
+    with path.open("rb+") as f:
+        data = f.read()
+        if data.endswith(b"\n"):
+            return
+        cut = data.rfind(b"\n") + 1
+        with path.with_name(path.name + ".torn").open("ab") as torn:
+            torn.write(data[cut:] + b"\n")
+        f.truncate(cut)
 
 
 def _to_json_number(value: Any) -> Any:

@@ -12,6 +12,7 @@ written after it.
 from __future__ import annotations
 
 import dataclasses
+import json
 import sys
 import time
 from pathlib import Path
@@ -292,6 +293,19 @@ def train(cfg: Config, workdir: Path | str) -> RunResult:
         f"(6N + 12·L·T·d) against {peak / 1e12:.3f} TFLOP/s ({peak_source})"
     )
 
+    # Progress axes for comparing runs (`jaxlm compare`): tokens and model FLOPs (the
+    # MFU convention above) trained so far, and wall time. A resumed run's clock goes on
+    # from its last record at or before the resumed step, so the time between a kill
+    # and the restart is not counted.
+    elapsed_offset = _elapsed_before(writer.path, start_step)
+
+    def progress(step: int) -> dict[str, float]:
+        return {
+            "tokens": step * tokens_per_step,
+            "flops": float(step * tokens_per_step * flops_tok),
+            "elapsed_s": elapsed_offset + time.perf_counter() - ledger.start,
+        }
+
     def run_eval(step: int) -> dict[str, float]:
         t0 = time.perf_counter()
         # Several CPU processes: many eval programs queued at once (each with a gloo
@@ -306,7 +320,7 @@ def train(cfg: Config, workdir: Path | str) -> RunResult:
                 if serial:
                     jax.block_until_ready(results[-1])
         out = objective.summarize(jax.device_get(results))
-        writer.write(step, "eval", {**out, "eval_s": time.perf_counter() - t0})
+        writer.write(step, "eval", {**out, "eval_s": time.perf_counter() - t0, **progress(step)})
         return out
 
     bar = _progress(total_steps, start_step, cfg.train.progress_bar)
@@ -355,6 +369,7 @@ def train(cfg: Config, workdir: Path | str) -> RunResult:
                     # A preference step's own numbers (of this window's last step).
                     **{k: float(m[k]) for k in _PREFERENCE_METRICS if k in m},
                     **{f"data_{k}": v for k, v in data_totals.as_dict().items()},
+                    **progress(step + 1),
                 },
             )
             for v in window.values():
@@ -481,6 +496,22 @@ def train(cfg: Config, workdir: Path | str) -> RunResult:
     )
     writer.close()
     return result
+
+
+def _elapsed_before(metrics_path: Path, step: int) -> float:
+    """The largest `elapsed_s` logged at or before `step` (0 if none); a line cut short
+    by a kill is ignored."""
+    if step == 0 or not metrics_path.is_file():
+        return 0.0
+    best = 0.0
+    for line in metrics_path.read_text(encoding="utf-8").splitlines():
+        try:
+            record = json.loads(line)
+        except json.JSONDecodeError:
+            continue
+        if isinstance(record, dict) and record.get("step", step + 1) <= step:
+            best = max(best, float(record.get("elapsed_s", 0.0)))
+    return best
 
 
 def _finish(cfg: Config, result: RunResult, writer, graphdef, model_params, tokenizer) -> None:

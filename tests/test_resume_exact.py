@@ -21,7 +21,7 @@ from test_train_loop import SMALL
 
 from jaxlm import cli
 from jaxlm.checkpoint_shapes import CheckpointMismatchError
-from jaxlm.config import Config, ConfigError, apply_overrides
+from jaxlm.config import Config, ConfigError, apply_overrides, config_from_dict
 from jaxlm.data.corpus import read_text, stdlib_files
 from jaxlm.data.tokenizer import train_tokenizer
 from jaxlm.errors import InputError
@@ -244,3 +244,40 @@ def test_init_from_a_workdir_or_its_bfloat16_export_starts_from_its_params(
         train(other, tmp_path / "c")
     with pytest.raises(FileNotFoundError, match="is neither a params directory"):
         load_init_params(tmp_path / "nowhere", cfg.model)
+
+
+def test_records_carry_tokens_flops_and_a_clock_that_resumes(straight, tmp_path):
+    """The progress axes `jaxlm compare` plots: exact tokens and FLOPs per step, and a
+    wall clock that a resumed run continues instead of restarting at 0."""
+    from jaxlm.flops import flops_per_token
+
+    _, config_file, reference = straight
+    cfg = config_from_dict(json.loads(config_file.read_text()))
+    per_step = cfg.data.batch_size * cfg.data.seq_len
+    records = [json.loads(line) for line in (reference / "metrics.jsonl").read_text().splitlines()]
+    train_records = [r for r in records if r["split"] == "train"]
+    for r in train_records:
+        assert r["tokens"] == r["step"] * per_step
+        assert r["flops"] == pytest.approx(
+            r["tokens"] * flops_per_token(cfg.model, cfg.data.seq_len)
+        )
+    clock = [r["elapsed_s"] for r in train_records]
+    assert clock == sorted(clock) and clock[0] > 0
+
+    workdir = copy_checkpoints(reference, tmp_path / "resumed", [2])
+    kept = [
+        line
+        for line in (reference / "metrics.jsonl").read_text().splitlines()
+        if json.loads(line)["step"] <= 2
+    ]
+    torn = '{"step": 3, "spl'  # a record cut short by a kill
+    (workdir / "metrics.jsonl").write_text("\n".join(kept) + "\n" + torn)
+    train(cfg, workdir)
+    lines = (workdir / "metrics.jsonl").read_text().splitlines()
+    assert lines[: len(kept)] == kept
+    assert (workdir / "metrics.jsonl.torn").read_text() == torn + "\n"
+    resumed = [json.loads(line) for line in lines[len(kept) :]]
+    at_2 = max(json.loads(line).get("elapsed_s", 0) for line in kept)
+    first = next(r for r in resumed if r["split"] == "train")
+    assert first["step"] == 3 and first["elapsed_s"] > at_2
+    assert first["tokens"] == 3 * per_step
