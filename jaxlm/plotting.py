@@ -5,7 +5,7 @@ from __future__ import annotations
 from collections.abc import Sequence
 from pathlib import Path
 
-from jaxlm.metrics import read_metrics
+from jaxlm.compare import load_run
 
 
 def plot_loss_curves(
@@ -15,7 +15,11 @@ def plot_loss_curves(
     labels: Sequence[str] | None = None,
     x_axis: str = "step",
 ) -> Path:
-    """Train loss (lines) and eval loss (markers) of one or more runs on one figure."""
+    """Train loss (lines) and eval loss (markers) of one or more runs on one figure.
+
+    Read as `jaxlm compare` reads runs (jaxlm.compare.load_run): steps logged again by a
+    resumed run replace the earlier ones, a torn last line is skipped, a NaN ends the
+    curve. `x_axis` is one of jaxlm.compare.X_AXES (step, tokens, flops, elapsed_s)."""
     import matplotlib
 
     matplotlib.use("Agg")
@@ -24,14 +28,13 @@ def plot_loss_curves(
     labels = list(labels) if labels else [Path(p).parent.name for p in metrics_paths]
     fig, ax = plt.subplots(figsize=(7, 4.5), dpi=120)
     for path, label in zip(metrics_paths, labels, strict=True):
-        records = read_metrics(path)
-        train = [r for r in records if r["split"] == "train" and "loss" in r]
-        evals = [r for r in records if r["split"] == "eval" and "loss" in r]
-        (line,) = ax.plot([r[x_axis] for r in train], [r["loss"] for r in train], label=label)
-        if evals:
+        run = load_run(path, label)
+        train, evals = run.train, run.eval
+        (line,) = ax.plot(train[x_axis], train["loss"], label=label)
+        if len(evals):
             ax.plot(
-                [r[x_axis] for r in evals],
-                [r["loss"] for r in evals],
+                evals[x_axis],
+                evals["loss"],
                 "o",
                 color=line.get_color(),
                 label=f"{label} (eval)",

@@ -293,7 +293,8 @@ def train(cfg: Config, workdir: Path | str) -> RunResult:
         f"(6N + 12·L·T·d) against {peak / 1e12:.3f} TFLOP/s ({peak_source})"
     )
 
-    # Progress axes for comparing runs (`jaxlm compare`): tokens and model FLOPs (the
+    # Progress axes for comparing runs (`jaxlm compare`): tokens_seen (trained positions,
+    # padding included; an eval record's `tokens` is its held-out count) and model FLOPs (the
     # MFU convention above) trained so far, and wall time. A resumed run's clock goes on
     # from its last record at or before the resumed step, so the time between a kill
     # and the restart is not counted.
@@ -301,7 +302,7 @@ def train(cfg: Config, workdir: Path | str) -> RunResult:
 
     def progress(step: int) -> dict[str, float]:
         return {
-            "tokens": step * tokens_per_step,
+            "tokens_seen": step * tokens_per_step,
             "flops": float(step * tokens_per_step * flops_tok),
             "elapsed_s": elapsed_offset + time.perf_counter() - ledger.start,
         }

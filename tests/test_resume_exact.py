@@ -257,10 +257,9 @@ def test_records_carry_tokens_flops_and_a_clock_that_resumes(straight, tmp_path)
     records = [json.loads(line) for line in (reference / "metrics.jsonl").read_text().splitlines()]
     train_records = [r for r in records if r["split"] == "train"]
     for r in train_records:
-        assert r["tokens"] == r["step"] * per_step
-        assert r["flops"] == pytest.approx(
-            r["tokens"] * flops_per_token(cfg.model, cfg.data.seq_len)
-        )
+        assert r["tokens_seen"] == r["step"] * per_step
+        per_token = flops_per_token(cfg.model, cfg.data.seq_len)
+        assert r["flops"] == pytest.approx(r["tokens_seen"] * per_token)
     clock = [r["elapsed_s"] for r in train_records]
     assert clock == sorted(clock) and clock[0] > 0
 
@@ -280,4 +279,8 @@ def test_records_carry_tokens_flops_and_a_clock_that_resumes(straight, tmp_path)
     at_2 = max(json.loads(line).get("elapsed_s", 0) for line in kept)
     first = next(r for r in resumed if r["split"] == "train")
     assert first["step"] == 3 and first["elapsed_s"] > at_2
-    assert first["tokens"] == 3 * per_step
+    assert first["tokens_seen"] == 3 * per_step
+    # An eval record keeps its own `tokens`: the held-out count, the same at every eval.
+    (final_eval,) = [r for r in records if r["split"] == "eval"]
+    (summary,) = [r for r in records if r["split"] == "summary"]
+    assert final_eval["tokens"] == summary["eval_tokens"] != final_eval["tokens_seen"]
