@@ -1,0 +1,63 @@
+"""Stdlib pretraining at a few model sizes, same data and schedule, to compare by eye.
+
+The quickstart's recipe (the embedded stdlib corpus, a 4096-piece tokenizer, 256-token
+rows, 750 steps of 16 rows) at three widths/depths, so the effect of size alone shows
+in `jaxlm compare`:
+
+    jaxlm sweep stdlib_sizes                           # s (0.43M), m (3.2M), l (10.6M)
+    jaxlm compare runs/stdlib_sizes-sweep/*/ --out runs/stdlib_sizes-compare
+    jaxlm train stdlib_sizes --set model.d_model=384   # or any single size by hand
+
+Sizes are non-embedding parameters; m is the quickstart's model.
+"""
+
+from jaxlm.config import Config, DataConfig, MeshConfig, ModelConfig, OptimConfig, TrainConfig
+
+SIZES = {
+    # name: (d_model, n_layers, n_heads); kv heads = heads, d_ff by jaxlm's rule
+    "s": (128, 2, 2),
+    "m": (256, 4, 4),
+    "l": (384, 6, 6),
+}
+
+
+def get_config() -> Config:
+    d_model, n_layers, n_heads = SIZES["m"]
+    return Config(
+        name="stdlib_sizes",
+        model=ModelConfig(
+            vocab_size=4096,
+            d_model=d_model,
+            n_layers=n_layers,
+            n_heads=n_heads,
+            n_kv_heads=n_heads,
+            max_seq_len=256,
+            tie_embeddings=True,
+        ),
+        data=DataConfig(
+            tokenizer_vocab_size=4096,
+            tokenizer_max_chars=4_000_000,
+            seq_len=256,
+            batch_size=16,
+            eval_max_docs=60,
+        ),
+        optim=OptimConfig(lr=3e-3, warmup_steps=50, schedule="cosine", min_lr_ratio=0.1),
+        mesh=MeshConfig(data=-1),
+        train=TrainConfig(steps=750, eval_every=250, log_every=10, checkpoint_every=250),
+    )
+
+
+def sweep() -> list[tuple[str, list[str]]]:
+    return [
+        (name, [f"model.d_model={d}", f"model.n_layers={n}", f"model.n_heads={h}",
+                f"model.n_kv_heads={h}"])
+        for name, (d, n, h) in SIZES.items()
+    ]  # fmt: skip
+
+
+if __name__ == "__main__":
+    import sys
+
+    from jaxlm.cli import run_experiment
+
+    sys.exit(run_experiment(sys.modules[__name__]))
