@@ -24,47 +24,17 @@ and written to <workdir>/chain_summary.json.
 from __future__ import annotations
 
 import argparse
-import dataclasses
 import json
 import sys
 from pathlib import Path
 
-from jaxlm.config import Config, apply_overrides
+from experiments._chain_configs import dpo_config, pretrain_config, sft_config
+from jaxlm.config import Config
 
 
-def pretrain_config(steps: int) -> Config:
-    from experiments.quickstart import get_config
-
-    cfg = get_config()
-    cfg = dataclasses.replace(cfg, name="chain_pretrain")
-    return apply_overrides(
-        cfg,
-        [
-            "model.max_seq_len=512",
-            f"train.steps={steps}",
-            f"train.eval_every={steps}",
-            "train.generate_prompt=",
-            "train.progress_bar=false",
-        ],
-    )
-
-
-def post_config(pretrain: Config, name: str, overrides: list[str]) -> Config:
-    """A post-training stage: the pretrained model's shapes, new data and optimiser."""
-    cfg = dataclasses.replace(pretrain, name=name)
-    return apply_overrides(
-        cfg,
-        [
-            "data.seq_len=512",
-            "data.batch_size=16",
-            "optim.warmup_steps=20",
-            "optim.schedule=cosine",
-            "train.eval_at_start=true",
-            "train.log_every=10",
-            "train.checkpoint_every=0",
-            *overrides,
-        ],
-    )
+def get_config() -> Config:
+    """The chain's first stage (pretraining); the others are experiments/sft.py, dpo.py."""
+    return pretrain_config(750)
 
 
 def run_stage(cfg: Config, workdir: Path, export: Path) -> dict:
@@ -109,38 +79,18 @@ def main(argv: list[str] | None = None) -> int:
     pre = pretrain_config(args.pretrain_steps)
     pretrain = run_stage(pre, root / "pretrain", root / "pretrain_export")
 
-    lora = [f"model.lora_rank={args.lora_rank}"] if args.lora_rank else []
-    sft_cfg = post_config(
-        pre,
-        "chain_sft",
-        [
-            "data.format=chat",
-            f"data.sources=jsonl:{data / 'sft_train.jsonl'}",
-            f"data.eval_sources=jsonl:{data / 'sft_val.jsonl'}",
-            f"train.init_from={root / 'pretrain_export'}",
-            f"train.steps={args.sft_steps}",
-            f"train.eval_every={args.sft_steps}",
-            "optim.lr=1e-3",
-            *lora,
-        ],
+    sft_cfg = sft_config(
+        data, root / "pretrain_export", steps=args.sft_steps, lora_rank=args.lora_rank
     )
     sft = run_stage(sft_cfg, root / "sft", root / "sft_export")
 
-    dpo_cfg = post_config(
-        pre,
-        "chain_dpo",
-        [
-            "data.format=preference",
-            "data.batch_size=8",
-            f"data.sources=jsonl:{data / 'dpo_train.jsonl'}",
-            f"data.eval_sources=jsonl:{data / 'dpo_val.jsonl'}",
-            f"train.init_from={root / 'sft_export'}",
-            f"train.steps={args.dpo_steps}",
-            f"train.eval_every={args.dpo_steps}",
-            f"optim.lr={args.dpo_lr}",
-            f"preference.beta={args.dpo_beta}",
-            *lora,
-        ],
+    dpo_cfg = dpo_config(
+        data,
+        root / "sft_export",
+        steps=args.dpo_steps,
+        lr=args.dpo_lr,
+        beta=args.dpo_beta,
+        lora_rank=args.lora_rank,
     )
     dpo = run_stage(dpo_cfg, root / "dpo", root / "dpo_export")
 
