@@ -9,7 +9,7 @@ every host can read, then start the same command on every host:
     jaxlm data tokenize 'jsonl:/data/fineweb-edu/*.jsonl' --out /data/fwe-tokens \\
         --tokenizer /data/tok/fwe32k.model
     # on every host (TPU VM: JAXLM_DISTRIBUTED=1; elsewhere JAXLM_COORDINATOR=...):
-    jaxlm train llama_1b --workdir gs-or-nfs/runs/llama_1b \\
+    jaxlm train llama_1b --workdir /shared/runs/llama_1b \\
         --set data.sources=tokens:/data/fwe-tokens --set data.tokenizer=/data/tok/fwe32k.model
 
 Model: the `1b` preset's shape (d 2048, 16 layers, 32 query / 8 KV heads, d_ff 8192,
