@@ -40,6 +40,16 @@ class ModelConfig:
     ffn_multiple_of: int = 64
     max_seq_len: int = 256
     rope_theta: float = 10_000.0
+    # RoPE scaling for context extension (jaxlm.models.rope): "linear" (position
+    # interpolation), "ntk" (NTK-aware base change) or "yarn", by rope_scaling_factor
+    # (new context / original context, >= 1). rope_original_max_len is the context the
+    # model was trained at before extension: yarn needs it (> 0); 0 means not given,
+    # which linear and ntk, defined by the factor alone, do not read.
+    rope_scaling: Literal["none", "linear", "ntk", "yarn"] = "none"
+    rope_scaling_factor: float = 1.0
+    rope_original_max_len: int = 0
+    rope_yarn_beta_fast: float = 32.0  # yarn: extrapolate dims turning > this often
+    rope_yarn_beta_slow: float = 1.0  # yarn: interpolate dims turning < this often
     norm_eps: float = 1e-5
     qk_norm: bool = False
     tie_embeddings: bool = True
@@ -71,6 +81,7 @@ class ModelConfig:
             )
         if self.resolved_head_dim % 2:
             raise ConfigError(f"model.head_dim={self.resolved_head_dim} must be even for RoPE")
+        _check_rope_scaling(self)
         if self.attention_impl == "cudnn":
             # cuDNN's fused attention kernels exist only for these; fail at config time,
             # not deep inside the first traced step.
@@ -315,6 +326,45 @@ def config_differences(old: dict[str, Any], new: dict[str, Any], prefix: str = "
         elif a != b:
             changes.append(f"{prefix}{key}: {a!r} -> {b!r}")
     return changes
+
+
+def _check_rope_scaling(cfg: ModelConfig) -> None:
+    method, factor = cfg.rope_scaling, cfg.rope_scaling_factor
+    if method not in ("none", "linear", "ntk", "yarn"):
+        raise ConfigError(
+            f"model.rope_scaling={method!r} is not one of 'none', 'linear', 'ntk', 'yarn'"
+        )
+    if cfg.rope_theta <= 0:
+        raise ConfigError(f"model.rope_theta={cfg.rope_theta} must be positive")
+    if not factor >= 1.0:  # also refuses NaN
+        raise ConfigError(
+            f"model.rope_scaling_factor={factor} must be >= 1 (new context / original context)"
+        )
+    if method == "none" and factor != 1.0:
+        raise ConfigError(
+            f"model.rope_scaling_factor={factor} has no effect with model.rope_scaling=none; "
+            "choose linear, ntk or yarn"
+        )
+    if cfg.rope_original_max_len < 0:
+        raise ConfigError(
+            f"model.rope_original_max_len={cfg.rope_original_max_len} must be >= 0 (0 = not given)"
+        )
+    if method == "ntk" and cfg.resolved_head_dim < 4:
+        raise ConfigError(
+            f"model.rope_scaling=ntk needs model.head_dim >= 4, got {cfg.resolved_head_dim}"
+        )
+    if method == "yarn":
+        if cfg.rope_original_max_len <= 0:
+            raise ConfigError(
+                "model.rope_scaling=yarn needs model.rope_original_max_len > 0 (the context "
+                "length the model was trained at before extension)"
+            )
+        if not 0 < cfg.rope_yarn_beta_slow < cfg.rope_yarn_beta_fast:
+            raise ConfigError(
+                f"model.rope_yarn_beta_slow={cfg.rope_yarn_beta_slow} and "
+                f"model.rope_yarn_beta_fast={cfg.rope_yarn_beta_fast} must satisfy "
+                "0 < beta_slow < beta_fast"
+            )
 
 
 def _positive(cfg, *names: str) -> None:

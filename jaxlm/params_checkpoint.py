@@ -54,6 +54,15 @@ _SAME_PARAMS = (
     "lora_rank",
     "lora_alpha",
     "lora_targets",
+    # Positions carry no weights: a model trained at one context length (and RoPE
+    # setting) starts a run that extends it (jaxlm.models.rope).
+    "max_seq_len",
+    "rope_theta",
+    "rope_scaling",
+    "rope_scaling_factor",
+    "rope_original_max_len",
+    "rope_yarn_beta_fast",
+    "rope_yarn_beta_slow",
 )
 
 

@@ -22,6 +22,10 @@ from jaxlm.train_state import abstract_model, init_params
 
 CFG = dataclasses.replace(get_preset("tiny"), max_seq_len=128)
 QK_NORM_TIED = dataclasses.replace(CFG, qk_norm=True, tie_embeddings=True)
+# Context extension changes every rotation angle and (yarn) scales q and k.
+YARN = dataclasses.replace(
+    CFG, rope_scaling="yarn", rope_scaling_factor=4.0, rope_original_max_len=32
+)
 
 
 def _model(cfg, seed=0):
@@ -29,7 +33,7 @@ def _model(cfg, seed=0):
     return graphdef, init_params(cfg, jax.random.key(seed))
 
 
-@pytest.mark.parametrize("cfg", [CFG, QK_NORM_TIED], ids=["gqa", "qk_norm_tied"])
+@pytest.mark.parametrize("cfg", [CFG, QK_NORM_TIED, YARN], ids=["gqa", "qk_norm_tied", "yarn"])
 def test_cached_logits_equal_full_forward_at_every_position(cfg):
     assert cfg.n_kv_heads < cfg.n_heads  # grouped-query attention is exercised
     graphdef, params = _model(cfg)

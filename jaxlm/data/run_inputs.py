@@ -69,17 +69,20 @@ def ensure_tokenizer(
 ) -> Tokenizer:
     """Load the configured tokenizer, or train one on the training documents.
 
-    Post-training (data.format chat / preference) continues a model, so its tokenizer
-    is the one `train.init_from` was trained with: data.tokenizer, else the
-    tokenizer.model inside the init_from export or workdir.
+    A run that continues a model (`train.init_from`: post-training, continued
+    pretraining, context extension) must read text the way that model learnt it, so
+    its tokenizer is data.tokenizer, else the tokenizer.model inside the init_from
+    export or workdir; never a newly trained one (same vocabulary size, other pieces:
+    a silently different model).
     """
     if cfg.data.tokenizer:
         return Tokenizer.load(Path(cfg.data.tokenizer))
-    if cfg.data.format != "text":
+    if cfg.data.format != "text" or cfg.train.init_from:
         inherited = Path(cfg.train.init_from) / "tokenizer.model" if cfg.train.init_from else None
         if inherited is None or not inherited.is_file():
+            what = "train.init_from" if cfg.train.init_from else f"data.format={cfg.data.format}"
             raise InputError(
-                f"data.format={cfg.data.format} needs the model's tokenizer: set "
+                f"{what} needs the model's tokenizer: set "
                 "data.tokenizer, or train.init_from to an export or workdir that holds "
                 f"tokenizer.model (looked for {inherited})"
             )

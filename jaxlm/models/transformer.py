@@ -26,7 +26,7 @@ from jaxlm.config import ModelConfig
 from jaxlm.models import lora
 from jaxlm.models.attention import attention
 from jaxlm.models.layers import rms_norm, swiglu
-from jaxlm.models.rope import apply_rope
+from jaxlm.models.rope import RopeScaling, apply_rope
 from jaxlm.sharding import constrain
 
 _REMAT_POLICIES = {
@@ -100,8 +100,8 @@ def attention_inputs(
         k_BTKH = rms_norm(k_BTKH, w["k_norm"], cfg.norm_eps)
     q_BTNH = constrain(q_BTNH, "act_batch", "act_seq", "act_heads", "act_head_dim")
     k_BTKH = constrain(k_BTKH, "act_batch", "act_seq", "act_kv_heads", "act_head_dim")
-    q_BTNH = apply_rope(q_BTNH, positions_BT, cfg.rope_theta)
-    k_BTKH = apply_rope(k_BTKH, positions_BT, cfg.rope_theta)
+    q_BTNH = apply_rope(q_BTNH, positions_BT, cfg.rope_theta, RopeScaling.from_config(cfg))
+    k_BTKH = apply_rope(k_BTKH, positions_BT, cfg.rope_theta, RopeScaling.from_config(cfg))
     return q_BTNH, k_BTKH, v_BTKH
 
 

@@ -1,0 +1,130 @@
+"""Every experiment module: documented, its config (and each sweep point's) validates, and
+it trains 2 steps when shrunk to a tiny model on a slice of its data.
+
+Shrinking keeps what makes the experiment itself (data format, init_from, mesh, dtype,
+remat, schedule) and replaces only sizes, so a broken experiment fails here rather
+than hours into a run. Experiments with their own end-to-end test (the post-training
+chain, context extension) still get the config check.
+"""
+
+import json
+from pathlib import Path
+
+import jax
+import numpy as np
+import pytest
+from helpers.runs import make_tokenizer
+
+from jaxlm.cli import load_experiment, resolve_config
+from jaxlm.config import Config, apply_overrides
+from jaxlm.params_checkpoint import save_params
+from jaxlm.sweep import point_config, sweep_points
+from jaxlm.train import train
+from jaxlm.train_state import init_params
+
+REPO = Path(__file__).resolve().parents[1]
+EXPERIMENTS = sorted(p.stem for p in (REPO / "experiments").glob("[!_]*.py"))
+
+SHRINK = [
+    "model.d_model=32",
+    "model.n_layers=1",
+    "model.n_heads=2",
+    "model.n_kv_heads=1",
+    "model.vocab_size=384",
+    "model.max_seq_len=64",
+    "data.tokenizer_vocab_size=384",
+    "data.seq_len=64",
+    "data.batch_size=8",
+    "data.eval_max_docs=2",
+    "data.reader_threads=1",
+    "train.steps=2",
+    "train.eval_every=0",
+    "train.log_every=1",
+    "train.checkpoint_every=0",
+    "train.progress_bar=false",
+    "train.generate_prompt=",
+    "train.peak_flops=1e12",
+    "optim.warmup_steps=1",
+]
+
+
+def test_there_are_the_experiments_the_docs_promise():
+    assert {
+        "quickstart",
+        "posttrain_chain",
+        "sft",
+        "dpo",
+        "stdlib_sizes",
+        "scaling_sweep",
+        "context_extension",
+        "llama_1b",
+    } <= set(EXPERIMENTS)
+
+
+@pytest.mark.parametrize("name", EXPERIMENTS)
+def test_config_and_sweep_points_validate_and_the_module_is_documented(name):
+    module = load_experiment(str(REPO / "experiments" / f"{name}.py"))
+    doc = module.__doc__ or ""
+    assert len(doc.strip().splitlines()) >= 3, f"{name}: say what it is for and how to run it"
+    assert "jaxlm " in doc or "python -m experiments." in doc, f"{name}: no command in docstring"
+    assert isinstance(resolve_config(module, [], name), Config)
+    if hasattr(module, "sweep"):
+        points = sweep_points(module)
+        assert len(points) >= 2
+        configs = [point_config(module, p, []) for p in points]
+        assert len({c.to_json() for c in configs}) == len(configs)  # points differ
+
+
+@pytest.fixture(scope="module")
+def shared(tmp_path_factory):
+    """A small tokenizer, a tiny base export and small SFT / preference files."""
+    from jaxlm.data.stdlib_tasks import write_posttrain_sets
+
+    root = tmp_path_factory.mktemp("experiments")
+    tokenizer = make_tokenizer(root)
+    data = root / "posttrain"
+    write_posttrain_sets(data, max_pairs=40)
+    for name in ("sft_train", "sft_val", "dpo_train", "dpo_val"):  # keep them small
+        path = data / f"{name}.jsonl"
+        path.write_text("".join(path.read_text().splitlines(keepends=True)[:24]))
+    cfg = apply_overrides(Config(), [*SHRINK, f"data.tokenizer={tokenizer}"])
+    params = jax.tree.map(np.asarray, init_params(cfg.model, jax.random.key(0)))
+    export = save_params(root / "export", params, cfg, tokenizer=tokenizer)
+    return {"tokenizer": tokenizer, "data": data, "export": export}
+
+
+def shrunk_overrides(name: str, cfg: Config, shared) -> list[str]:
+    extra = [f"data.tokenizer={shared['tokenizer']}"]
+    data = shared["data"]
+    if cfg.data.format != "text":  # whole functions: rows long enough to keep most
+        extra += ["data.seq_len=256", "model.max_seq_len=256"]
+    if cfg.data.format == "chat":
+        extra += [
+            f"data.sources=jsonl:{data / 'sft_train.jsonl'}",
+            f"data.eval_sources=jsonl:{data / 'sft_val.jsonl'}",
+        ]
+    elif cfg.data.format == "preference":
+        extra += [
+            f"data.sources=jsonl:{data / 'dpo_train.jsonl'}",
+            f"data.eval_sources=jsonl:{data / 'dpo_val.jsonl'}",
+            "data.batch_size=8",
+        ]
+    else:
+        extra += ["data.sources=stdlib", "data.eval_sources="]
+    if cfg.train.init_from:
+        extra.append(f"train.init_from={shared['export']}")
+    if cfg.model.rope_scaling != "none" and cfg.model.rope_original_max_len:
+        extra.append("model.rope_original_max_len=32")
+    return [*SHRINK, *extra]  # later wins
+
+
+@pytest.mark.parametrize("name", EXPERIMENTS)
+def test_each_experiment_trains_two_shrunk_steps(name, shared, tmp_path):
+    module = load_experiment(str(REPO / "experiments" / f"{name}.py"))
+    cfg = resolve_config(module, [], name)
+    cfg = apply_overrides(cfg, shrunk_overrides(name, cfg, shared))
+    result = train(cfg, tmp_path / name)
+    assert result.steps == 2
+    records = [json.loads(line) for line in (tmp_path / name / "metrics.jsonl").open()]
+    losses = [r["loss"] for r in records if r["split"] == "train"]
+    assert len(losses) == 2 and all(np.isfinite(losses))
