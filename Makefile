@@ -6,7 +6,7 @@ VENV ?= .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed-$(shell cat pyproject.toml constraints.txt | cksum | cut -d' ' -f1)
 
-.PHONY: setup quickstart test test-all lint bench clean
+.PHONY: setup quickstart test test-all lint notebooks bench clean
 
 setup: $(STAMP)
 
@@ -28,6 +28,23 @@ test-all: setup
 
 lint: setup
 	$(VENV)/bin/ruff check . && $(VENV)/bin/ruff format --check .
+
+# Re-pair notebooks/*.py with their .ipynb (inputs come from whichever was edited
+# last), then strip outputs and execution counts, keeping cell ids (notebooks/README.md).
+define STRIP_NOTEBOOKS
+import glob, nbformat
+for path in sorted(glob.glob("notebooks/*.ipynb")):
+    nb = nbformat.read(path, as_version=4)
+    for cell in nb.cells:
+        if cell.cell_type == "code":
+            cell.outputs, cell.execution_count = [], None
+    nbformat.write(nb, path)
+endef
+export STRIP_NOTEBOOKS
+
+notebooks: setup
+	$(VENV)/bin/jupytext --sync notebooks/*.py
+	$(PY) -c "$$STRIP_NOTEBOOKS"
 
 bench: setup
 	$(PY) -m pip install --quiet -c constraints.txt -e ".[bench]"

@@ -170,12 +170,10 @@ def plot_curves(
     curves: dict[str, np.ndarray], seq_len: int, out_stem: Path, smooth: int
 ) -> list[Path]:
     """Loss vs position, one line per variant (moving average over `smooth` positions)."""
-    import matplotlib
+    from jaxlm.plotting import new_figure
 
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    fig, ax = plt.subplots(figsize=(10, 4.8), dpi=120)
+    fig = new_figure(figsize=(10, 4.8), dpi=120)
+    ax = fig.subplots()
     colors = dict(zip(METHODS, ["tab:gray", "tab:blue", "tab:green", "tab:red"], strict=True))
     for name, curve in curves.items():
         method, _, tuned = name.partition("+")
@@ -194,7 +192,6 @@ def plot_curves(
     paths = [out_stem.with_suffix(".png"), out_stem.with_suffix(".svg")]
     for path in paths:
         fig.savefig(path)
-    plt.close(fig)
     return paths
 
 

@@ -12,13 +12,10 @@ import numpy as np
 from jaxlm.compare import X_AXES, X_LABELS, Run, smooth
 
 
-def _pyplot():
-    import matplotlib
+def _figure(**kwargs):
+    from jaxlm.plotting import new_figure
 
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    return plt
+    return new_figure(**kwargs)
 
 
 def _save(fig, stem: Path) -> list[Path]:
@@ -41,9 +38,12 @@ def plot_comparison(
     """A 2×2 grid: train loss (lines) and eval loss (markers) of every run against step,
     tokens, FLOPs and wall time. With `smoothing`, train losses are smoothed (the raw
     curve stays, faint). A run that went NaN is drawn up to the NaN, ending in an ×."""
-    plt = _pyplot()
-    fig, axes = plt.subplots(2, 2, figsize=(12, 8), dpi=110)
-    colors = plt.rcParams["axes.prop_cycle"].by_key()["color"]
+    import matplotlib
+    from matplotlib.lines import Line2D
+
+    fig = _figure(figsize=(12, 8), dpi=110)
+    axes = fig.subplots(2, 2)
+    colors = matplotlib.rcParams["axes.prop_cycle"].by_key()["color"]
     for ax, axis in zip(axes.ravel(), X_AXES, strict=True):
         drawn = 0
         for i, run in enumerate(runs):
@@ -79,13 +79,12 @@ def plot_comparison(
             ax.text(0.5, 0.5, "no run has this axis", ha="center", transform=ax.transAxes)
     handles = axes[0, 0].get_legend_handles_labels()[0]
     handles += [
-        plt.Line2D([], [], color="gray", label="train loss"),
-        plt.Line2D([], [], color="gray", marker="o", linestyle="", label="eval loss"),
+        Line2D([], [], color="gray", label="train loss"),
+        Line2D([], [], color="gray", marker="o", linestyle="", label="eval loss"),
     ]
     fig.legend(handles=handles, loc="lower center", ncol=min(len(handles), 6), frameon=False)
     fig.tight_layout(rect=(0, 0.06, 1, 1))
     paths = _save(fig, stem)
-    plt.close(fig)
     return paths
 
 
@@ -109,10 +108,10 @@ def plot_scaling_fit(
     band_samples (callables from bootstrap fits; may be empty), xlabel, title, and
     optionally ylabel, names (point labels), fit_label, data_label, and x_other /
     y_other: runs shown (grey) but not fitted."""
-    plt = _pyplot()
     from matplotlib.ticker import FormatStrFormatter
 
-    fig, axes = plt.subplots(1, len(panels), figsize=(5.5 * len(panels), 4.5), dpi=110)
+    fig = _figure(figsize=(5.5 * len(panels), 4.5), dpi=110)
+    axes = fig.subplots(1, len(panels))
     axes = np.atleast_1d(axes)
     for ax, p in zip(axes, panels, strict=True):
         x = np.asarray(p["x"], dtype=np.float64)
@@ -148,5 +147,4 @@ def plot_scaling_fit(
         ax.legend(fontsize=8)
     fig.tight_layout()
     paths = _save(fig, stem)
-    plt.close(fig)
     return paths

@@ -8,6 +8,18 @@ from pathlib import Path
 from jaxlm.compare import load_run
 
 
+def new_figure(**kwargs):
+    """A matplotlib Figure drawn off-screen, without pyplot.
+
+    `matplotlib.use("Agg")` or pyplot figures would switch the backend (or leak figures)
+    for the whole process: in a notebook, plots made afterwards would stop showing.
+    A bare Figure needs neither, and `fig.savefig` still writes PNG, SVG or PDF.
+    """
+    from matplotlib.figure import Figure
+
+    return Figure(**kwargs)
+
+
 def plot_loss_curves(
     metrics_paths: Sequence[Path],
     out_png: Path,
@@ -20,13 +32,9 @@ def plot_loss_curves(
     Read as `jaxlm compare` reads runs (jaxlm.compare.load_run): steps logged again by a
     resumed run replace the earlier ones, a torn last line is skipped, a NaN ends the
     curve. `x_axis` is one of jaxlm.compare.X_AXES (step, tokens, flops, elapsed_s)."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
     labels = list(labels) if labels else [Path(p).parent.name for p in metrics_paths]
-    fig, ax = plt.subplots(figsize=(7, 4.5), dpi=120)
+    fig = new_figure(figsize=(7, 4.5), dpi=120)
+    ax = fig.subplots()
     for path, label in zip(metrics_paths, labels, strict=True):
         run = load_run(path, label)
         train, evals = run.train, run.eval
@@ -48,5 +56,4 @@ def plot_loss_curves(
     out_png = Path(out_png)
     out_png.parent.mkdir(parents=True, exist_ok=True)
     fig.savefig(out_png)
-    plt.close(fig)
     return out_png

@@ -91,15 +91,13 @@ def token_table(
 
 def plot_batch(batch: dict[str, np.ndarray], out_png: Path) -> Path:
     """[B, T] picture: colour = segment (white = padding), grey overlay = no loss."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
+    from jaxlm.plotting import new_figure
 
     segments = batch["segment_ids"].astype(float)
     shown = np.ma.masked_where(segments == 0, segments)
     B, T = segments.shape
-    fig, ax = plt.subplots(figsize=(min(16, 2 + T / 32), 1 + B * 0.35), dpi=120)
+    fig = new_figure(figsize=(min(16, 2 + T / 32), 1 + B * 0.35), dpi=120)
+    ax = fig.subplots()
     ax.imshow(shown, aspect="auto", cmap="tab20", interpolation="nearest")
     no_loss = (batch["loss_mask"] == 0) & (batch["segment_ids"] != 0)
     ax.imshow(np.ma.masked_where(~no_loss, no_loss), aspect="auto", cmap="Greys",
@@ -111,5 +109,4 @@ def plot_batch(batch: dict[str, np.ndarray], out_png: Path) -> Path:
     out_png = Path(out_png)
     out_png.parent.mkdir(parents=True, exist_ok=True)
     fig.savefig(out_png)
-    plt.close(fig)
     return out_png
