@@ -17,7 +17,10 @@ The tokenizer is trained once per run from the same corpus and seed, so every ru
 the same pieces.
 """
 
-from jaxlm.config import Config, DataConfig, MeshConfig, ModelConfig, OptimConfig, TrainConfig
+import dataclasses
+
+from experiments.quickstart import get_config as quickstart_config
+from jaxlm.config import Config, apply_overrides
 
 SIZES = {
     # name: (d_model, n_layers, n_heads)
@@ -31,27 +34,17 @@ STEPS = (300, 800)  # token budgets: steps x 16 rows x 256 tokens
 
 
 def get_config() -> Config:
-    return Config(
-        name="scaling_sweep",
-        model=ModelConfig(
-            vocab_size=4096,
-            d_model=128,
-            n_layers=4,
-            n_heads=4,
-            n_kv_heads=4,
-            max_seq_len=256,
-            tie_embeddings=True,
-        ),
-        data=DataConfig(
-            tokenizer_vocab_size=4096,
-            tokenizer_max_chars=4_000_000,
-            seq_len=256,
-            batch_size=16,
-            eval_max_docs=60,
-        ),
-        optim=OptimConfig(lr=3e-3, warmup_steps=30, schedule="cosine", min_lr_ratio=0.1),
-        mesh=MeshConfig(data=-1),
-        train=TrainConfig(steps=STEPS[0], eval_every=0, log_every=10),
+    """The quickstart's data and optimiser; the final evaluation only; no sample."""
+    cfg = dataclasses.replace(quickstart_config(), name="scaling_sweep")
+    return apply_overrides(
+        cfg,
+        [
+            "model.d_model=128",
+            "optim.warmup_steps=30",
+            f"train.steps={STEPS[0]}",
+            "train.eval_every=0",
+            "train.generate_prompt=",
+        ],
     )
 
 

@@ -11,7 +11,10 @@ in `jaxlm compare`:
 Sizes are non-embedding parameters; m is the quickstart's model.
 """
 
-from jaxlm.config import Config, DataConfig, MeshConfig, ModelConfig, OptimConfig, TrainConfig
+import dataclasses
+
+from experiments.quickstart import get_config as quickstart_config
+from jaxlm.config import Config, apply_overrides
 
 SIZES = {
     # name: (d_model, n_layers, n_heads); kv heads = heads, d_ff by jaxlm's rule
@@ -22,29 +25,9 @@ SIZES = {
 
 
 def get_config() -> Config:
-    d_model, n_layers, n_heads = SIZES["m"]
-    return Config(
-        name="stdlib_sizes",
-        model=ModelConfig(
-            vocab_size=4096,
-            d_model=d_model,
-            n_layers=n_layers,
-            n_heads=n_heads,
-            n_kv_heads=n_heads,
-            max_seq_len=256,
-            tie_embeddings=True,
-        ),
-        data=DataConfig(
-            tokenizer_vocab_size=4096,
-            tokenizer_max_chars=4_000_000,
-            seq_len=256,
-            batch_size=16,
-            eval_max_docs=60,
-        ),
-        optim=OptimConfig(lr=3e-3, warmup_steps=50, schedule="cosine", min_lr_ratio=0.1),
-        mesh=MeshConfig(data=-1),
-        train=TrainConfig(steps=750, eval_every=250, log_every=10, checkpoint_every=250),
-    )
+    """The quickstart's recipe (its m size), checkpointed, without the end-of-run sample."""
+    cfg = dataclasses.replace(quickstart_config(), name="stdlib_sizes")
+    return apply_overrides(cfg, ["train.checkpoint_every=250", "train.generate_prompt="])
 
 
 def sweep() -> list[tuple[str, list[str]]]:
