@@ -1,20 +1,24 @@
-"""A small scaling sweep on the stdlib: model sizes x token budgets, for `jaxlm scaling-fit`.
+"""A CPU-sized scaling sweep on the stdlib: an IsoFLOP grid plus fixed token budgets.
 
-Five widths/depths (0.11M to 3.2M non-embedding parameters) each trained for two token
-budgets, with the learning-rate schedule stretched to each budget (cosine to 10%), so
-every run is a finished run at its own length, as a Chinchilla-style fit of
-L(N, D) = E + A/N^alpha + B/D^beta assumes:
+Two families of finished runs (the cosine schedule is stretched to each run's length,
+decaying to 10%, so every run is a complete run at its own budget, as the fits assume):
 
-    jaxlm sweep scaling_sweep                            # 10 runs, one after another
+* IsoFLOP grid: three compute levels (3e12, 1e13, 3e13 model FLOPs) with four or five
+  model sizes each; a point's step count is its level over its FLOPs per step
+  (jaxlm.flops: 6N + attention, embedding lookups free, output head counted). Each
+  level's losses against log N give that level's compute-optimal size (Hoffmann et
+  al.'s approach 2), and the grid varies N and D independently for L(N, D).
+* Fixed budgets: five sizes at 300 and 800 steps (1.2M and 3.3M tokens).
+
+    jaxlm sweep scaling_sweep                            # 24 runs, one after another
     jaxlm sweep scaling_sweep --list                     # or one cluster job per point
     jaxlm compare runs/scaling_sweep-sweep/*/ --out runs/scaling_sweep-compare --log-x
     jaxlm scaling-fit runs/scaling_sweep-sweep/*/ --out runs/scaling_sweep-fit --budget 1e15
 
-Sized for a CPU: the budgets are 1.2M and 3.3M tokens, far below compute-optimal for
-the larger models. On an accelerator raise `data.batch_size` with `--set` (it applies
-to every point) or the step counts in STEPS here.
-The tokenizer is trained once per run from the same corpus and seed, so every run sees
-the same pieces.
+About 80 minutes on a 2-core CPU. The sizes (33k to 3.2M non-embedding parameters)
+bracket each level's optimum on that hardware; on an accelerator scale LEVELS up and
+SIZES with them. The tokenizer is trained once per run from the same corpus and seed,
+so every run sees the same pieces.
 """
 
 import dataclasses
@@ -24,13 +28,22 @@ from jaxlm.config import Config, apply_overrides
 
 SIZES = {
     # name: (d_model, n_layers, n_heads)
+    "d32-l2": (32, 2, 2),
+    "d48-l2": (48, 2, 2),
     "d64-l2": (64, 2, 2),
     "d96-l3": (96, 3, 3),
     "d128-l4": (128, 4, 4),
     "d192-l4": (192, 4, 4),
     "d256-l4": (256, 4, 4),
 }
-STEPS = (300, 800)  # token budgets: steps x 16 rows x 256 tokens
+# compute level (model FLOPs) -> the sizes trained at it: the runs keep >= 130 steps
+LEVELS = {
+    "3e12": ("d32-l2", "d48-l2", "d64-l2", "d96-l3"),
+    "1e13": ("d48-l2", "d64-l2", "d96-l3", "d128-l4", "d192-l4"),
+    "3e13": ("d64-l2", "d96-l3", "d128-l4", "d192-l4", "d256-l4"),
+}
+BUDGET_SIZES = ("d64-l2", "d96-l3", "d128-l4", "d192-l4", "d256-l4")
+STEPS = (300, 800)  # fixed budgets: steps x 16 rows x 256 tokens
 
 
 def get_config() -> Config:
@@ -48,13 +61,30 @@ def get_config() -> Config:
     )
 
 
+def _model(size: str) -> list[str]:
+    d, n, h = SIZES[size]
+    return [f"model.d_model={d}", f"model.n_layers={n}", f"model.n_heads={h}",
+            f"model.n_kv_heads={h}"]  # fmt: skip
+
+
+def isoflop_steps(size: str, compute: float) -> int:
+    """Steps that spend `compute` model FLOPs on `size` at the base batch and length."""
+    from jaxlm.flops import flops_per_token
+
+    cfg = apply_overrides(get_config(), _model(size))
+    per_step = flops_per_token(cfg.model, cfg.data.seq_len) * cfg.data.batch_size * cfg.data.seq_len
+    return round(compute / per_step)
+
+
 def sweep() -> list[tuple[str, list[str]]]:
     points = []
-    for name, (d, n, h) in SIZES.items():
+    for level, sizes in LEVELS.items():
+        for size in sizes:
+            steps = isoflop_steps(size, float(level))
+            points.append((f"iso{level}-{size}", [*_model(size), f"train.steps={steps}"]))
+    for size in BUDGET_SIZES:
         for steps in STEPS:
-            model = [f"model.d_model={d}", f"model.n_layers={n}", f"model.n_heads={h}"]
-            points.append((f"{name}-s{steps}", [*model, f"model.n_kv_heads={h}",
-                                                 f"train.steps={steps}"]))  # fmt: skip
+            points.append((f"{size}-s{steps}", [*_model(size), f"train.steps={steps}"]))
     return points
 
 

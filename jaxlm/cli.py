@@ -44,12 +44,24 @@ def load_experiment(name: str) -> ModuleType:
         raise ConfigError(
             f"no experiment '{name}' (looked for {path}); available: {available}{hint}"
         )
+    _make_siblings_importable(path)
     spec = importlib.util.spec_from_file_location(f"experiments.{path.stem}", path)
     module = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(module)
     if not hasattr(module, "get_config"):
         raise ConfigError(f"{path}: an experiment must define get_config()")
     return module
+
+
+def _make_siblings_importable(path: Path) -> None:
+    """Experiments import each other (`from experiments.quickstart import ...`): put the
+    directory that holds the experiments package on sys.path, as `python -m` would from
+    the project root; the `jaxlm` console script does not add the working directory."""
+    package = path.resolve().parent
+    if (package / "__init__.py").is_file():
+        root = str(package.parent)
+        if root not in sys.path:
+            sys.path.insert(0, root)
 
 
 def resolve_config(module: ModuleType, overrides: list[str], name: str) -> Config:

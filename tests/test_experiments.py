@@ -128,3 +128,23 @@ def test_each_experiment_trains_two_shrunk_steps(name, shared, tmp_path):
     records = [json.loads(line) for line in (tmp_path / name / "metrics.jsonl").open()]
     losses = [r["loss"] for r in records if r["split"] == "train"]
     assert len(losses) == 2 and all(np.isfinite(losses))
+
+
+def test_the_cli_loads_experiments_that_import_their_siblings():
+    """`jaxlm sweep scaling_sweep --list` as the console script runs it: the working
+    directory is not on sys.path (-P), yet scaling_sweep imports experiments.quickstart."""
+    import subprocess
+    import sys
+
+    code = "import sys; from jaxlm.cli import main; sys.exit(main())"
+    out = subprocess.run(
+        [sys.executable, "-P", "-c", code, "sweep", "scaling_sweep", "--list"],
+        cwd=REPO,
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert out.returncode == 0, out.stderr[-2000:]
+    lines = out.stdout.splitlines()
+    assert len(lines) == len(load_experiment(str(REPO / "experiments/scaling_sweep.py")).sweep())
+    assert all(line.startswith("jaxlm train scaling_sweep --workdir ") for line in lines)
