@@ -60,7 +60,7 @@ from jaxlm.train_state import abstract_model, create_train_state
 
 FLOP_CONVENTION = (
     "6*N + 12*L*T*d_model FLOPs/token (N = non-embedding params incl. the output head; "
-    "attention not halved for causality)"
+    "attention not halved for causality); 'causal-halved' MFU counts 6*L*T*d_model"
 )
 
 
@@ -85,8 +85,50 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--no-torch", action="store_true", help="skip the PyTorch comparison")
     p.add_argument("--torch-attn", default="sdpa", help="transformers attn_implementation")
     p.add_argument("--peak-flops", type=float, default=0.0, help="override the peak FLOP/s")
+    p.add_argument(
+        "--find-max-batch",
+        type=int,
+        default=0,
+        metavar="LIMIT",
+        help="after the run, double the batch in child processes (2 steps each, no torch) "
+        "until one fails or LIMIT is passed; reports the largest batch that trained",
+    )
     p.add_argument("--json", help="also write the results to this JSON file")
     return p.parse_args(argv)
+
+
+def _without_flags(argv: list[str], flags: tuple[str, ...]) -> list[str]:
+    """argv minus `--flag VALUE` / `--flag=VALUE` for each of `flags`."""
+    out, skip = [], False
+    for a in argv:
+        if skip:
+            skip = False
+        elif a in flags:
+            skip = True
+        elif not any(a.startswith(f + "=") for f in flags):
+            out.append(a)
+    return out
+
+
+def find_max_batch(argv: list[str], batch: int, limit: int) -> dict:
+    """Largest batch (doubling from `batch`) whose train step runs: each try is a child
+    process, so an out-of-memory failure cannot poison the next try's allocator."""
+    import subprocess
+
+    base = [a for a in argv if a != "--no-torch"]
+    tried, largest = [], None
+    while batch <= limit:
+        cmd = [sys.executable, __file__, *base, "--batch", str(batch), "--steps", "2",
+               "--warmup", "1", "--no-torch", "--find-max-batch", "0"]  # fmt: skip
+        done = subprocess.run(cmd, capture_output=True, text=True)
+        ok = done.returncode == 0
+        tail = "" if ok else (done.stderr.strip().splitlines() or ["?"])[-1][:200]
+        tried.append({"batch": batch, "ok": ok, "error": tail})
+        print(f"  batch {batch:5d}: {'ok' if ok else 'failed: ' + tail}", flush=True)
+        if not ok:
+            break
+        largest, batch = batch, batch * 2
+    return {"largest_ok": largest, "tries": tried}
 
 
 def model_config(args: argparse.Namespace) -> ModelConfig:
@@ -175,7 +217,15 @@ def bench_jax(cfg, ocfg, batches, steps, warmup, seed) -> dict:
         "compile_and_first_step_s": compile_s,
         "setup_s": first - t0,
         "losses": holder["loss"],
+        "peak_memory_bytes": _peak_memory_bytes(),
     }
+
+
+def _peak_memory_bytes() -> int | None:
+    """The most device memory held at once so far (GPU/TPU allocators report it; the
+    CPU client does not, so None there)."""
+    stats = jax.local_devices()[0].memory_stats() or {}
+    return stats.get("peak_bytes_in_use")
 
 
 def bench_torch(cfg, ocfg, batches, steps, warmup, seed, attn_impl) -> dict:
@@ -271,6 +321,7 @@ def main(argv=None) -> dict:
     ocfg = OptimConfig()
     tokens_per_step = args.batch * args.seq
     fpt = flops_per_token(cfg, args.seq)
+    fpt_halved = flops_per_token(cfg, args.seq, causal_halved=True)
     backend = jax.default_backend()
     device = jax.devices()[0]
 
@@ -307,6 +358,7 @@ def main(argv=None) -> dict:
         "batch": args.batch,
         "seq": args.seq,
         "flops_per_token": fpt,
+        "flops_per_token_causal_halved": fpt_halved,
         "peak_flops": peak,
         "peak_source": peak_src,
         "jax_version": jax.__version__,
@@ -319,16 +371,31 @@ def main(argv=None) -> dict:
         tps = tokens_per_step / r["median_step_s"]
         r["tokens_per_s"] = tps
         r["mfu"] = tps * fpt / peak
+        r["mfu_causal_halved"] = tps * fpt_halved / peak
         print(
             f"{name:>6}: {r['median_step_s'] * 1e3:8.1f} ms/step  {tps:9.0f} tokens/s  "
-            f"MFU {100 * r['mfu']:5.1f}%  (min {min(r['step_times_s']) * 1e3:.1f} ms, "
+            f"MFU {100 * r['mfu']:5.1f}% (causal-halved {100 * r['mfu_causal_halved']:.1f}%)  "
+            f"(min {min(r['step_times_s']) * 1e3:.1f} ms, "
             f"loss {r['losses'][0]:.3f} -> {r['losses'][-1]:.3f})"
         )
 
     jr = bench_jax(cfg, ocfg, batches, args.steps, args.warmup, args.seed)
     results["jax"] = jr
     print(f"   jax: compile + first step {jr['compile_and_first_step_s']:.1f} s")
+    if jr["peak_memory_bytes"]:
+        print(f"   jax: peak device memory {jr['peak_memory_bytes'] / 2**30:.2f} GiB")
     report("jax", jr)
+    if args.find_max_batch:
+        print(f"largest batch (doubling from {args.batch * 2}, up to {args.find_max_batch}):")
+        flags = ("--batch", "--steps", "--warmup", "--json", "--find-max-batch")
+        rest = _without_flags(list(argv if argv is not None else sys.argv[1:]), flags)
+        results["max_batch"] = find_max_batch(
+            rest,
+            args.batch * 2,
+            args.find_max_batch,
+        )
+        if results["max_batch"]["largest_ok"] is None:
+            results["max_batch"]["largest_ok"] = args.batch  # the main run itself trained
 
     if not args.no_torch:
         try:

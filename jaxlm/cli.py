@@ -27,6 +27,7 @@ import sys
 from pathlib import Path
 from types import ModuleType
 
+from jaxlm import compilation_cache
 from jaxlm.config import Config, ConfigError, apply_overrides
 from jaxlm.errors import InputError
 from jaxlm.runtime import configure_cpu
@@ -110,6 +111,7 @@ def run_experiment(module: ModuleType, argv: list[str] | None = None) -> int:
     parser.add_argument("--workdir", default=None)
     parser.add_argument("--set", dest="overrides", action="append", default=[], metavar="K=V")
     args = parser.parse_args(argv)
+    compilation_cache.enable()
     try:
         return _train(module, args.overrides, args.workdir)
     except (InputError, FileNotFoundError) as e:
@@ -146,7 +148,7 @@ def main(argv: list[str] | None = None) -> int:
     sub.add_parser("presets", help="list model presets with parameter counts")
     _add_command_groups(sub)
     args = parser.parse_args(argv)
-
+    compilation_cache.enable()  # before anything compiles (jaxlm/compilation_cache.py)
     try:
         if hasattr(args, "run"):  # a `jaxlm GROUP NAME` command from jaxlm.commands
             return args.run(args)

@@ -3,8 +3,12 @@
 Convention (PaLM, appendix B): training FLOPs per token = 6 * N + 12 * L * T * d_model,
 where N counts the non-embedding parameters including the output projection (a tied
 output head counts once, as the matmul it is), L layers, T the sequence length and
-d_model the width. The attention term is not halved for causal masking. MFU is
-achieved model FLOP/s over the peak of all devices.
+d_model the width. The attention term is not halved for causal masking: that is the
+number jaxlm logs (`flops` in metrics.jsonl, the loop's MFU). Causal attention only
+needs the lower triangle of the scores, so some reports (MaxText, torchtitan) count
+6 * L * T * d_model instead; `flops_per_token(..., causal_halved=True)` gives that
+convention, which the benchmarks print next to the first. MFU is achieved model
+FLOP/s over the peak of all devices.
 """
 
 from __future__ import annotations
@@ -38,9 +42,10 @@ def matmul_params(cfg: ModelConfig) -> int:
     return L * per_layer + D * cfg.vocab_size
 
 
-def flops_per_token(cfg: ModelConfig, seq_len: int) -> float:
+def flops_per_token(cfg: ModelConfig, seq_len: int, *, causal_halved: bool = False) -> float:
     """Training FLOPs per token (forward + backward), see the module docstring."""
-    return 6.0 * matmul_params(cfg) + 12.0 * cfg.n_layers * seq_len * cfg.d_model
+    attention = (6.0 if causal_halved else 12.0) * cfg.n_layers * seq_len * cfg.d_model
+    return 6.0 * matmul_params(cfg) + attention
 
 
 def device_peak_flops(device: jax.Device | None = None) -> float | None:

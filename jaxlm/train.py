@@ -21,7 +21,7 @@ from typing import Any
 import jax
 import numpy as np
 
-from jaxlm import distributed
+from jaxlm import compilation_cache, distributed
 from jaxlm.checkpoint import Checkpointer, abstract_like, from_jsonable
 from jaxlm.config import Config
 from jaxlm.data import posttrain_inputs, run_inputs
@@ -198,6 +198,7 @@ def _progress(total: int, start: int, enabled: bool):
 def train(cfg: Config, workdir: Path | str) -> RunResult:
     """Pretrain (or continue) `cfg` in `workdir`; returns the final evaluation."""
     ledger = TimeLedger()  # where the wall time goes (goodput.py)
+    compilation_cache.enable()  # a no-op when an entry point did it, or the user chose
     distributed.maybe_initialize()
     workdir = Path(workdir).absolute()
     workdir.mkdir(parents=True, exist_ok=True)

@@ -8,6 +8,9 @@ a transposed axis cannot hide.
 import os
 
 os.environ.setdefault("JAX_PLATFORMS", "cpu")
+# Hermetic runs: no persistent XLA cache shared with earlier runs or the user's
+# (test_compilation_cache.py turns it on in its own subprocesses).
+os.environ["JAXLM_COMPILATION_CACHE"] = "off"
 
 import jax
 
