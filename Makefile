@@ -13,7 +13,10 @@ setup: $(STAMP)
 $(STAMP): pyproject.toml constraints.txt
 	$(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install --quiet --upgrade pip
-	$(PY) -m pip install --quiet -c constraints.txt -e ".[dev]"
+	# The hf extra's torch: the CPU build (tests use it as a reference only), not the
+	# multi-GB CUDA one PyPI serves by default.
+	$(PY) -m pip install --quiet -c constraints.txt -e ".[dev,hf]" \
+		--extra-index-url https://download.pytorch.org/whl/cpu
 	rm -f $(VENV)/.installed-*
 	touch $(STAMP)
 

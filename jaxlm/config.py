@@ -41,17 +41,24 @@ class ModelConfig:
     max_seq_len: int = 256
     rope_theta: float = 10_000.0
     # RoPE scaling for context extension (jaxlm.models.rope): "linear" (position
-    # interpolation), "ntk" (NTK-aware base change) or "yarn", by rope_scaling_factor
-    # (new context / original context, >= 1). rope_original_max_len is the context the
-    # model was trained at before extension: yarn needs it (> 0); 0 means not given,
-    # which linear and ntk, defined by the factor alone, do not read.
-    rope_scaling: Literal["none", "linear", "ntk", "yarn"] = "none"
+    # interpolation), "ntk" (NTK-aware base change), "yarn" or "llama3" (Llama 3.1's
+    # frequency-banded interpolation), by rope_scaling_factor (new context / original
+    # context, >= 1). rope_original_max_len is the context the model was trained at
+    # before extension: yarn and llama3 need it (> 0); 0 means not given, which linear
+    # and ntk, defined by the factor alone, do not read.
+    rope_scaling: Literal["none", "linear", "ntk", "yarn", "llama3"] = "none"
     rope_scaling_factor: float = 1.0
     rope_original_max_len: int = 0
     rope_yarn_beta_fast: float = 32.0  # yarn: extrapolate dims turning > this often
     rope_yarn_beta_slow: float = 1.0  # yarn: interpolate dims turning < this often
+    # llama3: pairs whose wavelength is below original_max_len / high_freq_factor keep
+    # their frequency, above original_max_len / low_freq_factor are interpolated.
+    rope_llama3_low_freq_factor: float = 1.0
+    rope_llama3_high_freq_factor: float = 4.0
     norm_eps: float = 1e-5
     qk_norm: bool = False
+    # Biases on the q, k and v projections (Qwen2's attention; none on the output).
+    attention_bias: bool = False
     tie_embeddings: bool = True
     init_std: float = 0.02
     param_dtype: Dtype = "float32"
@@ -330,9 +337,9 @@ def config_differences(old: dict[str, Any], new: dict[str, Any], prefix: str = "
 
 def _check_rope_scaling(cfg: ModelConfig) -> None:
     method, factor = cfg.rope_scaling, cfg.rope_scaling_factor
-    if method not in ("none", "linear", "ntk", "yarn"):
+    if method not in ("none", "linear", "ntk", "yarn", "llama3"):
         raise ConfigError(
-            f"model.rope_scaling={method!r} is not one of 'none', 'linear', 'ntk', 'yarn'"
+            f"model.rope_scaling={method!r} is not one of 'none', 'linear', 'ntk', 'yarn', 'llama3'"
         )
     if cfg.rope_theta <= 0:
         raise ConfigError(f"model.rope_theta={cfg.rope_theta} must be positive")
@@ -343,7 +350,7 @@ def _check_rope_scaling(cfg: ModelConfig) -> None:
     if method == "none" and factor != 1.0:
         raise ConfigError(
             f"model.rope_scaling_factor={factor} has no effect with model.rope_scaling=none; "
-            "choose linear, ntk or yarn"
+            "choose linear, ntk, yarn or llama3"
         )
     if cfg.rope_original_max_len < 0:
         raise ConfigError(
@@ -353,6 +360,18 @@ def _check_rope_scaling(cfg: ModelConfig) -> None:
         raise ConfigError(
             f"model.rope_scaling=ntk needs model.head_dim >= 4, got {cfg.resolved_head_dim}"
         )
+    if method == "llama3":
+        if cfg.rope_original_max_len <= 0:
+            raise ConfigError(
+                "model.rope_scaling=llama3 needs model.rope_original_max_len > 0 (the context "
+                "length the model was trained at before extension)"
+            )
+        if not 0 < cfg.rope_llama3_low_freq_factor < cfg.rope_llama3_high_freq_factor:
+            raise ConfigError(
+                f"model.rope_llama3_low_freq_factor={cfg.rope_llama3_low_freq_factor} and "
+                f"model.rope_llama3_high_freq_factor={cfg.rope_llama3_high_freq_factor} must "
+                "satisfy 0 < low_freq_factor < high_freq_factor"
+            )
     if method == "yarn":
         if cfg.rope_original_max_len <= 0:
             raise ConfigError(

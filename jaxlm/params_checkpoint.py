@@ -63,6 +63,8 @@ _SAME_PARAMS = (
     "rope_original_max_len",
     "rope_yarn_beta_fast",
     "rope_yarn_beta_slow",
+    "rope_llama3_low_freq_factor",
+    "rope_llama3_high_freq_factor",
 )
 
 

@@ -35,6 +35,13 @@ gives m_i = 1, plain RoPE, for every method):
   attention, whose entropy grows with the longer context: the logits are divided by a
   temperature t with sqrt(1/t) = 0.1 ln(s) + 1, applied by multiplying both the
   rotated queries and keys by sqrt(1/t) (`attention_factor`).
+- "llama3" (the Llama 3.1 release): YaRN's ramp measured in the same rotation counts
+  r_i = L / lambda_i, with beta_slow = low_freq_factor (default 1) and beta_fast =
+  high_freq_factor (default 4): pairs with a wavelength shorter than L / high_freq
+  keep their frequency, longer than L / low_freq are interpolated by 1/s, the band
+  between is blended linearly in r_i. No attention temperature. This is exactly
+  what Hugging Face's "llama3" rope type computes, so imported Llama 3.x checkpoints
+  reproduce their logits.
 
 The multipliers depend only on the static configuration, so they are computed once
 in float64 and enter the traced computation as constants; the rotation itself runs
@@ -56,8 +63,8 @@ import numpy as np
 if TYPE_CHECKING:
     from jaxlm.config import ModelConfig
 
-ScalingMethod = Literal["none", "linear", "ntk", "yarn"]
-METHODS: tuple[str, ...] = ("none", "linear", "ntk", "yarn")
+ScalingMethod = Literal["none", "linear", "ntk", "yarn", "llama3"]
+METHODS: tuple[str, ...] = ("none", "linear", "ntk", "yarn", "llama3")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -65,7 +72,9 @@ class RopeScaling:
     """How RoPE is scaled; hashable, so it can be a static argument of a jitted function.
 
     `factor` is s = new context / original context; `original_max_len` is the context
-    the model was trained at before extension (only "yarn" reads it; 0 = not given).
+    the model was trained at before extension (only "yarn" and "llama3" read it; 0 =
+    not given). "llama3" reads its band edges from beta_slow (low_freq_factor) and
+    beta_fast (high_freq_factor).
     ModelConfig validates these with messages naming the config keys; the checks here
     only guard direct use.
     """
@@ -81,20 +90,25 @@ class RopeScaling:
             raise ValueError(f"RoPE scaling method {self.method!r} is not one of {METHODS}")
         if not self.factor >= 1.0:
             raise ValueError(f"RoPE scaling factor {self.factor} must be >= 1")
-        if self.method == "yarn" and self.original_max_len <= 0:
-            raise ValueError("YaRN needs original_max_len > 0")
-        if self.method == "yarn" and not 0 < self.beta_slow < self.beta_fast:
-            raise ValueError(f"YaRN needs 0 < beta_slow ({self.beta_slow}) < beta_fast")
+        banded = self.method in ("yarn", "llama3")
+        if banded and self.original_max_len <= 0:
+            raise ValueError(f"{self.method} needs original_max_len > 0")
+        if banded and not 0 < self.beta_slow < self.beta_fast:
+            raise ValueError(f"{self.method} needs 0 < beta_slow ({self.beta_slow}) < beta_fast")
 
     @classmethod
     def from_config(cls, cfg: ModelConfig) -> RopeScaling:
         """The scaling a ModelConfig asks for (its model.rope_* keys)."""
+        if cfg.rope_scaling == "llama3":
+            beta_fast, beta_slow = cfg.rope_llama3_high_freq_factor, cfg.rope_llama3_low_freq_factor
+        else:
+            beta_fast, beta_slow = cfg.rope_yarn_beta_fast, cfg.rope_yarn_beta_slow
         return cls(
             method=cfg.rope_scaling,
             factor=cfg.rope_scaling_factor,
             original_max_len=cfg.rope_original_max_len,
-            beta_fast=cfg.rope_yarn_beta_fast,
-            beta_slow=cfg.rope_yarn_beta_slow,
+            beta_fast=beta_fast,
+            beta_slow=beta_slow,
         )
 
     @property
@@ -115,7 +129,8 @@ def rope_frequencies(head_dim: int, theta: float) -> jax.Array:
 
 
 def yarn_ramp(head_dim: int, theta: float, scaling: RopeScaling) -> np.ndarray:
-    """YaRN's gamma_i in [0, 1] per pair: 1 extrapolates (plain RoPE), 0 interpolates."""
+    """YaRN's (and llama3's) gamma_i in [0, 1] per pair: 1 extrapolates (plain RoPE), 0
+    interpolates."""
     i = np.arange(head_dim // 2, dtype=np.float64)
     inv_freq = theta ** (-2.0 * i / head_dim)
     rotations = scaling.original_max_len * inv_freq / (2.0 * np.pi)  # r_i = L / lambda_i

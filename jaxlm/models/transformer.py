@@ -8,6 +8,9 @@ the one signature every objective uses; losses live in jaxlm/losses.py. With
 `model.lora_rank` > 0, `Layers` also holds LoRA adapters and each targeted projection
 adds their low-rank branch (jaxlm/models/lora.py).
 
+`model.attention_bias` adds biases to the q, k and v projections (Qwen2), before the
+QK-norm and RoPE, as Hugging Face's Qwen2/Qwen3 attention adds them.
+
 Dimension legend:
     B batch          T sequence         D model width      V vocabulary
     N query heads    K kv heads         H head dim         F feed-forward width
@@ -44,6 +47,10 @@ def _ones(shape, dtype, logical_axes) -> nnx.Param:
     return nnx.Param(jnp.ones(shape, dtype), logical_axes=logical_axes)
 
 
+def _zeros(shape, dtype, logical_axes) -> nnx.Param:
+    return nnx.Param(jnp.zeros(shape, dtype), logical_axes=logical_axes)
+
+
 class Layers(nnx.Module):
     """All transformer blocks' weights, stacked on a leading "layers" axis."""
 
@@ -62,6 +69,12 @@ class Layers(nnx.Module):
         if cfg.qk_norm:
             self.q_norm = _ones((L, H), dt, ("layers", "norm"))
             self.k_norm = _ones((L, H), dt, ("layers", "norm"))
+        if cfg.attention_bias:
+            # Zeros draw no key, so the other weights stay what the same seed gives
+            # without biases.
+            self.bq = _zeros((L, N, H), dt, ("layers", "heads", "head_dim"))
+            self.bk = _zeros((L, K, H), dt, ("layers", "kv_heads", "head_dim"))
+            self.bv = _zeros((L, K, H), dt, ("layers", "kv_heads", "head_dim"))
         self.mlp_norm = _ones((L, D), dt, ("layers", "norm"))
         self.w_gate = _param(rngs, (L, D, F), std, dt, ("layers", "embed", "mlp"))
         self.w_up = _param(rngs, (L, D, F), std, dt, ("layers", "embed", "mlp"))
@@ -95,6 +108,8 @@ def attention_inputs(
     q_BTNH = _project(cfg, w, "BTD,DNH->BTNH", h_BTD, "wq")
     k_BTKH = _project(cfg, w, "BTD,DKH->BTKH", h_BTD, "wk")
     v_BTKH = _project(cfg, w, "BTD,DKH->BTKH", h_BTD, "wv")
+    if cfg.attention_bias:
+        q_BTNH, k_BTKH, v_BTKH = q_BTNH + w["bq"], k_BTKH + w["bk"], v_BTKH + w["bv"]
     if cfg.qk_norm:
         q_BTNH = rms_norm(q_BTNH, w["q_norm"], cfg.norm_eps)
         k_BTKH = rms_norm(k_BTKH, w["k_norm"], cfg.norm_eps)

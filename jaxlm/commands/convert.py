@@ -1,0 +1,218 @@
+"""`jaxlm convert`: Hugging Face Llama-family checkpoints in and out of jaxlm.
+
+    jaxlm convert --from-hf HF_DIR OUT [--dtype bfloat16] [--mesh 1,-1,1]
+                                       [--tokenizer PATH | --no-tokenizer]
+    jaxlm convert --to-hf SRC OUT [--dtype bfloat16] [--max-shard-size 5GB] [--step N]
+
+--from-hf reads a transformers checkpoint directory (config.json and safetensors,
+sharded index supported; pickle .bin files are refused) of model type llama,
+mistral, qwen2 or qwen3, and writes a params directory in the layout `jaxlm export`
+writes (jaxlm.params_checkpoint), so `train.init_from=OUT`, `jaxlm generate OUT` and
+`jaxlm eval OUT` use it. Tensors load straight into their shardings on the --mesh
+(data,fsdp,tensor; default all devices on fsdp). The tokenizer: HF_DIR/tokenizer.model
+when it is a SentencePiece model with jaxlm's pinned ids (pad 0, <s> 1, </s> 2,
+<unk> 3, <|im_start|> 4, <|im_end|> 5, byte fallback), which jaxlm's own exports
+are; any other tokenizer is refused with a message: pass --tokenizer PATH (a jaxlm
+tokenizer for the same ids) or --no-tokenizer to import the weights alone.
+
+--to-hf reads SRC, a training workdir (its newest good checkpoint, or --step; LoRA
+runs merged) or a params directory, and writes a directory that
+`transformers.AutoModelForCausalLM.from_pretrained` and `AutoTokenizer.from_pretrained`
+load with no custom code (jaxlm.hf.export_hf, jaxlm.hf.tokenizer_export).
+"""
+
+from __future__ import annotations
+
+import argparse
+import re
+
+HELP = "import a Hugging Face Llama/Mistral/Qwen2/Qwen3 checkpoint, or export one"
+
+_SIZE_UNITS = {"": 1, "B": 1, "KB": 10**3, "MB": 10**6, "GB": 10**9, "KIB": 2**10}
+_SIZE_UNITS.update({"MIB": 2**20, "GIB": 2**30})
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    direction = parser.add_mutually_exclusive_group(required=True)
+    direction.add_argument(
+        "--from-hf", action="store_true", help="SRC is a transformers checkpoint directory"
+    )
+    direction.add_argument(
+        "--to-hf", action="store_true", help="SRC is a jaxlm workdir or params directory"
+    )
+    parser.add_argument("src", metavar="SRC", help="what to convert")
+    parser.add_argument("out", metavar="OUT", help="a new directory")
+    parser.add_argument(
+        "--dtype",
+        choices=["float32", "bfloat16", "float16"],
+        default=None,
+        help="dtype of the written weights (default: float32 for --from-hf, the "
+        "model's param dtype for --to-hf)",
+    )
+    parser.add_argument(
+        "--mesh",
+        default="1,-1,1",
+        help="--from-hf: data,fsdp,tensor mesh the params load onto (default 1,-1,1)",
+    )
+    tokenizer = parser.add_mutually_exclusive_group()
+    tokenizer.add_argument("--tokenizer", default=None, help="--from-hf: a jaxlm .model to use")
+    tokenizer.add_argument(
+        "--no-tokenizer", action="store_true", help="convert the weights without a tokenizer"
+    )
+    parser.add_argument(
+        "--max-shard-size",
+        default="5GB",
+        help="--to-hf: largest safetensors shard, e.g. 5GB, 500MB, 2GiB (default 5GB)",
+    )
+    parser.add_argument("--step", type=int, default=None, help="--to-hf from a workdir: step")
+
+
+def parse_size(text: str) -> int:
+    """Bytes of '5GB' (10^9), '2GiB' (2^30), '1000' ...; InputError otherwise."""
+    from jaxlm.errors import InputError
+
+    match = re.fullmatch(r"\s*(\d+(?:\.\d+)?)\s*([A-Za-z]*)\s*", text)
+    unit = match.group(2).upper() if match else None
+    if match is None or unit not in _SIZE_UNITS or float(match.group(1)) <= 0:
+        raise InputError(f"--max-shard-size {text!r}: expected e.g. 5GB, 500MB, 2GiB or bytes")
+    return int(float(match.group(1)) * _SIZE_UNITS[unit])
+
+
+def run(args: argparse.Namespace) -> int:
+    from pathlib import Path
+
+    from jaxlm.errors import InputError
+
+    out = Path(args.out).absolute()
+    if out.exists() and any(out.iterdir()):
+        raise InputError(f"{out} exists and is not empty; choose a new directory")
+    if args.from_hf:
+        return _from_hf(args, Path(args.src).absolute(), out)
+    return _to_hf(args, Path(args.src).absolute(), out)
+
+
+def _from_hf(args, src, out) -> int:
+    import dataclasses
+    import tempfile
+    from pathlib import Path
+
+    from jaxlm.config import Config, DataConfig
+    from jaxlm.data.tokenizer import save_tokenizer
+    from jaxlm.hf.import_hf import import_params, read_hf_config
+    from jaxlm.params_checkpoint import TOKENIZER_FILE, save_params
+    from jaxlm.sharding import make_mesh
+
+    imported = read_hf_config(src)
+    for note in imported.notes:
+        print(f"note: {note}")
+    model = imported.model
+    tokenizer_proto = None if args.no_tokenizer else _tokenizer_proto(args, src, model)
+    dtype = args.dtype or "float32"
+    model = dataclasses.replace(model, param_dtype=dtype)
+    mesh = make_mesh(_mesh_shape(args.mesh))
+    params = import_params(src, model, mesh, dtype=dtype)
+    data = DataConfig(
+        tokenizer=str(out / TOKENIZER_FILE) if tokenizer_proto else "",
+        tokenizer_vocab_size=model.vocab_size,
+        seq_len=min(256, model.max_seq_len),
+    )
+    cfg = Config(name=f"hf-{imported.family}", model=model, data=data)
+    with tempfile.TemporaryDirectory() as tmp:
+        tokenizer = None
+        if tokenizer_proto is not None:
+            # Written with jaxlm's sidecar: HF_DIR/tokenizer.json is transformers' file.
+            tokenizer = save_tokenizer(tokenizer_proto, Path(tmp) / "tokenizer").path
+        save_params(out, params, cfg, tokenizer=tokenizer)
+    print(f"imported {imported.family} checkpoint {src} -> {out}")
+    print(f"  params     {out / 'params'}  ({dtype}, mesh {dict(mesh.shape)})")
+    print(f"  config     {out / 'config.json'}")
+    print(f"  tokenizer  {out / TOKENIZER_FILE if tokenizer_proto else '(none)'}")
+    return 0
+
+
+def _tokenizer_proto(args, src, model) -> bytes:
+    """The SentencePiece model bytes to import, checked to be usable by jaxlm."""
+    from pathlib import Path
+
+    from jaxlm.data.tokenizer import Tokenizer
+    from jaxlm.errors import InputError
+
+    path = Path(args.tokenizer) if args.tokenizer else src / "tokenizer.model"
+    if not path.is_file():
+        if args.tokenizer:
+            raise FileNotFoundError(f"--tokenizer: no such file {path}")
+        raise InputError(
+            f"{src}: no tokenizer.model; jaxlm imports SentencePiece tokenizers only. Pass "
+            "--tokenizer PATH (a jaxlm .model for the same ids) or --no-tokenizer"
+        )
+    proto = path.read_bytes()
+    try:
+        tokenizer = Tokenizer(proto, path)  # checks jaxlm's pinned ids and byte fallback
+    except InputError as error:
+        raise InputError(
+            f"{error}. Only tokenizers with jaxlm's ids can be imported; pass --tokenizer "
+            "PATH or --no-tokenizer"
+        ) from None
+    if tokenizer.vocab_size > model.vocab_size:
+        raise InputError(
+            f"{path}: {tokenizer.vocab_size} pieces, more than the model's vocab_size "
+            f"{model.vocab_size}"
+        )
+    return proto
+
+
+def _mesh_shape(text: str) -> tuple[int, int, int]:
+    from jaxlm.errors import InputError
+
+    try:
+        shape = tuple(int(part) for part in text.split(","))
+    except ValueError:
+        shape = ()
+    if len(shape) != 3:
+        raise InputError(f"--mesh {text!r}: expected data,fsdp,tensor, e.g. 1,-1,1")
+    return shape
+
+
+def _to_hf(args, src, out) -> int:
+    from jaxlm.data.tokenizer import Tokenizer
+    from jaxlm.errors import InputError
+    from jaxlm.hf.export_hf import export_to_hf
+    from jaxlm.params_checkpoint import (
+        PARAMS_DIR,
+        TOKENIZER_FILE,
+        load_params,
+        read_params_config,
+        restore_params,
+    )
+
+    max_shard_bytes = parse_size(args.max_shard_size)
+    if (src / PARAMS_DIR).is_dir():
+        if read_params_config(src).model.lora_rank:
+            raise InputError(f"{src}: holds LoRA adapters alone; export the run merged instead")
+        params, cfg = load_params(src)
+        what = str(src)
+    elif (src / "checkpoints").is_dir():
+        params, cfg, step = restore_params(src, step=args.step)
+        what = str(src / "checkpoints" / str(step))
+    else:
+        raise FileNotFoundError(
+            f"{src} is neither a params directory (no {PARAMS_DIR}/) nor a training workdir "
+            "(no checkpoints/)"
+        )
+    tokenizer = None
+    if not args.no_tokenizer:
+        candidates = [src / TOKENIZER_FILE]
+        if cfg.data.tokenizer:
+            candidates.insert(0, type(src)(cfg.data.tokenizer))
+        found = [c for c in candidates if c.is_file()]
+        if not found:
+            raise FileNotFoundError(
+                f"{src}: the model's tokenizer is missing ({', '.join(map(str, candidates))}); "
+                "pass --no-tokenizer to export the weights alone"
+            )
+        tokenizer = Tokenizer.load(found[0])
+    files = export_to_hf(
+        params, cfg, out, tokenizer=tokenizer, dtype=args.dtype, max_shard_bytes=max_shard_bytes
+    )
+    print(f"exported {what} -> {out} ({len(files)} safetensors file(s))")
+    return 0

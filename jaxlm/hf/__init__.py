@@ -1,0 +1,12 @@
+"""Hugging Face interoperability: Llama-family checkpoints in and out of jaxlm.
+
+    jaxlm convert --from-hf HF_DIR OUT     transformers checkpoint -> jaxlm params directory
+    jaxlm convert --to-hf SRC OUT          jaxlm run or params directory -> transformers
+
+One concept per file: `safetensors_io` (own reader and writer, never unpickles),
+`config_map` (config.json <-> ModelConfig, refusing what jaxlm cannot reproduce),
+`tensor_map` (tensor names and layouts), `import_hf` (straight into the target
+sharding), `export_hf` (tensor by tensor into safetensors shards) and
+`tokenizer_export` (tokenizer.model, tokenizer.json and a Jinja chat template).
+transformers itself is never imported here: only tests use it, as the reference.
+"""

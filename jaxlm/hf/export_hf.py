@@ -1,0 +1,119 @@
+"""Write jaxlm params as a transformers checkpoint directory, tensor by tensor.
+
+    export_to_hf(params, cfg, out, tokenizer=tok, max_shard_bytes=5 * 2**30)
+
+writes into the new directory `out`:
+
+    config.json               architectures [Llama|Qwen2|Qwen3]ForCausalLM by features
+                              (jaxlm.hf.config_map), dtype, bos/eos/pad ids
+    generation_config.json    bos, eos (</s> and <|im_end|>, where chat replies end), pad
+    model.safetensors         or model-0000i-of-0000n.safetensors + the index
+    tokenizer files           (jaxlm.hf.tokenizer_export) when a tokenizer is given
+
+that `transformers.AutoModelForCausalLM.from_pretrained(out)` loads with no custom
+code. Each HF tensor is produced from one layer of one parameter only when the writer
+reaches it (jaxlm.hf.safetensors_io), so the host holds the params as given plus one
+tensor. Params may be numpy (restored to host) or jax.Arrays on one process's devices;
+a jax.Array is sliced on device and only that layer is fetched.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import jax
+import numpy as np
+from flax import nnx
+
+from jaxlm.config import Config
+from jaxlm.data.tokenizer import BOS_ID, EOS_ID, IM_END_ID, PAD_ID, Tokenizer
+from jaxlm.errors import InputError
+from jaxlm.hf.config_map import export_family, hf_config_from_model
+from jaxlm.hf.safetensors_io import DTYPES, PendingTensor, write_checkpoint
+from jaxlm.hf.tensor_map import LAYER, TensorMapping, tensor_mappings
+from jaxlm.hf.tokenizer_export import write_tokenizer_files
+
+EXPORT_DTYPES = {"float32": "F32", "bfloat16": "BF16", "float16": "F16"}
+
+
+def _value(params: nnx.State, path: tuple[str, ...]):
+    node = params
+    for key in path:
+        node = node[key]
+    return node.get_value() if isinstance(node, nnx.Variable) else node
+
+
+def _pending(mapping: TensorMapping, value, n_layers: int, dtype: np.dtype) -> list[PendingTensor]:
+    def produce(layer: int | None):
+        def run() -> np.ndarray:
+            piece = value if layer is None else value[layer]
+            host = np.asarray(jax.device_get(piece))
+            return np.ascontiguousarray(mapping.to_hf(host)).astype(dtype)
+
+        return run
+
+    names = mapping.hf_names(n_layers)
+    layers = range(n_layers) if mapping.stacked else [None]
+    return [
+        PendingTensor(name, mapping.hf_shape, dtype, produce(layer))
+        for name, layer in zip(names, layers, strict=True)
+    ]
+
+
+def export_to_hf(
+    params: nnx.State,
+    cfg: Config,
+    out: Path | str,
+    *,
+    tokenizer: Tokenizer | None,
+    dtype: str | None = None,
+    max_shard_bytes: int = 5 * 2**30,
+) -> list[Path]:
+    """Write the checkpoint directory `out` (module docstring); returns the weight files."""
+    out = Path(out)
+    model = cfg.model
+    if model.lora_rank:
+        raise InputError("export LoRA runs merged (restore_params merges the adapters)")
+    dtype = dtype or model.param_dtype
+    if dtype not in EXPORT_DTYPES:
+        raise InputError(f"--dtype {dtype}: choose one of {list(EXPORT_DTYPES)}")
+    np_dtype = DTYPES[EXPORT_DTYPES[dtype]]
+    hf_config = hf_config_from_model(
+        model, bos_id=BOS_ID, eos_id=EOS_ID, pad_id=PAD_ID, dtype=dtype
+    )  # refuses what transformers cannot compute, before anything is written
+    if tokenizer is not None and tokenizer.vocab_size > model.vocab_size:
+        raise InputError(
+            f"tokenizer {tokenizer.path} has {tokenizer.vocab_size} pieces, more than "
+            f"model.vocab_size={model.vocab_size}"
+        )
+    if out.exists() and any(out.iterdir()):
+        raise InputError(f"{out} exists and is not empty; choose a new directory")
+    out.mkdir(parents=True, exist_ok=True)
+    tensors: list[PendingTensor] = []
+    for mapping in tensor_mappings(model):
+        value = _value(params, mapping.path)
+        tensors += _pending(mapping, value, model.n_layers, np_dtype)
+    if export_family(model) == "qwen3" and model.attention_bias:
+        # Qwen3's attention_bias flag also gives o_proj a bias; jaxlm's is zero.
+        for layer in range(model.n_layers):
+            tensors.append(
+                PendingTensor(
+                    LAYER.format(layer=layer) + "self_attn.o_proj.bias",
+                    (model.d_model,),
+                    np_dtype,
+                    lambda: np.zeros((model.d_model,), np_dtype),
+                )
+            )
+    files = write_checkpoint(out, tensors, max_shard_bytes=max_shard_bytes)
+    generation = {
+        "bos_token_id": BOS_ID,
+        "eos_token_id": [EOS_ID, IM_END_ID],
+        "pad_token_id": PAD_ID,
+    }
+    if tokenizer is not None:
+        write_tokenizer_files(tokenizer, out)
+    (out / "generation_config.json").write_text(json.dumps(generation, indent=2) + "\n")
+    # config.json last: a directory with it is complete.
+    (out / "config.json").write_text(json.dumps(hf_config, indent=2) + "\n", encoding="utf-8")
+    return files
