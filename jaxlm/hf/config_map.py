@@ -8,7 +8,8 @@ Import reads the four model types jaxlm computes exactly:
     qwen3    QK-norm (RMSNorm over each head, before RoPE)
 
 Every key of config.json is either mapped, checked to have the value jaxlm computes
-(hidden_act = silu, mlp_bias = false, no o_proj bias, ...), or on a short list of
+(hidden_act = silu, mlp_bias = false, ...; an o_proj bias, which llama and qwen3 get
+with attention_bias, only when it is all zero), or on a short list of
 bookkeeping keys that do not change the function (dtype, token ids, dropout, which
 inference never applies). Anything else (quantization_config, auto_map, a rope type
 jaxlm does not implement) is refused with an InputError naming the file and key:
@@ -142,9 +143,6 @@ def model_config_from_hf(data: dict[str, Any], where: Path | str) -> ImportedCon
 
     expect("hidden_act", "silu", "silu")
     expect("mlp_bias", False, False)
-    if family in ("llama", "qwen3"):
-        # These put a bias on o_proj too, which jaxlm lacks: refused unless absent.
-        expect("attention_bias", False, False)
     if family in ("qwen2", "qwen3"):
         expect("use_sliding_window", False, False)
     layer_types = data.get("layer_types")
@@ -153,6 +151,7 @@ def model_config_from_hf(data: dict[str, Any], where: Path | str) -> ImportedCon
     n_heads = need("num_attention_heads")
     d_model = need("hidden_size")
     max_len = need("max_position_embeddings")
+    head_dim = data.get("head_dim") or d_model // n_heads
     notes = []
     window = data.get("sliding_window") if family == "mistral" else None
     if window is not None and window < max_len:
@@ -167,13 +166,16 @@ def model_config_from_hf(data: dict[str, Any], where: Path | str) -> ImportedCon
         n_layers=need("num_hidden_layers"),
         n_heads=n_heads,
         n_kv_heads=data.get("num_key_value_heads") or n_heads,
-        head_dim=data.get("head_dim") or d_model // n_heads,
+        # 0 is jaxlm's spelling of the default d_model // n_heads.
+        head_dim=0 if head_dim == d_model // n_heads and not d_model % n_heads else head_dim,
         d_ff=need("intermediate_size"),
         max_seq_len=max_len,
         norm_eps=float(data.get("rms_norm_eps", 1e-6)),
         tie_embeddings=bool(data.get("tie_word_embeddings", False)),
         qk_norm=family == "qwen3",
-        attention_bias=family == "qwen2",
+        # llama and qwen3 with attention_bias also bias o_proj, which jaxlm lacks: the
+        # importer accepts those only when they are all zero (import_hf.check_tensors).
+        attention_bias=family == "qwen2" or bool(data.get("attention_bias", False)),
         **_rope_fields(data, where),
     )
     try:

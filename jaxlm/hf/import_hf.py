@@ -67,6 +67,13 @@ def check_tensors(checkpoint: SafetensorsCheckpoint, cfg: ModelConfig) -> list[T
             continue
         if name == "lm_head.weight" and cfg.tie_embeddings:
             continue  # tied: transformers also ignores a stored copy
+        if name.endswith("self_attn.o_proj.bias") and cfg.attention_bias:
+            if np.any(checkpoint.tensor(name) != 0):
+                raise InputError(
+                    f"{checkpoint.where(name)}: tensor {name!r} is not zero; jaxlm's attention "
+                    "has no output-projection bias"
+                )
+            continue
         raise InputError(
             f"{checkpoint.where(name)}: tensor {name!r} has no place in a jaxlm model of this "
             "config (an unsupported feature, e.g. an o_proj or MLP bias?)"
