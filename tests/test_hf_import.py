@@ -9,7 +9,9 @@ imported through the command line:
 - a packed row (two documents with their own segment ids and positions, then
   padding) gives each document the logits transformers gives it alone;
 - greedy generation through jaxlm's KV-cache Generator makes the same 16 tokens as
-  transformers' generate(do_sample=False).
+  transformers' generate(do_sample=False) (qwen2, qwen3 and llama3_rope by default,
+  which cover the biases, QK-norm and scaled RoPE in the cached path; every case
+  with the slow tests).
 """
 
 import jax
@@ -43,44 +45,51 @@ def converted(request, tmp_path_factory):
     return case, reference, cfg, graphdef, params
 
 
-def _jaxlm_logits(graphdef, params, tokens, positions=None, segment_ids=None):
-    from flax import nnx
-
-    @jax.jit
-    def forward(params, tokens, positions, segment_ids):
-        return nnx.merge(graphdef, params)(tokens, positions=positions, segment_ids=segment_ids)
-
-    B, T = tokens.shape
-    if positions is None:
-        positions = np.broadcast_to(np.arange(T, dtype=np.int32), (B, T))
-    if segment_ids is None:
-        segment_ids = np.ones((B, T), np.int32)
-    return np.asarray(forward(params, jnp.asarray(tokens), positions, segment_ids))
-
-
 def _hf_logits(model, tokens):
     with torch.no_grad():
         return model(torch.as_tensor(np.asarray(tokens), dtype=torch.long)).logits.numpy()
 
 
-def test_logits_match_transformers(converted):
-    case, reference, _, graphdef, params = converted
-    tokens = np.random.default_rng(1).integers(0, hf_models.VOCAB, (2, 40)).astype(np.int32)
-    ours = _jaxlm_logits(graphdef, params, tokens)
-    theirs = _hf_logits(reference, tokens)
-    assert np.abs(theirs).max() > 1.0  # not a degenerate near-zero model
-    np.testing.assert_allclose(ours, theirs, rtol=0, atol=TOLERANCE, err_msg=case)
-
-
-def test_packed_documents_match_transformers_run_alone(converted):
-    case, reference, _, graphdef, params = converted
-    rng = np.random.default_rng(2)
+@pytest.fixture(scope="module")
+def batch():
+    """Two plain rows and one packed row (documents of 13 and 16 tokens, then padding):
+    one forward pass, one compilation per case."""
+    rng = np.random.default_rng(1)
+    T = 40
+    plain = rng.integers(0, hf_models.VOCAB, (2, T))
     doc_a, doc_b = rng.integers(0, hf_models.VOCAB, 13), rng.integers(0, hf_models.VOCAB, 16)
-    pad = 3
-    tokens = np.concatenate([doc_a, doc_b, np.zeros(pad, int)])[None].astype(np.int32)
-    segment_ids = np.array([[1] * 13 + [2] * 16 + [0] * pad], np.int32)
-    positions = np.array([[*range(13), *range(16), *range(pad)]], np.int32)
-    ours = _jaxlm_logits(graphdef, params, tokens, positions, segment_ids)[0]
+    pad = T - 29
+    packed = np.concatenate([doc_a, doc_b, np.zeros(pad, int)])
+    tokens = np.concatenate([plain, packed[None]]).astype(np.int32)
+    segment_ids = np.ones((3, T), np.int32)
+    segment_ids[2] = [1] * 13 + [2] * 16 + [0] * pad
+    positions = np.broadcast_to(np.arange(T, dtype=np.int32), (3, T)).copy()
+    positions[2] = [*range(13), *range(16), *range(pad)]
+    return tokens, positions, segment_ids, doc_a, doc_b
+
+
+@pytest.fixture(scope="module")
+def jaxlm_logits(converted, batch):
+    from flax import nnx
+
+    _, _, _, graphdef, params = converted
+    tokens, positions, segment_ids, _, _ = batch
+    model = nnx.merge(graphdef, params)
+    forward = jax.jit(lambda t, p, s: model(t, positions=p, segment_ids=s))
+    return np.asarray(forward(jnp.asarray(tokens), positions, segment_ids))
+
+
+def test_logits_match_transformers(converted, batch, jaxlm_logits):
+    case, reference, _, _, _ = converted
+    theirs = _hf_logits(reference, batch[0][:2])
+    assert np.abs(theirs).max() > 1.0  # not a degenerate near-zero model
+    np.testing.assert_allclose(jaxlm_logits[:2], theirs, rtol=0, atol=TOLERANCE, err_msg=case)
+
+
+def test_packed_documents_match_transformers_run_alone(converted, batch, jaxlm_logits):
+    case, reference, _, _, _ = converted
+    doc_a, doc_b = batch[3], batch[4]
+    ours = jaxlm_logits[2]
     np.testing.assert_allclose(
         ours[:13], _hf_logits(reference, doc_a[None])[0], rtol=0, atol=TOLERANCE, err_msg=case
     )
@@ -89,6 +98,16 @@ def test_packed_documents_match_transformers_run_alone(converted):
     )
 
 
+# The cached decode path for each feature: biases (qwen2), QK-norm (qwen3), scaled RoPE
+# (llama3_rope); the other cases share these paths and run with the slow tests.
+_GENERATION_CASES = ("qwen2", "qwen3", "llama3_rope")
+
+
+@pytest.mark.parametrize(
+    "converted",
+    [c if c in _GENERATION_CASES else pytest.param(c, marks=pytest.mark.slow) for c in CASES],
+    indirect=True,
+)
 def test_greedy_generation_matches_transformers(converted):
     case, reference, cfg, graphdef, params = converted
     prompt = [1, *np.random.default_rng(3).integers(6, hf_models.VOCAB, 7).tolist()]
