@@ -13,10 +13,10 @@ setup: $(STAMP)
 $(STAMP): pyproject.toml constraints.txt
 	$(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install --quiet --upgrade pip
-	# The hf extra's torch: the CPU build (tests use it as a reference only), not the
-	# multi-GB CUDA one PyPI serves by default.
-	$(PY) -m pip install --quiet -c constraints.txt -e ".[dev,hf]" \
-		--extra-index-url https://download.pytorch.org/whl/cpu
+	# The hf extra (torch + transformers: the reference the HF interop tests compare
+	# with). torch is pinned exactly in pyproject and constraints.txt: this machine
+	# image's pip serves that version as the CPU build, any looser spec pulls CUDA.
+	$(PY) -m pip install --quiet -c constraints.txt -e ".[dev,hf]"
 	rm -f $(VENV)/.installed-*
 	touch $(STAMP)
 
