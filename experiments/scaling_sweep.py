@@ -3,22 +3,23 @@
 Two families of finished runs (the cosine schedule is stretched to each run's length,
 decaying to 10%, so every run is a complete run at its own budget, as the fits assume):
 
-* IsoFLOP grid: three compute levels (3e12, 1e13, 3e13 model FLOPs) with four or five
+* IsoFLOP grid: three compute levels (3e12, 1e13, 3e13 model FLOPs) with four to six
   model sizes each; a point's step count is its level over its FLOPs per step
   (jaxlm.flops: 6N + attention, embedding lookups free, output head counted). Each
   level's losses against log N give that level's compute-optimal size (Hoffmann et
   al.'s approach 2), and the grid varies N and D independently for L(N, D).
 * Fixed budgets: five sizes at 300 and 800 steps (1.2M and 3.3M tokens).
 
-    jaxlm sweep scaling_sweep                            # 24 runs, one after another
+    jaxlm sweep scaling_sweep                            # 25 runs, one after another
     jaxlm sweep scaling_sweep --list                     # or one cluster job per point
     jaxlm compare runs/scaling_sweep-sweep/*/ --out runs/scaling_sweep-compare --log-x
     jaxlm scaling-fit runs/scaling_sweep-sweep/*/ --out runs/scaling_sweep-fit --budget 1e15
 
-About 80 minutes on a 2-core CPU. The sizes (33k to 3.2M non-embedding parameters)
-bracket each level's optimum on that hardware; on an accelerator scale LEVELS up and
-SIZES with them. The tokenizer is trained once per run from the same corpus and seed,
-so every run sees the same pieces.
+About 75 minutes on a 2-core CPU; the measured results and fits are in
+experiments/results/scaling_sweep/ and the README. The sizes (33k to 3.2M non-embedding
+parameters) bracket each level's optimum on that hardware (every level's minimum is
+interior); on an accelerator scale LEVELS up and SIZES with them. The tokenizer is
+trained once per run from the same corpus and seed, so every run sees the same pieces.
 """
 
 import dataclasses
@@ -39,7 +40,7 @@ SIZES = {
 # compute level (model FLOPs) -> the sizes trained at it: the runs keep >= 130 steps
 LEVELS = {
     "3e12": ("d32-l2", "d48-l2", "d64-l2", "d96-l3"),
-    "1e13": ("d48-l2", "d64-l2", "d96-l3", "d128-l4", "d192-l4"),
+    "1e13": ("d32-l2", "d48-l2", "d64-l2", "d96-l3", "d128-l4", "d192-l4"),
     "3e13": ("d64-l2", "d96-l3", "d128-l4", "d192-l4", "d256-l4"),
 }
 BUDGET_SIZES = ("d64-l2", "d96-l3", "d128-l4", "d192-l4", "d256-l4")

@@ -82,8 +82,14 @@ def plot_comparison(
         Line2D([], [], color="gray", label="train loss"),
         Line2D([], [], color="gray", marker="o", linestyle="", label="eval loss"),
     ]
-    fig.legend(handles=handles, loc="lower center", ncol=min(len(handles), 6), frameon=False)
-    fig.tight_layout(rect=(0, 0.06, 1, 1))
+    # The legend sits below the grid; reserve one line of height per legend row, so
+    # a sweep of two dozen runs does not cover the bottom panels' axis labels.
+    ncol = min(len(handles), 6)
+    legend_h = 0.25 * -(-len(handles) // ncol) + 0.2  # inches
+    width, height = fig.get_size_inches()
+    fig.set_size_inches(width, height + legend_h)
+    fig.legend(handles=handles, loc="lower center", ncol=ncol, frameon=False)
+    fig.tight_layout(rect=(0, legend_h / (height + legend_h), 1, 1))
     paths = _save(fig, stem)
     return paths
 
