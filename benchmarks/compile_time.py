@@ -1,7 +1,7 @@
 """Compile time of jaxlm's train step vs depth, with and without scanning the layers.
 
 Builds the real train step the way train_throughput.py's bench_jax does
-(create_train_state's state -> make_lm_step -> jit_train_step on a data-parallel mesh, AdamW +
+(init_train_state's shapes -> make_lm_step -> jit_train_step on a data-parallel mesh, AdamW +
 decay mask + clipping from jaxlm.optim) for each depth in --depths, once with
 `scan_layers=True` (one layer body under jax.lax.scan) and once unrolled, and times
 separately
@@ -57,7 +57,7 @@ from jaxlm.optim import learning_rate_schedule, make_optimizer
 from jaxlm.presets import get_preset
 from jaxlm.sharding import make_mesh
 from jaxlm.steps import jit_train_step, make_lm_step
-from jaxlm.train_state import TrainState, abstract_model, init_params, train_state_shardings
+from jaxlm.train_state import abstract_model, init_train_state, train_state_shardings
 
 BATCH_KEYS = ("tokens", "targets", "loss_mask", "segment_ids", "positions")
 
@@ -123,17 +123,11 @@ def time_compile(cfg: ModelConfig, seq: int, batch: int) -> dict:
     schedule = learning_rate_schedule(ocfg, 1000)
     mesh = make_mesh((-1, 1, 1))  # data parallel over every local device, as bench_jax
     shardings = train_state_shardings(cfg, optimizer, mesh)
-
-    def init(key):
-        params = init_params(cfg, key)
-        zero = jnp.zeros((), jnp.float32)
-        return TrainState(jnp.zeros((), jnp.int32), params, optimizer.init(params), zero)
-
-    # Shapes only (create_train_state's init, traced, never run): nothing is allocated,
-    # so large presets fit. Each leaf carries its sharding, as the real state would.
+    # Shapes only (the initialiser traced, never run): nothing is allocated, so large
+    # presets fit. Each leaf carries its sharding, as the real state would.
     state = jax.tree.map(
         lambda s, sh: jax.ShapeDtypeStruct(s.shape, s.dtype, sharding=sh),
-        jax.eval_shape(init, jax.random.key(0)),
+        jax.eval_shape(lambda k: init_train_state(cfg, optimizer, k), jax.random.key(0)),
         shardings,
     )
     graphdef, _ = abstract_model(cfg)

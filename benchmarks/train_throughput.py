@@ -49,6 +49,7 @@ if __name__ == "__main__":
 
 import jax
 import numpy as np
+from environment import FLOP_CONVENTION
 
 from jaxlm.config import ModelConfig, OptimConfig
 from jaxlm.flops import device_peak_flops, flops_per_token, matmul_params, measure_cpu_matmul_flops
@@ -57,11 +58,6 @@ from jaxlm.presets import get_preset
 from jaxlm.sharding import host_batch_to_global, make_mesh
 from jaxlm.steps import jit_train_step, make_lm_step
 from jaxlm.train_state import abstract_model, create_train_state
-
-FLOP_CONVENTION = (
-    "6*N + 12*L*T*d_model FLOPs/token (N = non-embedding params incl. the output head; "
-    "attention not halved for causality); 'causal-halved' MFU counts 6*L*T*d_model"
-)
 
 
 def parse_args(argv=None) -> argparse.Namespace:
@@ -348,7 +344,7 @@ def main(argv=None) -> dict:
         f"batch={args.batch} seq={args.seq} ({tokens_per_step} tokens/step), "
         f"{args.warmup} warmup + {args.steps} timed steps (median)"
     )
-    print(f"FLOPs: {fpt / 1e6:.2f} MFLOP/token = {FLOP_CONVENTION}")
+    print(f"FLOPs: {fpt / 1e6:.2f} MFLOP/token; {FLOP_CONVENTION}")
     print(f"GLIBC_TUNABLES={os.environ.get('GLIBC_TUNABLES', '')!r} (JAXLM_CPU_TUNING=0 disables)")
     print(f"peak: {peak / 1e9:.1f} GFLOP/s ({peak_src})")
 

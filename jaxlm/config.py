@@ -360,30 +360,24 @@ def _check_rope_scaling(cfg: ModelConfig) -> None:
         raise ConfigError(
             f"model.rope_scaling=ntk needs model.head_dim >= 4, got {cfg.resolved_head_dim}"
         )
-    if method == "llama3":
-        if cfg.rope_original_max_len <= 0:
-            raise ConfigError(
-                "model.rope_scaling=llama3 needs model.rope_original_max_len > 0 (the context "
-                "length the model was trained at before extension)"
-            )
-        if not 0 < cfg.rope_llama3_low_freq_factor < cfg.rope_llama3_high_freq_factor:
-            raise ConfigError(
-                f"model.rope_llama3_low_freq_factor={cfg.rope_llama3_low_freq_factor} and "
-                f"model.rope_llama3_high_freq_factor={cfg.rope_llama3_high_freq_factor} must "
-                "satisfy 0 < low_freq_factor < high_freq_factor"
-            )
-    if method == "yarn":
-        if cfg.rope_original_max_len <= 0:
-            raise ConfigError(
-                "model.rope_scaling=yarn needs model.rope_original_max_len > 0 (the context "
-                "length the model was trained at before extension)"
-            )
-        if not 0 < cfg.rope_yarn_beta_slow < cfg.rope_yarn_beta_fast:
-            raise ConfigError(
-                f"model.rope_yarn_beta_slow={cfg.rope_yarn_beta_slow} and "
-                f"model.rope_yarn_beta_fast={cfg.rope_yarn_beta_fast} must satisfy "
-                "0 < beta_slow < beta_fast"
-            )
+    if method in ("llama3", "yarn") and cfg.rope_original_max_len <= 0:
+        raise ConfigError(
+            f"model.rope_scaling={method} needs model.rope_original_max_len > 0 (the context "
+            "length the model was trained at before extension)"
+        )
+    low, high = cfg.rope_llama3_low_freq_factor, cfg.rope_llama3_high_freq_factor
+    if method == "llama3" and not 0 < low < high:
+        raise ConfigError(
+            f"model.rope_llama3_low_freq_factor={low} and "
+            f"model.rope_llama3_high_freq_factor={high} must "
+            "satisfy 0 < low_freq_factor < high_freq_factor"
+        )
+    if method == "yarn" and not 0 < cfg.rope_yarn_beta_slow < cfg.rope_yarn_beta_fast:
+        raise ConfigError(
+            f"model.rope_yarn_beta_slow={cfg.rope_yarn_beta_slow} and "
+            f"model.rope_yarn_beta_fast={cfg.rope_yarn_beta_fast} must satisfy "
+            "0 < beta_slow < beta_fast"
+        )
 
 
 def _positive(cfg, *names: str) -> None:

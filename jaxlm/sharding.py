@@ -74,6 +74,22 @@ def make_mesh(shape: Sequence[int], devices: Sequence[jax.Device] | None = None)
     )
 
 
+def mesh_from_flag(text: str) -> Mesh:
+    """The mesh of a `--mesh data,fsdp,tensor` command-line flag (e.g. 1,-1,1)."""
+    from jaxlm.errors import InputError
+
+    try:
+        shape = [int(x) for x in text.split(",")]
+    except ValueError:
+        shape = []
+    if len(shape) != 3:
+        raise InputError(f"--mesh {text!r}: expected three integers data,fsdp,tensor like 1,1,8")
+    try:
+        return make_mesh(shape)
+    except ValueError as error:
+        raise InputError(f"--mesh {text}: {error}") from None
+
+
 def logical_to_spec(
     logical_axes: Sequence[str | None], shape: Sequence[int] | None = None, mesh: Mesh | None = None
 ) -> PartitionSpec:

@@ -77,19 +77,24 @@ def init_params(cfg: ModelConfig, key: jax.Array) -> nnx.State:
     return nnx.split(Transformer(cfg, rngs=nnx.Rngs(params=key)), nnx.Param)[1]
 
 
+def init_train_state(
+    cfg: ModelConfig, optimizer: optax.GradientTransformation, key: jax.Array
+) -> TrainState:
+    """A fresh TrainState at step 0 (traceable: create_train_state jits it sharded, and
+    jax.eval_shape of it gives the state's shapes without allocating)."""
+    params = init_params(cfg, key)
+    zero = jnp.zeros((), jnp.float32)
+    return TrainState(jnp.zeros((), jnp.int32), params, optimizer.init(params), zero)
+
+
 def create_train_state(
     cfg: ModelConfig, optimizer: optax.GradientTransformation, mesh: Mesh, key: jax.Array
 ) -> tuple[TrainState, TrainState]:
     """Initialise a sharded TrainState; returns it and its sharding pytree."""
-
-    def init(key):
-        params = init_params(cfg, key)
-        zero = jnp.zeros((), jnp.float32)
-        return TrainState(jnp.zeros((), jnp.int32), params, optimizer.init(params), zero)
-
     shardings = train_state_shardings(cfg, optimizer, mesh)
     with jax.set_mesh(mesh):
-        state = jax.jit(init, out_shardings=shardings)(key)
+        init = jax.jit(lambda k: init_train_state(cfg, optimizer, k), out_shardings=shardings)
+        state = init(key)
     return state, shardings
 
 

@@ -207,3 +207,19 @@ def test_same_training_on_every_mesh(runs, shape):
         assert moved > 0, name
         assert np.linalg.norm(value - expected) <= 1e-3 * moved, name
         assert np.abs(value - expected).max() <= 0.1 * OPTIM.lr, name
+
+
+def test_mesh_flag_parses_three_axes_and_names_bad_input():
+    from jaxlm.errors import InputError
+    from jaxlm.sharding import mesh_from_flag
+
+    assert dict(mesh_from_flag("1,-1,1").shape) == {
+        "data": 1,
+        "fsdp": jax.device_count(),
+        "tensor": 1,
+    }
+    for bad in ("2,2", "a,b,c"):
+        with pytest.raises(InputError, match=f"--mesh '{bad}': expected three integers"):
+            mesh_from_flag(bad)
+    with pytest.raises(InputError, match="--mesh 3,1,1"):
+        mesh_from_flag("3,1,1")  # 3 does not divide the 8 test devices

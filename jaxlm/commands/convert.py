@@ -100,7 +100,7 @@ def _from_hf(args, src, out) -> int:
     from jaxlm.data.tokenizer import save_tokenizer
     from jaxlm.hf.import_hf import import_params, read_hf_config
     from jaxlm.params_checkpoint import TOKENIZER_FILE, save_params
-    from jaxlm.sharding import make_mesh
+    from jaxlm.sharding import mesh_from_flag
 
     imported = read_hf_config(src)
     for note in imported.notes:
@@ -109,7 +109,7 @@ def _from_hf(args, src, out) -> int:
     tokenizer_proto = None if args.no_tokenizer else _tokenizer_proto(args, src, model)
     dtype = args.dtype or "float32"
     model = dataclasses.replace(model, param_dtype=dtype)
-    mesh = make_mesh(_mesh_shape(args.mesh))
+    mesh = mesh_from_flag(args.mesh)
     params = import_params(src, model, mesh, dtype=dtype)
     data = DataConfig(
         tokenizer=str(out / TOKENIZER_FILE) if tokenizer_proto else "",
@@ -159,18 +159,6 @@ def _tokenizer_proto(args, src, model) -> bytes:
             f"{model.vocab_size}"
         )
     return proto
-
-
-def _mesh_shape(text: str) -> tuple[int, int, int]:
-    from jaxlm.errors import InputError
-
-    try:
-        shape = tuple(int(part) for part in text.split(","))
-    except ValueError:
-        shape = ()
-    if len(shape) != 3:
-        raise InputError(f"--mesh {text!r}: expected data,fsdp,tensor, e.g. 1,-1,1")
-    return shape
 
 
 def _to_hf(args, src, out) -> int:

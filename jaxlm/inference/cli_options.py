@@ -48,23 +48,11 @@ def sampling_config(args: argparse.Namespace):
 
 def load(args: argparse.Namespace):
     """(LoadedModel, Generator) for the MODEL and --set/--mesh options."""
-    from jaxlm.errors import InputError
     from jaxlm.inference.decode import Generator
     from jaxlm.inference.loading import load_model
-    from jaxlm.sharding import make_mesh
+    from jaxlm.sharding import mesh_from_flag
 
-    mesh = None
-    if args.mesh:
-        try:
-            shape = [int(x) for x in args.mesh.split(",")]
-        except ValueError:
-            raise InputError(f"--mesh {args.mesh!r}: expected three integers like 1,1,8") from None
-        if len(shape) != 3:
-            raise InputError(f"--mesh {args.mesh!r}: expected three integers like 1,1,8")
-        try:
-            mesh = make_mesh(shape)
-        except ValueError as error:
-            raise InputError(f"--mesh {args.mesh}: {error}") from None
+    mesh = mesh_from_flag(args.mesh) if args.mesh else None
     model = load_model(args.model, overrides=args.overrides, mesh=mesh)
     generator = Generator(model.cfg.model, model.graphdef, model.params, mesh=mesh)
     return model, generator
