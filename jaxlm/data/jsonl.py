@@ -5,17 +5,26 @@ pass, 8 bytes a line), so a Grain `MapDataset` can shuffle, shard and resume ove
 records without holding them in memory.
 
 Bad lines: by default a line that is not valid JSON raises `JsonlError` naming
-`file:line`. With `on_error="skip"` such lines are skipped and counted in a
-`BadLineCounter`, and the run aborts once more than `max_bad_fraction` of the lines
-read so far (after the first 100) were bad, so a wrong file is not "trained" on by
-skipping all of it.
+`file:line`. Records are read in shuffled order, so before raising the file is
+re-read up to that line and the *first* bad line in file order is the one named.
+
+With `on_error="skip"` such lines are skipped, counted in a `BadLineCounter` and
+reported on stderr (the first few, each once). The run still aborts once the bad
+lines exceed the share that `bad_line_allowance` grants (see there): about
+`max_bad_fraction` of a large file, and a single bad line in a small one, so a wrong
+file is not "trained" on by skipping all of it. The abort lists the first bad lines
+in file order, each once.
 """
 
 from __future__ import annotations
 
 import dataclasses
+import functools
 import json
+import math
+import sys
 import threading
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any, Literal
 
@@ -24,10 +33,26 @@ import numpy as np
 from jaxlm.errors import InputError
 
 OnError = Literal["raise", "skip"]
+# A scan of a source's bad lines, in file order: ("file:line", why) pairs.
+BadLineScan = Callable[[], Iterator[tuple[str, str]]]
+# Bad lines printed as warnings (and listed in an abort) per counter.
+SHOWN_BAD_LINES = 5
 
 
 class JsonlError(InputError):
     """A malformed line (or too many of them); the message names the file and line."""
+
+
+def bad_line_allowance(max_bad_fraction: float, lines: int) -> float:
+    """How many of `lines` may be bad before skipping gives up: f*n + sqrt(f*n).
+
+    The square-root term is the chance spread of a file whose true bad share is f:
+    it lets 2 bad lines of 150 through at f = 1%, but no bad line of a file of
+    fewer than 38 lines (a 4-line file with one bad line is 25% bad, not bad luck),
+    and it is a rounding error on a large file (1.03% of 100,000 lines).
+    """
+    expected_bad = max_bad_fraction * lines
+    return expected_bad + math.sqrt(expected_bad)
 
 
 def line_offsets(path: Path) -> tuple[np.ndarray, np.ndarray]:
@@ -43,16 +68,40 @@ def line_offsets(path: Path) -> tuple[np.ndarray, np.ndarray]:
     return np.asarray(offsets, np.int64), np.asarray(numbers, np.int64)
 
 
+def parse_line(raw: bytes) -> tuple[Any, str]:
+    """(record, "") for a line of valid JSON, (None, why) for one that is not."""
+    try:
+        return json.loads(raw), ""
+    except (json.JSONDecodeError, UnicodeDecodeError) as e:
+        return None, f"not valid JSON ({getattr(e, 'msg', str(e))})"
+
+
 @dataclasses.dataclass
 class BadLineCounter:
-    """Thread-safe tally of skipped lines (Grain reads with threads)."""
+    """Thread-safe tally of skipped lines (Grain reads with threads), and the cap on them.
+
+    `expected`: the lines one pass over the source reads, when known. The cap is
+    checked against the lines read so far, but never fewer than `min_lines` (or the
+    whole source, when it is smaller): a large file is not given up on because of
+    one bad line among the first few read, and a small one is judged as a whole.
+    `finish()` checks a pass of unknown length at its end. `scans` list the bad lines
+    of each file in file order, so that an abort names the first ones, not the ones a
+    shuffled read happened to meet first.
+    """
 
     max_bad_fraction: float = 0.01
     min_lines: int = 100
+    expected: int | None = None
+    warn: bool = True  # print the first skipped lines on stderr
     read: int = 0
     bad: int = 0
-    examples: list[str] = dataclasses.field(default_factory=list)
+    examples: list[str] = dataclasses.field(default_factory=list)  # distinct, first seen
+    scans: list[BadLineScan] = dataclasses.field(default_factory=list, repr=False)
     _lock: threading.Lock = dataclasses.field(default_factory=threading.Lock, repr=False)
+
+    def expect(self, lines: int) -> None:
+        """Adds `lines` to the length of one pass (one call per file or source)."""
+        self.expected = (self.expected or 0) + lines
 
     def record(self, ok: bool, where: str, why: str = "") -> None:
         with self._lock:
@@ -60,13 +109,53 @@ class BadLineCounter:
             if ok:
                 return
             self.bad += 1
-            if len(self.examples) < 5:
-                self.examples.append(f"{where}: {why}")
-            if self.read >= self.min_lines and self.bad > self.max_bad_fraction * self.read:
-                raise JsonlError(
-                    f"{self.bad} of {self.read} lines were malformed (more than "
-                    f"{self.max_bad_fraction:.1%}); first: {self.examples}"
-                )
+            self._note(where, why)
+            floor = self.min_lines if self.expected is None else min(self.min_lines, self.expected)
+            if self.bad > bad_line_allowance(self.max_bad_fraction, max(self.read, floor)):
+                raise JsonlError(self._abort_message())
+
+    def finish(self) -> None:
+        """The cap on a whole pass whose length was not known while reading it."""
+        with self._lock:
+            if self.bad and self.bad > bad_line_allowance(self.max_bad_fraction, self.read):
+                raise JsonlError(self._abort_message())
+
+    def _note(self, where: str, why: str) -> None:
+        example = f"{where}: {why}"
+        if example in self.examples or len(self.examples) >= SHOWN_BAD_LINES:
+            return
+        self.examples.append(example)
+        if self.warn:
+            more = (
+                " (further ones are counted, not shown)"
+                if len(self.examples) == SHOWN_BAD_LINES
+                else ""
+            )
+            print(f"jaxlm: warning: skipping {example}{more}", file=sys.stderr, flush=True)
+
+    def _abort_message(self) -> str:
+        listed = self._first_bad_lines()
+        return (
+            f"{self.bad} of {self.read} lines were malformed (more than "
+            f"{self.max_bad_fraction:.1%}); the first in file order: " + "; ".join(listed)
+        )
+
+    def _first_bad_lines(self) -> list[str]:
+        """The first bad lines in file order (from the scans), each once."""
+        listed: list[str] = []
+        for scan in self.scans:
+            for where, why in scan():
+                listed.append(f"{where}: {why}")
+                if len(listed) == SHOWN_BAD_LINES:
+                    return listed
+        return listed or sorted(self.examples, key=_file_order)
+
+
+def _file_order(example: str) -> tuple[str, int]:
+    """("file", line) of a "file:line: why" example, to sort examples in file order."""
+    where = example.split(": ", 1)[0]
+    path, _, line = where.rpartition(":")
+    return (path, int(line)) if line.isdigit() else (where, 0)
 
 
 class JsonlLines:
@@ -91,25 +180,96 @@ class JsonlLines:
         self.on_error = on_error
         self.counter = counter if counter is not None else BadLineCounter()
         self._offsets, self._numbers = line_offsets(self.path)
+        self.counter.scans.append(self.bad_lines)
 
     def __len__(self) -> int:
         return len(self._offsets)
 
+    def where(self, index: int) -> str:
+        return f"{self.path}:{int(self._numbers[index])}"
+
     def __getitem__(self, index: int) -> tuple[str, Any]:
-        where = f"{self.path}:{int(self._numbers[index])}"
+        where = self.where(index)
         with self.path.open("rb") as f:
             f.seek(int(self._offsets[index]))
             raw = f.readline()
-        try:
-            record = json.loads(raw)
-        except (json.JSONDecodeError, UnicodeDecodeError) as e:
-            why = getattr(e, "msg", str(e))
+        record, why = parse_line(raw)
+        if why:
             if self.on_error == "raise":
-                raise JsonlError(f"{where}: not valid JSON ({why})") from None
+                raise JsonlError(": ".join(self.first_bad_line(index) or (where, why)))
             self.counter.record(False, where, why)
             return where, None
         self.counter.record(True, where)
         return where, record
+
+    def bad_lines(
+        self, check: Callable[[Any], str] | None = None, *, through: int | None = None
+    ) -> Iterator[tuple[str, str]]:
+        """("file:line", why) of every bad line in file order (through record `through`).
+
+        A line is bad if it is not JSON or, with `check`, if `check(record)` returns a
+        reason. One sequential read: this runs only on the way to an error.
+        """
+        last = int(self._numbers[through]) if through is not None else None
+        with self.path.open("rb") as f:
+            for number, raw in enumerate(f, start=1):
+                if last is not None and number > last:
+                    return
+                if not raw.strip():
+                    continue
+                record, why = parse_line(raw)
+                if not why and check is not None:
+                    why = check(record)
+                if why:
+                    yield f"{self.path}:{number}", why
+
+    def first_bad_line(
+        self, index: int, check: Callable[[Any], str] | None = None
+    ) -> tuple[str, str] | None:
+        """The first bad line in file order up to record `index` (None if none is)."""
+        return next(self.bad_lines(check, through=index), None)
+
+
+def record_source(
+    files,
+    *,
+    on_error: OnError = "raise",
+    bad_lines: BadLineCounter | None = None,
+    split: str = "all",
+    val_fraction: float = 0.1,
+    names: list[str] | None = None,
+):
+    """`(where, record)` of every line of `files` in file order, as a Grain MapDataset.
+
+    `split` "train" / "validation" keeps the lines whose stable key (the file's name in
+    `names`, default its file name, mixed with the line's record index; see
+    jaxlm.data.sources.split) falls on that side of `val_fraction`: the same held-out
+    lines in every run, whatever the seed or process count. No line to read (an empty
+    file or split) is an InputError naming the files."""
+    if not files:
+        raise ValueError("a jsonl pipeline needs at least one file, got none")
+    bad_lines = bad_lines if bad_lines is not None else BadLineCounter()
+    import grain  # here, not at the top: JsonlError users (data clean) need no grain/JAX
+
+    from jaxlm.data.sources.documents import SelectedDocuments
+    from jaxlm.data.sources.split import kept_indices, record_keys
+
+    names = names or [Path(f).name for f in files]
+    parts, total = [], 0
+    for f, name in zip(files, names, strict=True):
+        lines = JsonlLines(f, on_error=on_error, counter=bad_lines)
+        total += len(lines)
+        if split != "all":
+            keep = kept_indices(record_keys(name, len(lines)), split, val_fraction)
+            lines = SelectedDocuments(lines, keep)
+        parts.append(grain.MapDataset.source(lines))
+    records = grain.MapDataset.concatenate(parts)
+    if not len(records):
+        what = "no line to read (empty)" if not total else (
+            f"the {split!r} split of their {total} lines is empty (val_fraction={val_fraction})"
+        )  # fmt: skip
+        raise InputError(f"{', '.join(map(str, files))}: {what}")
+    return records
 
 
 def record_stream(
@@ -125,32 +285,49 @@ def record_stream(
     split: str = "all",
     val_fraction: float = 0.1,
     names: list[str] | None = None,
+    encode: Callable[[tuple[str, Any]], Any] | None = None,
+    probe: Callable[[tuple[str, Any]], Any] | None = None,
+    nothing_usable: str = "no record is usable",
 ):
-    """`(where, record)` of every line of `files`: seeded shuffle, this process's shard,
-    repeated per epoch. The shared head of the SFT and preference pipelines.
+    """`record_source`'s lines: seeded shuffle, this process's shard, repeated per
+    epoch. The shared head of the SFT and preference pipelines.
 
-    `split` "train" / "validation" keeps the lines whose stable key (the file's name in
-    `names`, default its file name, mixed with the line's record index; see
-    jaxlm.data.sources.split) falls on that side of `val_fraction`: the same held-out
-    lines in every run, whatever the seed or process count."""
-    if not files:
-        raise ValueError("a jsonl pipeline needs at least one file, got none")
+    With `encode`, the stream holds `encode((where, record))` instead (None: nothing
+    to learn, dropped). An endless stream whose records all encode to None would
+    look for an example forever; instead, after a whole epoch of them in a row, the
+    records are checked in file order with `probe` (like `encode`, without side
+    effects) and, when none is usable, an InputError "FILES: `nothing_usable`" ends it.
+    """
+    from jaxlm.data.usable import RequireUsable, any_usable
+
     bad_lines = bad_lines if bad_lines is not None else BadLineCounter()
-    import grain  # here, not at the top: JsonlError users (data clean) need no grain/JAX
-
-    from jaxlm.data.sources.documents import SelectedDocuments
-    from jaxlm.data.sources.split import kept_indices, record_keys
-
-    names = names or [Path(f).name for f in files]
-    parts = []
-    for f, name in zip(files, names, strict=True):
-        lines = JsonlLines(f, on_error=on_error, counter=bad_lines)
-        if split != "all":
-            keep = kept_indices(record_keys(name, len(lines)), split, val_fraction)
-            lines = SelectedDocuments(lines, keep)
-        parts.append(grain.MapDataset.source(lines))
-    lines = grain.MapDataset.concatenate(parts)
-    if shuffle:
-        lines = lines.shuffle(seed)
+    records = record_source(
+        files,
+        on_error=on_error,
+        bad_lines=bad_lines,
+        split=split,
+        val_fraction=val_fraction,
+        names=names,
+    )
+    lines = records.shuffle(seed) if shuffle else records
     lines = lines[process_index::process_count]
-    return lines.repeat(None) if repeat else lines
+    epoch = len(lines)
+    if not epoch:
+        raise InputError(
+            f"{', '.join(map(str, files))}: {len(records)} lines cannot give each of "
+            f"{process_count} processes one"
+        )
+    bad_lines.expect(epoch)
+    if repeat:
+        lines = lines.repeat(None)
+    if encode is None:
+        return lines
+    if not repeat:  # a single pass ends by itself
+        return lines.map(encode)
+    guard = RequireUsable(
+        encode,
+        patience=epoch,
+        has_usable=functools.partial(any_usable, records, probe or encode),
+        message=f"{', '.join(map(str, files))}: {nothing_usable}",
+    )
+    return lines.map(guard)

@@ -23,6 +23,8 @@ from typing import Literal, Protocol
 import grain
 import numpy as np
 
+from jaxlm.data.long_text import encode_ids
+
 PackerName = Literal["first_fit", "best_fit", "concat_then_split"]
 PACKERS: tuple[str, ...] = ("first_fit", "best_fit", "concat_then_split")
 BATCH_KEYS = ("tokens", "targets", "loss_mask", "segment_ids", "positions")
@@ -43,7 +45,7 @@ class TextEncoder(Protocol):
 
 def document_tokens(text: str, tokenizer: TextEncoder) -> np.ndarray:
     """`[BOS] + encode(text) + [EOS]` as int32."""
-    ids = tokenizer.encode(text)
+    ids = encode_ids(text, tokenizer)
     tokens = np.empty(len(ids) + 2, dtype=np.int32)
     tokens[0] = tokenizer.bos_id
     tokens[1:-1] = ids

@@ -19,6 +19,7 @@ See jaxlm.data.packing for the batch schema and jaxlm.data.counters for the coun
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Sequence
 from pathlib import Path
 
@@ -35,6 +36,8 @@ from jaxlm.data.packing import (
     packed_batches,
     real_token_fraction,
 )
+from jaxlm.data.sources.documents import is_blank_text
+from jaxlm.data.usable import RequireUsable, any_usable
 from jaxlm.errors import InputError
 
 __all__ = [
@@ -100,8 +103,12 @@ def mixture_dataset(
             repeat=repeat,
             process_index=process_index,
             process_count=process_count,
-        ).map(to_document)
-        for index, source in enumerate(sources)
+        ).map(
+            _require_documents(source, name, to_document, process_index, process_count)
+            if repeat
+            else to_document
+        )
+        for index, (source, name) in enumerate(zip(sources, names, strict=True))
     ]
     if len(streams) == 1:
         documents = streams[0]
@@ -143,6 +150,24 @@ def document_stream(
     # Repeat after shuffle and shard: the repeat carries the epoch into the shuffle, so
     # every epoch is a new permutation, split disjointly between processes.
     return source.repeat(None) if repeat else source
+
+
+def _require_documents(source, name, to_document, process_index, process_count):
+    """`to_document` that ends an endless stream with nothing to train on in an error."""
+    return RequireUsable(
+        to_document,
+        patience=len(range(process_index, len(source), process_count)),
+        has_usable=functools.partial(any_usable, source, _usable_document),
+        message=f"{name}: no document has text to train on (every one is empty or "
+        "was skipped as malformed)",
+    )
+
+
+def _usable_document(document):
+    """`document` unless it is a skipped record or blank text (then None)."""
+    if document is None or (isinstance(document, str) and is_blank_text(document)):
+        return None
+    return document
 
 
 class TokenizeDocument:

@@ -36,6 +36,10 @@ from jaxlm.data.jsonl import BadLineCounter, OnError, record_stream
 from jaxlm.data.packing import add_targets_and_mask
 from jaxlm.errors import InputError
 
+NO_USABLE_PAIR = (
+    "no record is a usable pair (chosen and rejected both need a final assistant "
+    "response that fits in seq_len)"
+)
 WHERE_KEY = "_where"  # "file:line" of each pair; keys starting "_" never reach a step
 
 
@@ -169,7 +173,8 @@ def preference_dataset(
 ) -> grain.IterDataset:
     """Per-process `[B, 2, T]` preference batches from jsonl files."""
     stats = stats if stats is not None else PreferenceStats()
-    lines = record_stream(
+    encoding = functools.partial(encode_pair, tokenizer=tokenizer, seq_len=seq_len)
+    pairs = record_stream(
         files,
         seed=seed,
         shuffle=shuffle,
@@ -181,15 +186,11 @@ def preference_dataset(
         split=split,
         val_fraction=val_fraction,
         names=names,
+        encode=functools.partial(encoding, stats=stats, reference_logps=reference_logps),
+        probe=functools.partial(encoding, stats=PreferenceStats()),
+        nothing_usable=NO_USABLE_PAIR,
     )
-    encode = functools.partial(
-        encode_pair,
-        tokenizer=tokenizer,
-        seq_len=seq_len,
-        stats=stats,
-        reference_logps=reference_logps,
-    )
-    pairs = lines.map(encode).to_iter_dataset(grain.ReadOptions(num_threads=1))
+    pairs = pairs.to_iter_dataset(grain.ReadOptions(num_threads=1))
     return pairs.batch(
         batch_size, batch_fn=functools.partial(stack_pairs, batch_size=batch_size, pad_id=pad_id)
     )

@@ -22,6 +22,11 @@ from jaxlm.data.chat import ChatEncoder, ChatStats, encode_conversation, parse_c
 from jaxlm.data.jsonl import BadLineCounter, OnError, record_stream
 from jaxlm.data.packing import PackerName, packed_batches
 
+NOTHING_TO_LEARN = (
+    "no record has trainable tokens (no conversation has an assistant turn that fits in "
+    "seq_len); chat data needs assistant turns to learn from"
+)
+
 
 def encode_record(item, *, tokenizer: ChatEncoder, seq_len: int, stats: ChatStats):
     """Stage: `(where, record)` -> `{"tokens", "train_token"}`, or None when skipped."""
@@ -58,7 +63,8 @@ def sft_dataset(
 ) -> grain.IterDataset:
     """Packed SFT batches for this process; `stats` and `bad_lines` count what was skipped."""
     stats = stats if stats is not None else ChatStats()
-    lines = record_stream(
+    encoding = functools.partial(encode_record, tokenizer=tokenizer, seq_len=seq_len)
+    encoded = record_stream(
         files,
         seed=seed,
         shuffle=shuffle,
@@ -70,10 +76,12 @@ def sft_dataset(
         split=split,
         val_fraction=val_fraction,
         names=names,
+        encode=functools.partial(encoding, stats=stats),
+        probe=functools.partial(encoding, stats=ChatStats()),
+        nothing_usable=NOTHING_TO_LEARN,
     )
-    encode = functools.partial(encode_record, tokenizer=tokenizer, seq_len=seq_len, stats=stats)
     # One reader thread: the counters are plain integers updated by the encode stage.
-    documents = lines.map(encode).to_iter_dataset(grain.ReadOptions(num_threads=1))
+    documents = encoded.to_iter_dataset(grain.ReadOptions(num_threads=1))
     return packed_batches(
         documents,
         seq_len=seq_len,

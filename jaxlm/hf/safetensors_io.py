@@ -28,6 +28,7 @@ import ml_dtypes
 import numpy as np
 
 from jaxlm.errors import InputError
+from jaxlm.file_names import contained_file
 
 SINGLE_FILE = "model.safetensors"
 INDEX_FILE = "model.safetensors.index.json"
@@ -187,13 +188,11 @@ def _read_index(index: Path) -> dict[str, set[str]]:
     files: dict[str, set[str]] = {}
     for tensor, file in weight_map.items():
         # Shard names are plain file names in the same directory: never a path out of it.
-        if (
-            not isinstance(file, str)
-            or Path(file).name != file
-            or not file.endswith(".safetensors")
-        ):
-            raise InputError(f"{index}: weight_map[{tensor!r}] = {file!r} is not a shard file name")
-        if not (index.parent / file).is_file():
+        where = f"{index}: weight_map[{tensor!r}]"
+        path = contained_file(index.parent, file, where=where, what="shard file name")
+        if not file.endswith(".safetensors"):
+            raise InputError(f"{where} = {file!r} is not a shard file name")
+        if not path.is_file():
             raise InputError(f"{index}: weight_map[{tensor!r}] names {file}, which is missing")
         files.setdefault(file, set()).add(tensor)
     return files

@@ -93,6 +93,11 @@ def clean_corpus(
                 out.write("\n")
                 report.documents_out += 1
                 report.characters_out += len(text)
+        # Inside the writer: a failed clean publishes no output.
+        if bad_lines is not None:
+            bad_lines.finish()
+        if not report.documents_out:
+            raise InputError(_kept_nothing(files, report, bad_lines))
 
     report.stages = stages.reports
     report.normalization = dataclasses.asdict(normalize_stats)
@@ -158,6 +163,15 @@ class _Stages:
         if signature is not None:
             self.near.add(signature, source)
         return True
+
+
+def _kept_nothing(files: Sequence[Path], report: CleanReport, bad_lines) -> str:
+    """The error for a clean whose output would be empty, with what became of the input."""
+    skipped = f", {bad_lines.bad} bad line(s)/file(s) skipped" if bad_lines else ""
+    return (
+        f"{', '.join(map(str, files))}: kept no document ({report.documents_in} read"
+        f"{skipped}); nothing to write to {report.output}"
+    )
 
 
 def _settings_dict(settings: CleanSettings) -> dict:

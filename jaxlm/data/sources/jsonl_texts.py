@@ -21,28 +21,35 @@ class JsonlTexts:
         self.name = name
         self.text_field = text_field
         self.checks = checks
-        # JsonlLines raises on bad JSON in raise mode (naming file:line) and returns None
-        # in skip mode; `checks` does the counting and capping, so its own tally never
-        # aborts.
-        self._lines = JsonlLines(path, on_error=checks.on_error, counter=_silent_tally())
+        # JsonlLines returns None for bad JSON; `checks` decides (raise, or count and
+        # cap), so the lines' own tally never aborts or warns.
+        self._lines = JsonlLines(path, on_error="skip", counter=_silent_tally())
+        checks.scans.append(self.bad_lines)
 
     def __len__(self) -> int:
         return len(self._lines)
 
     def __getitem__(self, index: int) -> str | None:
         where, record = self._lines[index]
-        if record is None:
-            self.checks.bad(where, "not valid JSON")
+        why = "not valid JSON" if record is None else self._problem(record)
+        if why:
+            if not self.checks.skipping:  # records are read shuffled: name the first
+                where, why = self._lines.first_bad_line(index, self._problem) or (where, why)
+            self.checks.bad(where, why)
             return None
-        text = record.get(self.text_field) if isinstance(record, dict) else None
-        if not isinstance(text, str):
-            self.checks.bad(where, self._why_no_text(record))
-            return None
+        text = record[self.text_field]
         self.checks.good(empty=not text)
         return text
 
-    def _why_no_text(self, record) -> str:
+    def bad_lines(self):
+        """("file:line", why) of every bad line of the file, in file order."""
+        return self._lines.bad_lines(self._problem)
+
+    def _problem(self, record) -> str:
+        """Why `record` has no text ("" when it has)."""
         field = self.text_field
+        if isinstance(record, dict) and isinstance(record.get(field), str):
+            return ""
         if not isinstance(record, dict):
             return f"expected a JSON object with a string field '{field}', got {_json_type(record)}"
         if field not in record:
@@ -64,7 +71,7 @@ class JsonlTexts:
 
 
 def _silent_tally() -> BadLineCounter:
-    return BadLineCounter(max_bad_fraction=1.0)
+    return BadLineCounter(max_bad_fraction=1.0, warn=False)
 
 
 def _json_type(value) -> str:

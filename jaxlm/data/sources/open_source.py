@@ -69,6 +69,7 @@ def open_documents(
         return open_stdlib(split, val_fraction, checks)
     documents = _open_all(spec, text_field, checks, tokenizer_sha256)
     indices = kept_indices(documents.split_keys(), split, val_fraction)
+    checks.expect(len(documents) if indices is None else len(indices))
     if indices is None:
         return documents
     if not len(indices):

@@ -2,9 +2,10 @@
 
 `on_error="raise"` (the default) stops at the first bad record with an InputError
 naming where it is (file:line, file + record or row). `on_error="skip"` returns None
-for it instead (Grain drops None elements) and counts it, but still aborts once more
-than `max_bad_fraction` of the records read so far (after the first 100) were bad: a
-wrong `text_field` must not silently train on nothing.
+for it instead (Grain drops None elements), counts it and prints the first few on
+stderr, but still aborts once the bad records exceed what
+`jaxlm.data.jsonl.bad_line_allowance` grants (about `max_bad_fraction`, and none
+at all in a small source): a wrong `text_field` must not silently train on nothing.
 
 Counter names (in the DataCounters passed to open_source):
 
@@ -18,7 +19,7 @@ from __future__ import annotations
 from typing import Literal
 
 from jaxlm.data.counters import DataCounters
-from jaxlm.data.jsonl import BadLineCounter
+from jaxlm.data.jsonl import BadLineCounter, BadLineScan
 from jaxlm.errors import InputError
 
 OnError = Literal["raise", "skip"]
@@ -39,7 +40,19 @@ class RecordChecks:
         self.on_error = on_error
         self.counters = counters if counters is not None else DataCounters()
         self.max_bad_fraction = max_bad_fraction
-        self._bad_cap = BadLineCounter(max_bad_fraction=max_bad_fraction)
+        self.expected: int | None = None
+        self.scans: list[BadLineScan] = []
+        self._bad_cap = self._new_cap()
+
+    def _new_cap(self) -> BadLineCounter:
+        return BadLineCounter(
+            max_bad_fraction=self.max_bad_fraction, expected=self.expected, scans=self.scans
+        )
+
+    def expect(self, records: int) -> None:
+        """The records one pass over the source reads (the cap judges small sources whole)."""
+        self.expected = records
+        self._bad_cap.expected = records
 
     @property
     def skipping(self) -> bool:
@@ -69,4 +82,4 @@ class RecordChecks:
 
     def __setstate__(self, state: dict) -> None:
         self.__dict__.update(state)
-        self._bad_cap = BadLineCounter(max_bad_fraction=self.max_bad_fraction)
+        self._bad_cap = self._new_cap()

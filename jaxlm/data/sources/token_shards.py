@@ -36,6 +36,7 @@ from jaxlm.data.sources.documents import ConcatDocuments
 from jaxlm.data.sources.paths import matching_paths
 from jaxlm.data.sources.record_checks import RecordChecks
 from jaxlm.errors import InputError
+from jaxlm.file_names import contained_file
 
 FORMAT = "jaxlm-token-shards"
 VERSION = 1
@@ -199,6 +200,11 @@ def read_manifest(directory: Path) -> dict[str, Any]:
                 str(entry["name"]), int(entry["bytes"]), str(entry["sha256"])
     except (KeyError, TypeError, ValueError) as error:
         raise TokenShardsError(f"{path}: missing or malformed field ({error!r})") from None
+    for index, shard in enumerate(manifest["shards"]):
+        for role in SHARD_FILES:
+            # The reader opens these names: they must stay inside the shard directory.
+            where = f"{path}: shards[{index}].files.{role}.name"
+            contained_file(directory, shard["files"][role]["name"], where=where)
     return manifest
 
 

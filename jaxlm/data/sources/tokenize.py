@@ -19,6 +19,7 @@ from typing import Any
 
 import numpy as np
 
+from jaxlm.data.long_text import ENCODE_CHARS, encode_ids
 from jaxlm.data.source_spec import SourceSpec
 from jaxlm.data.sources.documents import DocumentSource, is_blank_text
 from jaxlm.data.sources.open_source import open_documents
@@ -74,7 +75,7 @@ class _ChunkEncoder:
             else:
                 texts.append(text)
                 kept.append(index)
-        ids = self.tokenizer.encode_batch(texts) if texts else []
+        ids = self._encode(texts)
         lengths = np.asarray([len(doc) + 2 for doc in ids], np.int64)
         tokens = np.empty(int(lengths.sum()), self.dtype)
         position = 0
@@ -85,6 +86,15 @@ class _ChunkEncoder:
             position += len(doc) + 2
         text_bytes = sum(len(text.encode("utf-8")) for text in texts)
         return _Chunk(tokens, lengths, np.asarray(kept, np.int64), empty, skipped, text_bytes)
+
+    def _encode(self, texts: list[str]) -> list:
+        """Ids of each text: short ones in one batch, long ones a piece at a time."""
+        short = [text for text in texts if len(text) <= ENCODE_CHARS]
+        encoded = iter(self.tokenizer.encode_batch(short) if short else [])
+        return [
+            next(encoded) if len(text) <= ENCODE_CHARS else encode_ids(text, self.tokenizer)
+            for text in texts
+        ]
 
 
 _worker_encoder: _ChunkEncoder | None = None
