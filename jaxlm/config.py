@@ -145,7 +145,9 @@ class DataConfig:
     eval_max_docs: int = 0  # per eval source; 0 means every held-out document
     reader_threads: int = 1  # threads reading and tokenizing documents, per process
     workers: int = 0  # Grain worker processes running the pipeline; 0 = in-process
-    on_bad_record: Literal["raise", "skip"] = "raise"  # skip: count, abort above 1%
+    # skip: count and report bad records; abort above 1% of n read + sqrt(0.01 n)
+    # (n >= 100, or the whole source if smaller; jaxlm.data.jsonl.bad_line_allowance)
+    on_bad_record: Literal["raise", "skip"] = "raise"
 
     def __post_init__(self):
         _positive(self, "seq_len", "batch_size", "tokenizer_vocab_size", "packing_bins")

@@ -17,14 +17,14 @@ import tracemalloc
 import numpy as np
 import pytest
 from helpers.batches import ByteTokenizer
-from helpers.runs import REPO, environment
+from helpers.runs import REPO, TINY, environment, jaxlm, make_tokenizer, run, tail, train_args
 
 from jaxlm.data.corpus import read_text, stdlib_files
 from jaxlm.data.jsonl import JsonlError
 from jaxlm.data.packing import document_tokens
 from jaxlm.data.pipeline import dataset_from_specs
 from jaxlm.data.preference import preference_dataset
-from jaxlm.data.sft import sft_dataset
+from jaxlm.data.sft import NOTHING_TO_LEARN, sft_dataset
 from jaxlm.data.sources import TokenShards
 from jaxlm.data.sources.token_shard_writer import TokenShardWriter
 from jaxlm.data.tokenizer import train_tokenizer
@@ -76,7 +76,7 @@ def test_chat_file_without_an_assistant_turn_is_an_error_naming_it_not_a_hang(tm
     done = first_batch_in_subprocess(
         f"""
         from helpers.batches import ByteTokenizer
-        from jaxlm.data.sft import sft_dataset
+        from jaxlm.data.sft import NOTHING_TO_LEARN, sft_dataset
         ds = sft_dataset([{str(path)!r}], ByteTokenizer(), seq_len=64, batch_size=2)
         """
     )
@@ -112,6 +112,23 @@ def test_text_source_whose_documents_are_all_blank_is_an_error_not_a_hang(tmp_pa
         done.stdout + done.stderr[-2000:]
     )
     assert str(path) in done.stdout
+
+
+@pytest.mark.slow  # ~20 s: a whole `jaxlm train` process
+def test_chat_training_on_a_file_without_an_assistant_turn_exits_with_one_line(tmp_path):
+    path = write_lines(tmp_path / "no_answers.jsonl", [chat(("user", f"q{i}")) for i in range(20)])
+    good = write_lines(tmp_path / "eval.jsonl", [chat(("user", "q"), ("assistant", "a"))] * 4)
+    overrides = [
+        *TINY,
+        "data.format=chat",
+        f"data.sources=jsonl:{path}",
+        f"data.eval_sources=jsonl:{good}",
+        f"data.tokenizer={make_tokenizer(tmp_path)}",
+        "train.steps=3",
+    ]
+    log = tmp_path / "log"
+    assert run(jaxlm(*train_args(tmp_path / "run", overrides)), environment(1), log, 120) == 2
+    assert tail(log, 1) == f"jaxlm: error: {path}: {NOTHING_TO_LEARN}"
 
 
 @pytest.mark.parametrize("kind", ["chat", "preference"])
@@ -159,6 +176,17 @@ def test_chat_error_names_the_first_bad_line_in_file_order(tmp_path):
     for seed in range(6):
         ds = sft_dataset([path], ByteTokenizer(), seq_len=64, batch_size=2, seed=seed)
         with pytest.raises(JsonlError, match=rf"^{path}:2: not valid JSON"):
+            for _, _batch in zip(range(5), ds, strict=False):
+                pass
+
+
+def test_conversation_error_names_the_first_bad_record_in_file_order(tmp_path):
+    good = chat(("user", "hi"), ("assistant", "hello"))
+    wizard = chat(("wizard", "?"), ("assistant", "!"))
+    path = write_lines(tmp_path / "chat.jsonl", [good, wizard, wizard, good, wizard, good])
+    for seed in range(6):
+        ds = sft_dataset([path], ByteTokenizer(), seq_len=64, batch_size=2, seed=seed)
+        with pytest.raises(InputError, match=rf"^{path}:2: messages\[0\]: unknown role"):
             for _, _batch in zip(range(5), ds, strict=False):
                 pass
 

@@ -59,7 +59,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         "--max-bad-fraction",
         type=float,
         default=0.01,
-        help="with --skip-bad-lines, still fail above this fraction of bad lines (default 0.01)",
+        help="with --skip-bad-lines, still fail above this fraction of bad lines, plus a "
+        "chance margin sqrt(fraction * lines) (default 0.01)",
     )
 
     text = parser.add_argument_group("normalisation and PII")

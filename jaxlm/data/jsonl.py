@@ -244,8 +244,8 @@ def record_source(
     `split` "train" / "validation" keeps the lines whose stable key (the file's name in
     `names`, default its file name, mixed with the line's record index; see
     jaxlm.data.sources.split) falls on that side of `val_fraction`: the same held-out
-    lines in every run, whatever the seed or process count. No line to read (an empty
-    file or split) is an InputError naming the files."""
+    lines in every run, whatever the seed or process count. Files without a line are
+    an InputError naming them."""
     if not files:
         raise ValueError("a jsonl pipeline needs at least one file, got none")
     bad_lines = bad_lines if bad_lines is not None else BadLineCounter()
@@ -263,13 +263,9 @@ def record_source(
             keep = kept_indices(record_keys(name, len(lines)), split, val_fraction)
             lines = SelectedDocuments(lines, keep)
         parts.append(grain.MapDataset.source(lines))
-    records = grain.MapDataset.concatenate(parts)
-    if not len(records):
-        what = "no line to read (empty)" if not total else (
-            f"the {split!r} split of their {total} lines is empty (val_fraction={val_fraction})"
-        )  # fmt: skip
-        raise InputError(f"{', '.join(map(str, files))}: {what}")
-    return records
+    if not total:
+        raise InputError(f"{', '.join(map(str, files))}: no line to read (empty)")
+    return grain.MapDataset.concatenate(parts)
 
 
 def record_stream(
@@ -287,6 +283,7 @@ def record_stream(
     names: list[str] | None = None,
     encode: Callable[[tuple[str, Any]], Any] | None = None,
     probe: Callable[[tuple[str, Any]], Any] | None = None,
+    validate: Callable[[tuple[str, Any]], None] | None = None,
     nothing_usable: str = "no record is usable",
 ):
     """`record_source`'s lines: seeded shuffle, this process's shard, repeated per
@@ -297,6 +294,8 @@ def record_stream(
     look for an example forever; instead, after a whole epoch of them in a row, the
     records are checked in file order with `probe` (like `encode`, without side
     effects) and, when none is usable, an InputError "FILES: `nothing_usable`" ends it.
+    `validate` raises the InputError of a record that `encode` would refuse; with it,
+    such an error names the first bad record in file order (see FirstErrorInFileOrder).
     """
     from jaxlm.data.usable import RequireUsable, any_usable
 
@@ -312,16 +311,18 @@ def record_stream(
     lines = records.shuffle(seed) if shuffle else records
     lines = lines[process_index::process_count]
     epoch = len(lines)
-    if not epoch:
+    if repeat and not epoch:  # an endless repeat of nothing would never yield
         raise InputError(
-            f"{', '.join(map(str, files))}: {len(records)} lines cannot give each of "
-            f"{process_count} processes one"
+            f"{', '.join(map(str, files))}: no line for process {process_index} of "
+            f"{process_count} in the {split!r} split of {len(records)} lines"
         )
     bad_lines.expect(epoch)
     if repeat:
         lines = lines.repeat(None)
     if encode is None:
         return lines
+    if validate is not None:
+        encode = FirstErrorInFileOrder(encode, records, validate)
     if not repeat:  # a single pass ends by itself
         return lines.map(encode)
     guard = RequireUsable(
@@ -331,3 +332,30 @@ def record_stream(
         message=f"{', '.join(map(str, files))}: {nothing_usable}",
     )
     return lines.map(guard)
+
+
+class FirstErrorInFileOrder:
+    """Stage: `stage(item)`; an InputError it raises is replaced by the first in file order.
+
+    Records are read shuffled, so the record that failed need not be the first bad
+    one. On an error the records are checked from the start with `validate` (parsing
+    only, no encoding) and the first error found is raised; it is never later than
+    the one that started the search.
+    """
+
+    def __init__(self, stage: Callable[[Any], Any], records, validate: Callable[[Any], None]):
+        self.stage, self.records, self.validate = stage, records, validate
+
+    def __call__(self, item: Any) -> Any:
+        try:
+            return self.stage(item)
+        except InputError as error:
+            raise self._first_error() or error from None
+
+    def _first_error(self) -> InputError | None:
+        for index in range(len(self.records)):
+            try:
+                self.validate(self.records[index])
+            except InputError as error:
+                return error
+        return None

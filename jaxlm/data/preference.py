@@ -151,6 +151,13 @@ def stack_pairs(pairs: Sequence[dict[str, np.ndarray]], *, batch_size: int, pad_
     return {**out, WHERE_KEY: wheres}
 
 
+def validate_pair(item) -> None:
+    """Raises the ChatFormatError of a `(where, record)` that is not a preference pair."""
+    where, record = item
+    if record is not None:
+        parse_preference(record, where=where)
+
+
 def preference_dataset(
     files: Sequence[Path | str],
     tokenizer: ChatEncoder,
@@ -188,6 +195,7 @@ def preference_dataset(
         names=names,
         encode=functools.partial(encoding, stats=stats, reference_logps=reference_logps),
         probe=functools.partial(encoding, stats=PreferenceStats()),
+        validate=validate_pair,
         nothing_usable=NO_USABLE_PAIR,
     )
     pairs = pairs.to_iter_dataset(grain.ReadOptions(num_threads=1))

@@ -41,6 +41,13 @@ def encode_record(item, *, tokenizer: ChatEncoder, seq_len: int, stats: ChatStat
     return {"tokens": encoded.tokens, "train_token": encoded.train_token}
 
 
+def validate_record(item) -> None:
+    """Raises the ChatFormatError of a `(where, record)` that is not a conversation."""
+    where, record = item
+    if record is not None:
+        parse_conversation(record, where=where)
+
+
 def sft_dataset(
     files: Sequence[Path | str],
     tokenizer: ChatEncoder,
@@ -78,6 +85,7 @@ def sft_dataset(
         names=names,
         encode=functools.partial(encoding, stats=stats),
         probe=functools.partial(encoding, stats=ChatStats()),
+        validate=validate_record,
         nothing_usable=NOTHING_TO_LEARN,
     )
     # One reader thread: the counters are plain integers updated by the encode stage.

@@ -12,7 +12,10 @@ duplicate of a document in the output (a low-quality first copy cannot take its
 duplicates down with it), and the first occurrence in input order is the one kept.
 
 The output is `{"text": ..., "source": "file:line" or "file"}` per line, written
-atomically; the report goes to `<output>.report.json`, also atomically.
+atomically; the report goes to `<output>.report.json`, also atomically. A clean that
+keeps no document, or skips more bad lines than the cap allows
+(jaxlm.data.jsonl.bad_line_allowance, judged over the whole input at the end), fails
+and writes neither.
 """
 
 from __future__ import annotations

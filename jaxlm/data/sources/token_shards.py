@@ -15,7 +15,8 @@ manifest.json: format name and version; the tokenizer (sha256, vocab size, BOS/E
 ids, model file name); token dtype; document and token totals (tokens include BOS and
 EOS); the sources, text field, split and val_fraction used; how many empty documents
 were dropped and malformed records skipped; and per shard its counts and, per file,
-name, size in bytes and sha256.
+name, size in bytes and sha256. A name is a plain file name in the shard directory:
+a path, `..` or a symlink that leads out of the directory is refused.
 
 `TokenShards` opens a directory cheaply (manifest + file sizes, no hashing; `verify()`
 hashes), memory-maps the files lazily in each process, and returns document i as an
