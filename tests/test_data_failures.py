@@ -24,7 +24,7 @@ from jaxlm.data.jsonl import JsonlError
 from jaxlm.data.packing import document_tokens
 from jaxlm.data.pipeline import dataset_from_specs
 from jaxlm.data.preference import preference_dataset
-from jaxlm.data.sft import NOTHING_TO_LEARN, sft_dataset
+from jaxlm.data.sft import sft_dataset
 from jaxlm.data.sources import TokenShards
 from jaxlm.data.sources.token_shard_writer import TokenShardWriter
 from jaxlm.data.tokenizer import train_tokenizer
@@ -42,21 +42,31 @@ def chat(*turns):
     return json.dumps({"messages": [{"role": r, "content": c} for r, c in turns]})
 
 
-def first_batch_in_subprocess(code: str, timeout: float = 90) -> subprocess.CompletedProcess:
-    """Runs `code` (which builds `ds`) and takes one batch, in a process that a hang
-    cannot outlive: the hang this guards against ignored SIGTERM too."""
-    script = textwrap.dedent(code) + textwrap.dedent(
+def first_batches_in_subprocess(datasets: dict[str, str], timeout: float = 90) -> str:
+    """Takes one batch of each dataset (name -> the expression that builds it) in a
+    process that a hang cannot outlive (the hang guarded against ignored SIGTERM
+    too); returns its output, one "name: InputError: ..." line per refused dataset."""
+    script = textwrap.dedent(
         """
+        from helpers.batches import ByteTokenizer
+        from jaxlm.data.pipeline import dataset_from_specs
+        from jaxlm.data.preference import preference_dataset
+        from jaxlm.data.sft import sft_dataset
         from jaxlm.errors import InputError
-        try:
-            next(iter(ds))
-        except InputError as error:
-            print(f"InputError: {error}")
         """
     )
+    for name, expression in datasets.items():
+        script += textwrap.dedent(
+            f"""
+            try:
+                next(iter({expression}))
+            except InputError as error:
+                print({name!r} + ": InputError: " + str(error).splitlines()[0])
+            """
+        )
     env = environment(1, PYTHONPATH=os.pathsep.join([str(REPO / "tests"), str(REPO)]))
     try:
-        return subprocess.run(
+        done = subprocess.run(
             [sys.executable, "-c", script],
             cwd=REPO,
             env=env,
@@ -66,52 +76,31 @@ def first_batch_in_subprocess(code: str, timeout: float = 90) -> subprocess.Comp
         )
     except subprocess.TimeoutExpired:
         raise AssertionError(f"no batch and no error within {timeout}s: the stream spins") from None
+    return done.stdout + done.stderr[-2000:]
 
 
 # Item 2: nothing to train on ---------------------------------------------------------
 
 
-def test_chat_file_without_an_assistant_turn_is_an_error_naming_it_not_a_hang(tmp_path):
-    path = write_lines(tmp_path / "no_answers.jsonl", [chat(("user", f"q{i}")) for i in range(5)])
-    done = first_batch_in_subprocess(
-        f"""
-        from helpers.batches import ByteTokenizer
-        from jaxlm.data.sft import NOTHING_TO_LEARN, sft_dataset
-        ds = sft_dataset([{str(path)!r}], ByteTokenizer(), seq_len=64, batch_size=2)
-        """
-    )
-    assert f"InputError: {path}: no record has trainable tokens" in done.stdout, done.stderr[-2000:]
-
-
-def test_preference_file_without_a_usable_pair_is_an_error_not_a_hang(tmp_path):
+def test_streams_with_nothing_to_learn_end_in_an_error_naming_the_file_not_a_hang(tmp_path):
+    no_answers = write_lines(tmp_path / "no_answers.jsonl", [chat(("user", "why?"))] * 5)
     # Every response is cut away by seq_len: no pair has anything to compare.
-    long = "x" * 200
-    pair = json.dumps({"prompt": long, "chosen": "yes", "rejected": "no"})
-    path = write_lines(tmp_path / "pairs.jsonl", [pair] * 3)
-    done = first_batch_in_subprocess(
-        f"""
-        from helpers.batches import ByteTokenizer
-        from jaxlm.data.preference import preference_dataset
-        ds = preference_dataset([{str(path)!r}], ByteTokenizer(), seq_len=32, batch_size=2)
-        """
+    pair = json.dumps({"prompt": "x" * 200, "chosen": "yes", "rejected": "no"})
+    pairs = write_lines(tmp_path / "pairs.jsonl", [pair] * 3)
+    blank = write_lines(tmp_path / "blank.jsonl", [json.dumps({"text": t}) for t in " \n"])
+    output = first_batches_in_subprocess(
+        {
+            "chat": f"sft_dataset([{str(no_answers)!r}], ByteTokenizer(), seq_len=64, "
+            "batch_size=2)",
+            "pairs": f"preference_dataset([{str(pairs)!r}], ByteTokenizer(), seq_len=32, "
+            "batch_size=2)",
+            "text": f"dataset_from_specs('jsonl:{blank}', ByteTokenizer(), split='all', "
+            "seq_len=32, batch_size=2)",
+        }
     )
-    assert f"InputError: {path}: no record is a usable pair" in done.stdout, done.stderr[-2000:]
-
-
-def test_text_source_whose_documents_are_all_blank_is_an_error_not_a_hang(tmp_path):
-    path = write_lines(tmp_path / "blank.jsonl", [json.dumps({"text": t}) for t in ["", " ", "\n"]])
-    done = first_batch_in_subprocess(
-        f"""
-        from helpers.batches import ByteTokenizer
-        from jaxlm.data.pipeline import dataset_from_specs
-        ds = dataset_from_specs("jsonl:{path}", ByteTokenizer(), split="all", seq_len=32,
-                                batch_size=2)
-        """
-    )
-    assert "InputError: " in done.stdout and "no document has text" in done.stdout, (
-        done.stdout + done.stderr[-2000:]
-    )
-    assert str(path) in done.stdout
+    assert f"chat: InputError: {no_answers}: no record has trainable tokens" in output, output
+    assert f"pairs: InputError: {pairs}: no record is a usable pair" in output, output
+    assert f"text: InputError: jsonl:{blank}: no document has text" in output, output
 
 
 @pytest.mark.slow  # ~20 s: a whole `jaxlm train` process
@@ -126,6 +115,8 @@ def test_chat_training_on_a_file_without_an_assistant_turn_exits_with_one_line(t
         f"data.tokenizer={make_tokenizer(tmp_path)}",
         "train.steps=3",
     ]
+    from jaxlm.data.sft import NOTHING_TO_LEARN
+
     log = tmp_path / "log"
     assert run(jaxlm(*train_args(tmp_path / "run", overrides)), environment(1), log, 120) == 2
     assert tail(log, 1) == f"jaxlm: error: {path}: {NOTHING_TO_LEARN}"
@@ -307,13 +298,13 @@ def test_long_text_encodes_to_the_same_ids_in_pieces(tokenizer):
 
 
 def test_tokenizing_one_long_line_takes_memory_bounded_by_its_int32_tokens(tokenizer):
-    text = long_line(3 << 20)  # one 3 MB line, no newline
+    text = long_line(1 << 19)  # one 512 KB line, no newline
     tracemalloc.start()
     try:
         tokens = document_tokens(text, tokenizer)
         peak = tracemalloc.get_traced_memory()[1]
     finally:
         tracemalloc.stop()
-    # The int32 result and one copy while joining the pieces, plus a bounded working
-    # set; encoding it whole held a Python int list of ~36 bytes a token (~90 MB here).
-    assert peak < 2 * tokens.nbytes + (16 << 20), (peak >> 20, tokens.nbytes >> 20)
+    # The int32 pieces and their join, plus a bounded working set (one piece's Python
+    # ids, ~2.4 MB); encoding it whole held ~36 bytes a token as a Python list (~15 MB).
+    assert peak < 2 * tokens.nbytes + (6 << 20), (peak >> 20, tokens.nbytes >> 20)
