@@ -80,7 +80,9 @@ def restore_latest(directory):
 
 def assert_fell_back_to_2(directory, restored, warnings, reason):
     assert restored.step == 2 and restored.verified and restored.data["at"] == 2
-    for a, b in zip(jax.tree.leaves(restored.state), jax.tree.leaves(host(small_state(2)))):
+    for a, b in zip(
+        jax.tree.leaves(restored.state), jax.tree.leaves(host(small_state(2))), strict=True
+    ):
         np.testing.assert_array_equal(a, b)
     assert f"{directory / '4'} is unusable ({reason}" in warnings[0], warnings
     assert (directory / "4.corrupt").is_dir() and not (directory / "4").exists()
@@ -195,9 +197,7 @@ def test_truncated_params_are_refused_in_one_line(exports, tmp_path):
     root, _ = exports
     copy = tmp_path / "truncated"
     shutil.copytree(root / "fp32-1", copy)
-    files = [p for p in (copy / "params").rglob("*") if p.is_file() and p.parent.name == "d"]
-    largest = max(files, key=lambda p: p.stat().st_size)
-    largest.write_bytes(largest.read_bytes()[: largest.stat().st_size // 2])
+    truncate_largest_chunk(copy, "params")
     with pytest.raises(InputError, match=rf"^{copy}: damaged params directory: .*Error"):
         load_params(copy)
 
