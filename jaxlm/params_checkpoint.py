@@ -277,23 +277,7 @@ def load_params(
         target = abstract_lora(model or cfg.model)[1]
     else:
         target = _target(model or cfg.model, shardings)
-    checkpointer = ocp.PyTreeCheckpointer()
-    try:
-        metadata = checkpointer.metadata(directory / PARAMS_DIR).item_metadata
-    except Exception as error:  # any failure to read it back means unusable
-        raise DamagedParamsError(directory, _reason(error)) from error
-    metadata = getattr(metadata, "tree", metadata)
-    if not saved_shapes(metadata):  # Orbax reports a missing _METADATA as no arrays
-        raise DamagedParamsError(directory, f"{PARAMS_DIR}/_METADATA is missing or unreadable")
-    check_fits(metadata, target, str(directory / PARAMS_DIR))
-    stored = as_saved(target, metadata)
-    try:
-        params = checkpointer.restore(
-            directory / PARAMS_DIR,
-            args=ocp.args.PyTreeRestore(item=stored, restore_args=restore_args_for(stored)),
-        )
-    except Exception as error:
-        raise DamagedParamsError(directory, _reason(error)) from error
+    params = _read_as_stored(directory, target)
     if checksum is None:
         _warn(
             f"{directory} has no checksums (written before jaxlm recorded them): "
@@ -302,6 +286,27 @@ def load_params(
     elif bad := mismatched(checksum["params"], fingerprints(params)):
         raise DamagedParamsError(directory, describe_mismatch(bad))
     return cast_like(params, target), cfg
+
+
+def _read_as_stored(directory: Path, target: nnx.State) -> nnx.State:
+    """The params of `directory` in `target`'s shapes and shardings, as stored (dtypes)."""
+    with ocp.PyTreeCheckpointer() as checkpointer:
+        try:
+            metadata = checkpointer.metadata(directory / PARAMS_DIR).item_metadata
+        except Exception as error:  # any failure to read it back means unusable
+            raise DamagedParamsError(directory, _reason(error)) from error
+        metadata = getattr(metadata, "tree", metadata)
+        if not saved_shapes(metadata):  # Orbax reports a missing _METADATA as no arrays
+            raise DamagedParamsError(directory, f"{PARAMS_DIR}/_METADATA is missing or unreadable")
+        check_fits(metadata, target, str(directory / PARAMS_DIR))
+        stored = as_saved(target, metadata)
+        try:
+            return checkpointer.restore(
+                directory / PARAMS_DIR,
+                args=ocp.args.PyTreeRestore(item=stored, restore_args=restore_args_for(stored)),
+            )
+        except Exception as error:
+            raise DamagedParamsError(directory, _reason(error)) from error
 
 
 def _refuse_other_model(saved: ModelConfig, model: ModelConfig, source: str) -> None:
