@@ -120,7 +120,8 @@ def _everywhere(ok: bool) -> bool:
 def restore_args_for(target: Any) -> Any:
     """Into the target's shardings when it has them, else into host numpy arrays.
 
-    Giving the target dtype casts on read (e.g. a bfloat16 export into fp32 params).
+    Arrays are read in the target's dtypes; restore `as_saved(target, ...)` and then
+    `cast_like` so that the checksums see the values as saved.
     """
 
     def one(leaf):
