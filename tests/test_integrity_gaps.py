@@ -193,6 +193,23 @@ def test_changed_params_are_refused_naming_directory_and_arrays(exports, tmp_pat
     assert "layers/w_down" in message and "\n" not in message
 
 
+def test_four_flipped_bytes_in_params_are_refused(exports, tmp_path):
+    """The issue's case: today `w_down` loads off by 0.14 without a word. Where the
+    flip lands decides whether Orbax fails to read or reads other values; refused
+    either way."""
+    root, _ = exports
+    copy = tmp_path / "flipped"
+    shutil.copytree(root / "fp32-1", copy)
+    files = [p for p in (copy / "params").rglob("*") if p.is_file() and p.parent.name == "d"]
+    largest = max(files, key=lambda p: p.stat().st_size)
+    data = bytearray(largest.read_bytes())
+    middle = len(data) // 2
+    data[middle : middle + 4] = bytes(b ^ 0xFF for b in data[middle : middle + 4])
+    largest.write_bytes(bytes(data))
+    with pytest.raises(InputError, match=rf"^{copy}: damaged params directory: "):
+        load_params(copy)
+
+
 def test_truncated_params_are_refused_in_one_line(exports, tmp_path):
     root, _ = exports
     copy = tmp_path / "truncated"
