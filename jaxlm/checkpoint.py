@@ -19,11 +19,19 @@ Retention: the newest `keep` steps, plus every step that is a multiple of
 `keep_every` (when > 0) forever. Old steps are deleted only after a newer save has
 finished, so a failed save never deletes the last good checkpoint.
 
+Every restore reads the arrays in the dtypes they were saved in, verifies all of
+them against the checksums, and only then casts them to the target's dtypes (a
+bfloat16 params checkpoint into an fp32 model): no leaf goes unverified.
+
 `restore_latest_good` tries steps newest first. A step that cannot be read back as it
-was saved (an unreadable file, a checksum mismatch) is reported by a warning naming
-the step and the reason, moved aside to `<step>.corrupt`, and the step before it is
-tried. If no step can be restored, NoRestorableCheckpointError lists every step and
-reason: a run never silently starts over. A checkpoint that does not fit the model
+was saved (an unreadable file, a checksum mismatch, a missing `state/_METADATA`, a
+missing checksum item) is reported by a warning naming the step and the reason, moved
+aside to `<step>.corrupt`, and the step before it is tried. Only a step whose own
+Orbax record (`_CHECKPOINT_METADATA`) lists its items without a checksum was written
+before jaxlm recorded checksums; it restores unverified, with a warning
+(jaxlm.checkpoint_integrity explains the rule). If no step can be restored,
+NoRestorableCheckpointError lists every step and reason: a run never silently
+starts over. A checkpoint that does not fit the model
 (CheckpointMismatchError) or the run's config (the caller's `check_config`) is refused
 at once: that is not damage, and an older step would not fit either.
 """
@@ -31,6 +39,7 @@ at once: that is not damage, and an older step would not fit either.
 from __future__ import annotations
 
 import dataclasses
+import functools
 import json
 import sys
 from collections.abc import Callable
@@ -42,13 +51,15 @@ import numpy as np
 import orbax.checkpoint as ocp
 
 from jaxlm.checkpoint_integrity import (
+    describe_mismatch,
     device_fingerprints,
-    host_fingerprints,
+    fingerprints,
     json_digest,
     leaf_names,
     mismatched,
+    step_metadata,
 )
-from jaxlm.checkpoint_shapes import check_fits
+from jaxlm.checkpoint_shapes import check_fits, saved_dtypes, saved_shapes
 from jaxlm.errors import InputError
 
 CHECKSUM_VERSION = 1
@@ -109,7 +120,8 @@ def _everywhere(ok: bool) -> bool:
 def restore_args_for(target: Any) -> Any:
     """Into the target's shardings when it has them, else into host numpy arrays.
 
-    Giving the target dtype casts on read (e.g. a bfloat16 export into fp32 params).
+    Arrays are read in the target's dtypes; restore `as_saved(target, ...)` and then
+    `cast_like` so that the checksums see the values as saved.
     """
 
     def one(leaf):
@@ -121,15 +133,40 @@ def restore_args_for(target: Any) -> Any:
     return jax.tree.map(one, target)
 
 
-def _saved_dtypes(metadata_tree: Any) -> dict[str, np.dtype]:
-    leaves = jax.tree.leaves(metadata_tree, is_leaf=lambda x: hasattr(x, "name"))
-    return {leaf.name: np.dtype(leaf.dtype) for leaf in leaves if hasattr(leaf, "dtype")}
+def as_saved(target: Any, metadata_tree: Any) -> Any:
+    """`target` with each leaf in the dtype it was saved in (shape and sharding kept).
+
+    Restoring this and casting afterwards (`cast_like`) lets the checksums, which are
+    of the saved values, verify every leaf, also those the model holds in another
+    dtype (a bfloat16 export loaded into fp32 params).
+    """
+    dtypes = saved_dtypes(metadata_tree)
+    leaves, treedef = jax.tree.flatten(target)
+    stored = [
+        jax.ShapeDtypeStruct(
+            leaf.shape, dtypes.get(name, leaf.dtype), sharding=getattr(leaf, "sharding", None)
+        )
+        for name, leaf in zip(leaf_names(target), leaves, strict=True)
+    ]
+    return treedef.unflatten(stored)
 
 
-def _fingerprints(tree: Any) -> dict[str, int]:
-    if all(isinstance(x, np.ndarray) for x in jax.tree.leaves(tree)):
-        return host_fingerprints(tree)
-    return device_fingerprints(tree)
+@functools.partial(jax.jit, static_argnums=1)
+def _cast(x: jax.Array, dtype: Any) -> jax.Array:
+    return x.astype(dtype)  # elementwise: the result keeps x's sharding
+
+
+def cast_like(tree: Any, target: Any) -> Any:
+    """`tree`'s arrays in `target`'s dtypes (numpy stays numpy, jax.Arrays stay put)."""
+
+    def one(x, want):
+        if x.dtype == want.dtype:
+            return x
+        if isinstance(x, np.ndarray):
+            return x.astype(want.dtype)
+        return _cast(x, np.dtype(want.dtype))
+
+    return jax.tree.map(one, tree, target)
 
 
 class Checkpointer:
@@ -236,6 +273,12 @@ class Checkpointer:
         """
         where = str(self.step_dir(step))
         has_checksum = (self.step_dir(step) / "checksum").is_dir()
+        if not has_checksum and not _predates_checksums(self.step_dir(step)):
+            raise CorruptCheckpointError(
+                step,
+                "the checksum item is missing (only steps written before jaxlm recorded "
+                "checksums may lack it)",
+            )
         head_args = {"config": ocp.args.JsonRestore()}
         if has_checksum:
             head_args["checksum"] = ocp.args.JsonRestore()
@@ -257,11 +300,16 @@ class Checkpointer:
             metadata = getattr(metadata, "tree", metadata)
         except Exception as error:
             raise CorruptCheckpointError(step, _reason(error)) from error
+        if not saved_shapes(metadata):  # Orbax reports a missing _METADATA as no arrays
+            raise CorruptCheckpointError(
+                step, "the state item's metadata (state/_METADATA) is missing or unreadable"
+            )
         check_fits(metadata, target, where, partial=partial)
 
+        stored = as_saved(target, metadata)
         args = {
             "state": ocp.args.PyTreeRestore(
-                item=target, restore_args=restore_args_for(target), partial_restore=partial
+                item=stored, restore_args=restore_args_for(stored), partial_restore=partial
             )
         }
         if not partial:
@@ -278,7 +326,10 @@ class Checkpointer:
                 raise CorruptCheckpointError(step, "the data item does not match its checksum")
             data = self._data_of_this_process(body["data"], where)
         if checksum is not None:
-            self._verify_state(step, state, metadata, target, checksum["state"])
+            bad = mismatched(checksum["state"], fingerprints(state))
+            if bad:
+                raise CorruptCheckpointError(step, describe_mismatch(bad))
+        state = cast_like(state, target)
         return Restored(step, state, data, config, verified=checksum is not None)
 
     @staticmethod
@@ -298,22 +349,6 @@ class Checkpointer:
                 f"train.init_from={Path(where).parent.parent} (fresh optimizer and data order)"
             )
         return data[f"process_{jax.process_index()}"]
-
-    def _verify_state(self, step, state, metadata, target, saved: dict[str, int]) -> None:
-        dtypes = _saved_dtypes(metadata)
-        # A leaf cast on read (another dtype than saved) has another fingerprint.
-        same_dtype = [
-            name
-            for name, leaf in zip(leaf_names(target), jax.tree.leaves(target), strict=True)
-            if dtypes.get(name) == np.dtype(leaf.dtype)
-        ]
-        actual = _fingerprints(state)
-        bad = mismatched(saved, {n: actual[n] for n in same_dtype})
-        if bad:
-            shown = ", ".join(bad[:5]) + (f" and {len(bad) - 5} more" if len(bad) > 5 else "")
-            raise CorruptCheckpointError(
-                step, f"checksum mismatch in {shown} (the files were changed after saving)"
-            )
 
     def restore_latest_good(
         self,
@@ -388,6 +423,17 @@ class Checkpointer:
             multihost_utils.sync_global_devices("jaxlm_checkpoint_set_aside")
         self.manager.reload()
         return moved
+
+
+def _predates_checksums(step_dir: Path) -> bool:
+    """True when Orbax's record of the step's items shows it was saved without checksums.
+
+    jaxlm has saved a `checksum` item in every step since it recorded checksums; a
+    step whose record is gone proves nothing (jaxlm.checkpoint_integrity).
+    """
+    record = step_metadata(step_dir) or {}
+    items = record.get("item_handlers")
+    return isinstance(items, dict) and "state" in items and "checksum" not in items
 
 
 def _every_process(mine: Any) -> dict[str, Any]:

@@ -22,12 +22,26 @@ for params restored into host memory.
 
 JSON items (data-iterator state, config) are covered by a SHA-256 of their canonical
 JSON text.
+
+A missing checksum is damage unless the save provably predates checksums. Orbax
+writes `_CHECKPOINT_METADATA` into every checkpoint it commits (the same atomic
+rename as the arrays); jaxlm reads it as the record of what was saved:
+`step_metadata` returns it, or None when it is missing or unreadable. A training step
+lists its items there (`item_handlers`: jaxlm has saved a `checksum` item since it
+recorded checksums, and never before), and a params directory carries jaxlm's marker
+in its `custom_metadata`. Only a record that is readable and positively lacks the
+checksum lets a checkpoint load unverified (with a warning): if the checksum and the
+record are both gone, nothing shows the save is old, so it is treated as damaged.
+The record is the checkpoint's own, so the rule holds for the only step of a workdir
+too, and a workdir begun by an old jaxlm and resumed by a new one (old steps without
+checksums beside new ones with) is judged step by step.
 """
 
 from __future__ import annotations
 
 import hashlib
 import json
+from pathlib import Path
 from typing import Any
 
 import jax
@@ -37,6 +51,8 @@ import numpy as np
 _MIX = 0x85EBCA6B
 _WEIGHT = (2 * 0x9E3779B1) % 2**32
 _HOST_CHUNK = 1 << 24  # elements per numpy pass: bounds the temporaries' memory
+_SHOWN = 5  # mismatched arrays named in a message; the rest are counted
+STEP_METADATA_FILE = "_CHECKPOINT_METADATA"  # Orbax's per-checkpoint record
 
 
 def leaf_names(tree: Any) -> list[str]:
@@ -121,6 +137,13 @@ def host_fingerprints(tree: Any) -> dict[str, int]:
     )
 
 
+def fingerprints(tree: Any) -> dict[str, int]:
+    """{leaf name: fingerprint}: on the host for numpy trees, else where the arrays live."""
+    if all(isinstance(x, np.ndarray) for x in jax.tree.leaves(tree)):
+        return host_fingerprints(tree)
+    return device_fingerprints(tree)
+
+
 def json_digest(value: Any) -> str:
     """SHA-256 of the canonical JSON text of `value`."""
     text = json.dumps(value, sort_keys=True, separators=(",", ":"), ensure_ascii=True)
@@ -133,3 +156,20 @@ def mismatched(expected: dict[str, int], actual: dict[str, int]) -> list[str]:
     Leaves `expected` does not mention count as mismatched: nothing vouches for them.
     """
     return [display_name(n) for n, v in actual.items() if expected.get(n) != v]
+
+
+def describe_mismatch(bad: list[str]) -> str:
+    """'checksum mismatch in a, b ... and N more (...)' for the names `mismatched` gave."""
+    shown = ", ".join(bad[:_SHOWN])
+    if len(bad) > _SHOWN:
+        shown += f" and {len(bad) - _SHOWN} more"
+    return f"checksum mismatch in {shown} (the files were changed after saving)"
+
+
+def step_metadata(checkpoint_dir: Path) -> dict[str, Any] | None:
+    """Orbax's `_CHECKPOINT_METADATA` of a checkpoint; None when missing or unreadable."""
+    try:
+        record = json.loads((checkpoint_dir / STEP_METADATA_FILE).read_text(encoding="utf-8"))
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError):
+        return None
+    return record if isinstance(record, dict) else None

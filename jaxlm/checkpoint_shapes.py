@@ -9,7 +9,9 @@ names every parameter that differs and both shapes:
     (4, 64, 4, 16) vs model (4, 64, 8, 16); ...
 
 A mismatch is the run's configuration, not damage: the trainer does not fall back to
-an older step for it (every step would mismatch the same way).
+an older step for it (every step would mismatch the same way). Missing metadata is
+damage, not a mismatch: Orbax reports a deleted `_METADATA` as a tree with no arrays,
+so callers check `saved_shapes` is non-empty before calling `check_fits`.
 """
 
 from __future__ import annotations
@@ -17,6 +19,7 @@ from __future__ import annotations
 from typing import Any
 
 import jax
+import numpy as np
 
 from jaxlm.checkpoint_integrity import display_name, leaf_names
 from jaxlm.errors import InputError
@@ -36,6 +39,12 @@ def saved_shapes(metadata_tree: Any) -> dict[str, tuple[int, ...]]:
     """{leaf name: shape} from Orbax's metadata tree of a saved PyTree."""
     leaves = jax.tree.leaves(metadata_tree, is_leaf=_is_array_metadata)
     return {leaf.name: tuple(leaf.shape) for leaf in leaves if _is_array_metadata(leaf)}
+
+
+def saved_dtypes(metadata_tree: Any) -> dict[str, np.dtype]:
+    """{leaf name: dtype} from Orbax's metadata tree of a saved PyTree."""
+    leaves = jax.tree.leaves(metadata_tree, is_leaf=_is_array_metadata)
+    return {leaf.name: np.dtype(leaf.dtype) for leaf in leaves if _is_array_metadata(leaf)}
 
 
 def check_fits(metadata_tree: Any, target: Any, where: str, *, partial: bool = False) -> None:

@@ -11,13 +11,27 @@ point of a later run (`train.init_from`) or the result of `jaxlm export`:
     DIR/params/          Orbax PyTree checkpoint of the params nnx.State: the tree of
                          TrainState.params, e.g. {"embed": {"value": [V, D]}, ...}
     DIR/config.json      the run Config it belongs to (model.vocab_size included)
+    DIR/checksum.json    a fingerprint of every array as stored and the digest of the
+                         config (jaxlm.checkpoint_integrity), verified on every load
     DIR/tokenizer.model  the matching tokenizer, with its tokenizer.json sidecar,
                          when one was given; config.json's data.tokenizer points here
+
+Every reader (`load_params`, hence `train.init_from`, generate, chat, eval and
+`convert --to-hf`; `read_params_config` for the config alone) verifies what it reads
+and refuses damage with DamagedParamsError, one line naming the directory and the
+arrays (or file) that differ. params/_CHECKPOINT_METADATA (Orbax's record, committed
+with the arrays) carries jaxlm's marker in its custom metadata: a directory with the
+marker and no checksum.json is damaged. One without the marker, whose record is
+readable, was written before params directories had checksums: it loads unverified
+with a warning. A directory whose record and checksum.json are both gone is damaged:
+nothing shows it is old.
 
 The arrays may be stored in another dtype than config.json's model.param_dtype (a
 bfloat16 export of an fp32 run): every load casts them to the dtype of the model it
 loads into, so a bfloat16 export starts an fp32-param run (the widening cast is
-exact; the precision lost in the export stays lost).
+exact; the precision lost in the export stays lost). The cast comes after the
+verification: arrays are read in the dtype they were stored in, checked against the
+fingerprints of what was stored, then cast.
 
 `load_init_params(path, model)` is what `train.init_from` calls: `path` is a params
 directory or a training workdir.
@@ -34,7 +48,23 @@ import jax
 import orbax.checkpoint as ocp
 from flax import nnx
 
-from jaxlm.checkpoint import Checkpointer, restore_args_for
+from jaxlm.checkpoint import (
+    CHECKSUM_VERSION,
+    Checkpointer,
+    _reason,
+    _warn,
+    as_saved,
+    cast_like,
+    restore_args_for,
+)
+from jaxlm.checkpoint_integrity import (
+    describe_mismatch,
+    fingerprints,
+    json_digest,
+    mismatched,
+    step_metadata,
+)
+from jaxlm.checkpoint_shapes import check_fits, saved_shapes
 from jaxlm.config import Config, ModelConfig, config_differences, config_from_dict
 from jaxlm.data.tokenizer_metadata import sidecar_path
 from jaxlm.errors import InputError
@@ -42,7 +72,21 @@ from jaxlm.train_state import abstract_model
 
 PARAMS_DIR = "params"
 CONFIG_FILE = "config.json"
+CHECKSUM_FILE = "checksum.json"
 TOKENIZER_FILE = "tokenizer.model"
+# Key of jaxlm's marker in params/_CHECKPOINT_METADATA's custom metadata.
+_MARKER = "jaxlm_checksum_file"
+
+
+class DamagedParamsError(InputError):
+    """A params directory whose files are not what was saved."""
+
+    def __init__(self, directory: Path, reason: str):
+        super().__init__(
+            f"{directory}: damaged params directory: {reason}; export or copy it again"
+        )
+
+
 # Model fields that change numerics or implementation but not the parameter tree.
 # Model fields that do not change the plain params' shapes. LoRA fields among them:
 # a LoRA run's params are restored merged (restore_params), i.e. as the plain model's.
@@ -154,24 +198,62 @@ def save_params(
         shutil.copyfile(tokenizer, directory / TOKENIZER_FILE)
         if sidecar_path(tokenizer).is_file():
             shutil.copyfile(sidecar_path(tokenizer), sidecar_path(directory / TOKENIZER_FILE))
-    checkpointer = ocp.PyTreeCheckpointer()
-    checkpointer.save(directory / PARAMS_DIR, params)
+    config_text = config.to_json()
+    checksum = {
+        "version": CHECKSUM_VERSION,
+        "params": fingerprints(params),  # of the arrays as stored, before any load casts
+        "config": json_digest(json.loads(config_text)),
+    }
+    ocp.PyTreeCheckpointer().save(
+        directory / PARAMS_DIR, params, custom_metadata={_MARKER: CHECKSUM_FILE}
+    )
+    (directory / CHECKSUM_FILE).write_text(json.dumps(checksum, indent=1) + "\n", "utf-8")
     # The config last: a directory with config.json is complete.
-    (directory / CONFIG_FILE).write_text(config.to_json() + "\n", encoding="utf-8")
+    (directory / CONFIG_FILE).write_text(config_text + "\n", encoding="utf-8")
     return directory
 
 
-def read_params_config(directory: Path | str) -> Config:
-    """The Config of a params directory (FileNotFoundError if it is not one)."""
-    config_path = Path(directory).absolute() / CONFIG_FILE
-    if not config_path.is_file() or not (config_path.parent / PARAMS_DIR).is_dir():
+def _read_checksum(directory: Path) -> dict | None:
+    """checksum.json of a params directory; None for a directory written before them."""
+    path = directory / CHECKSUM_FILE
+    if not path.is_file():
+        record = step_metadata(directory / PARAMS_DIR)
+        if record is None or _MARKER in (record.get("custom_metadata") or {}):
+            raise DamagedParamsError(directory, f"{CHECKSUM_FILE} is missing")
+        return None
+    try:
+        checksum = json.loads(path.read_text(encoding="utf-8"))
+    except (UnicodeDecodeError, json.JSONDecodeError) as error:
+        raise DamagedParamsError(
+            directory, f"{CHECKSUM_FILE} is not valid JSON ({error})"
+        ) from None
+    if not isinstance(checksum, dict) or not isinstance(checksum.get("params"), dict):
+        raise DamagedParamsError(directory, f"{CHECKSUM_FILE} has no params fingerprints")
+    return checksum
+
+
+def _read_config(directory: Path) -> tuple[Config, dict | None]:
+    """(Config, checksum.json or None when written before checksums), config verified."""
+    config_path = directory / CONFIG_FILE
+    if not config_path.is_file() or not (directory / PARAMS_DIR).is_dir():
         raise FileNotFoundError(
-            f"not a params directory (no {CONFIG_FILE} and {PARAMS_DIR}/): {config_path.parent}"
+            f"not a params directory (no {CONFIG_FILE} and {PARAMS_DIR}/): {directory}"
         )
     try:
-        return config_from_dict(json.loads(config_path.read_text(encoding="utf-8")))
+        data = json.loads(config_path.read_text(encoding="utf-8"))
     except json.JSONDecodeError as error:
         raise InputError(f"{config_path}: not valid JSON ({error})") from None
+    checksum = _read_checksum(directory)
+    if checksum is not None and json_digest(data) != checksum.get("config"):
+        raise DamagedParamsError(
+            directory, f"{CONFIG_FILE} does not match its checksum (changed after saving)"
+        )
+    return config_from_dict(data), checksum
+
+
+def read_params_config(directory: Path | str) -> Config:
+    """The Config of a params directory, verified (FileNotFoundError if it is not one)."""
+    return _read_config(Path(directory).absolute())[0]
 
 
 def load_params(
@@ -182,23 +264,49 @@ def load_params(
 ) -> tuple[nnx.State, Config]:
     """(params, Config) of a params directory; numpy unless `shardings` are given.
 
-    Arrays are cast to the dtypes of `model` (default: config.json's model). A
-    directory of LoRA adapters alone (`jaxlm export --adapters-only`: config.json has
-    model.lora_rank > 0) gives the adapters.
+    Arrays are verified against checksum.json as stored, then cast to the dtypes of
+    `model` (default: config.json's model). A directory of LoRA adapters alone
+    (`jaxlm export --adapters-only`: config.json has model.lora_rank > 0) gives the
+    adapters. Raises DamagedParamsError when the files are not what was saved.
     """
     directory = Path(directory).absolute()
-    cfg = read_params_config(directory)
+    cfg, checksum = _read_config(directory)
     if (model or cfg.model).lora_rank:
         from jaxlm.models.lora import abstract_lora
 
         target = abstract_lora(model or cfg.model)[1]
     else:
         target = _target(model or cfg.model, shardings)
-    params = ocp.PyTreeCheckpointer().restore(
-        directory / PARAMS_DIR,
-        args=ocp.args.PyTreeRestore(item=target, restore_args=restore_args_for(target)),
-    )
-    return params, cfg
+    params = _read_as_stored(directory, target)
+    if checksum is None:
+        _warn(
+            f"{directory} has no checksums (written before jaxlm recorded them): "
+            "loaded without verification"
+        )
+    elif bad := mismatched(checksum["params"], fingerprints(params)):
+        raise DamagedParamsError(directory, describe_mismatch(bad))
+    return cast_like(params, target), cfg
+
+
+def _read_as_stored(directory: Path, target: nnx.State) -> nnx.State:
+    """The params of `directory` in `target`'s shapes and shardings, as stored (dtypes)."""
+    with ocp.PyTreeCheckpointer() as checkpointer:
+        try:
+            metadata = checkpointer.metadata(directory / PARAMS_DIR).item_metadata
+        except Exception as error:  # any failure to read it back means unusable
+            raise DamagedParamsError(directory, _reason(error)) from error
+        metadata = getattr(metadata, "tree", metadata)
+        if not saved_shapes(metadata):  # Orbax reports a missing _METADATA as no arrays
+            raise DamagedParamsError(directory, f"{PARAMS_DIR}/_METADATA is missing or unreadable")
+        check_fits(metadata, target, str(directory / PARAMS_DIR))
+        stored = as_saved(target, metadata)
+        try:
+            return checkpointer.restore(
+                directory / PARAMS_DIR,
+                args=ocp.args.PyTreeRestore(item=stored, restore_args=restore_args_for(stored)),
+            )
+        except Exception as error:
+            raise DamagedParamsError(directory, _reason(error)) from error
 
 
 def _refuse_other_model(saved: ModelConfig, model: ModelConfig, source: str) -> None:

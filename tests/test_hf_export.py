@@ -135,6 +135,7 @@ def test_transformers_loads_the_export_and_computes_the_same_logits(exported):
 def test_export_then_import_is_the_identity(exported):
     case, root, cfg, params = exported
     assert main(["convert", "--from-hf", str(root / "hf"), str(root / "back")]) == 0
+    assert (root / "back" / "checksum.json").is_file()  # an import is verified like an export
     back, back_cfg = load_params(root / "back")
     assert back_cfg.model == cfg.model, case
     assert jax.tree.structure(back) == jax.tree.structure(params)

@@ -23,9 +23,9 @@ def swap_state_with(step_dir: Path, other_step_dir: Path) -> None:
     shutil.copytree(other_step_dir / "state", step_dir / "state")
 
 
-def truncate_largest_chunk(step_dir: Path) -> Path:
-    """Cut the largest array-data file in half: reads past its end fail."""
-    files = [p for p in (step_dir / "state").rglob("*") if p.is_file() and p.parent.name == "d"]
+def truncate_largest_chunk(step_dir: Path, item: str = "state") -> Path:
+    """Cut the largest array-data file of `item` in half: reads past its end fail."""
+    files = [p for p in (step_dir / item).rglob("*") if p.is_file() and p.parent.name == "d"]
     largest = max(files, key=lambda p: p.stat().st_size)
     largest.write_bytes(largest.read_bytes()[: largest.stat().st_size // 2])
     return largest
