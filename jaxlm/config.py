@@ -146,6 +146,10 @@ class DataConfig:
     reader_threads: int = 1  # threads reading and tokenizing documents, per process
     workers: int = 0  # Grain worker processes running the pipeline; 0 = in-process
     on_bad_record: Literal["raise", "skip"] = "raise"  # skip: count, abort above 1%
+    # A resume whose data changed content but not document count (jaxlm.data.
+    # content_digest: size + sampled blocks per file) is refused; true continues with a
+    # logged warning, on the new data from the saved position.
+    allow_changed_data: bool = False
 
     def __post_init__(self):
         _positive(self, "seq_len", "batch_size", "tokenizer_vocab_size", "packing_bins")
@@ -236,6 +240,9 @@ class TrainConfig:
     # A params directory (jaxlm export, jaxlm checkpoint grow-vocab) or a training
     # workdir (params of its newest good checkpoint) to start from; fresh optimizer.
     init_from: str = ""
+    # data.tokenizer must be the init_from model's tokenizer, by content; true accepts
+    # another (vocabulary surgery: a grown embedding for an extended tokenizer).
+    allow_tokenizer_change: bool = False
     keep_checkpoints: int = 3  # the newest K checkpoints are kept
     keep_every: int = 0  # also keep every checkpoint whose step is a multiple; 0 = off
     # Comma-separated dotted keys a resumed run may change, e.g. "train.steps,optim.lr";

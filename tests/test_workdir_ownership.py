@@ -145,7 +145,9 @@ def test_resume_after_every_document_changed_is_refused_or_warned(jsonl_run, cap
     data, texts, overrides, workdir = jsonl_run
     # Same count, same sizes: only the content says the data is other data.
     data.write_text("".join(json.dumps({"text": text.swapcase()}) + "\n" for text in texts))
-    with pytest.raises(InputError, match=rf"jsonl:{re.escape(str(data))}.*data\.allow_changed_data"):
+    with pytest.raises(
+        InputError, match=rf"jsonl:{re.escape(str(data))}.*data\.allow_changed_data"
+    ):
         train(apply_overrides(Config(), overrides), workdir)
 
     capsys.readouterr()
