@@ -219,3 +219,32 @@ def test_a_checkpoint_from_before_content_fingerprints_resumes_on_counts(tmp_pat
     old = {"documents_per_source": now["documents_per_source"]}
     check_fingerprint(old, now, "ckpt", cfg, logged.append)
     assert len(logged) == 1 and "only document counts" in logged[0]
+
+
+def test_a_precomputed_reference_table_is_refused_for_changed_pairs(tmp_path, tokenizers):
+    from jaxlm.data.posttrain_inputs import lines_per_file
+    from jaxlm.data.run_inputs import jsonl_content
+    from jaxlm.reference_logps import FILE, reference_table, save_table
+
+    texts = [f"pair {i}: " + "some words " * (i % 5 + 1) for i in range(20)]
+    written = _write_kind("preference", tmp_path / "d", texts, tokenizers[0])
+    cfg = apply_overrides(Config(), ["data.val_fraction=0.25", *written])
+    lines = lines_per_file(cfg, with_eval=True)
+    table = {"data.jsonl:1": [0.0, 0.0]}
+
+    def reread():  # a workdir holding the table: read back, no model needed
+        return reference_table(cfg, None, tmp_path, None, None, None, None, 1, lambda m: None)
+
+    save_table(
+        tmp_path / FILE,
+        table,
+        {"lines_per_file": lines, "content_per_file": jsonl_content(cfg, with_eval=True)},
+    )
+    assert reread().keys() == table.keys()
+    _write_kind("preference", tmp_path / "d", [text.swapcase() for text in texts], tokenizers[0])
+    assert lines_per_file(cfg, with_eval=True) == lines
+    with pytest.raises(InputError, match=r"computed for other data"):
+        reread()
+    # A table from before content digests: checked on its line counts alone.
+    save_table(tmp_path / FILE, table, lines)
+    assert reread().keys() == table.keys()

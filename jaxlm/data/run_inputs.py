@@ -324,13 +324,24 @@ def data_fingerprint(cfg: Config, tokenizer_sha256: str) -> dict[str, Any]:
         from jaxlm.data import posttrain_inputs
 
         counts = posttrain_inputs.lines_per_file(cfg)
-        files, _ = posttrain_inputs.jsonl_files(cfg.data.sources, "data.sources")
-        content = {str(file): content_digest.file_digest(file) for file in files}
+        content = jsonl_content(cfg)
     return {
         "documents_per_source": counts,
         "content_per_source": content,
         "tokenizer_sha256": tokenizer_sha256,
     }
+
+
+def jsonl_content(cfg: Config, *, with_eval: bool = False) -> dict[str, str]:
+    """The sampled content digest of every chat / preference training file (and
+    evaluation file), by path, as posttrain_inputs.lines_per_file counts their lines."""
+    from jaxlm.data.content_digest import file_digest
+    from jaxlm.data.posttrain_inputs import jsonl_files
+
+    files, _ = jsonl_files(cfg.data.sources, "data.sources")
+    if with_eval and cfg.data.eval_sources:
+        files += jsonl_files(cfg.data.eval_sources, "data.eval_sources")[0]
+    return {str(file): file_digest(file) for file in files}
 
 
 def check_fingerprint(
