@@ -84,6 +84,8 @@ def ensure_tokenizer(
     `train.init_from` (a run that continues a model reads text the way that model
     learnt it: never a newly trained tokenizer, same size with other pieces). Every
     later reader uses the copy (jaxlm.owned_tokenizer), whatever directory it runs in.
+    A caller that only looks at the data before any run created the workdir (`jaxlm
+    data inspect`) gets the given tokenizer, and nothing is written.
 
     Refused, naming both files:
       - a tokenizer to copy in whose content differs from the workdir's copy (e.g. a
@@ -110,7 +112,9 @@ def ensure_tokenizer(
         if not source.is_file():
             log(f"{source} not found here; using the workdir's own tokenizer {own}")
         return Tokenizer.load(own)
-    Tokenizer.load(source)  # a file that is no tokenizer is refused before it is copied
+    given = Tokenizer.load(source)  # a file that is no tokenizer is refused before it is copied
+    if not workdir.is_dir():  # a look at the data before any run (jaxlm data inspect)
+        return given
     if is_leader:
         adopt_tokenizer(source, workdir)
     barrier("tokenizer")
@@ -124,22 +128,22 @@ def _tokenizer_to_copy(cfg: Config) -> Path | None:
         return Path(cfg.data.tokenizer).absolute()
     if cfg.data.format == "text" and not cfg.train.init_from:
         return None
-    inherited = _init_from_tokenizer(cfg) if cfg.train.init_from else None
-    if inherited is None:
+    # Only a copy the model's directory holds; never one its config merely names (a
+    # grow-vocab output without --tokenizer names the smaller tokenizer it grew from).
+    inherited = (
+        Path(cfg.train.init_from).absolute() / TOKENIZER_FILE if cfg.train.init_from else None
+    )
+    if inherited is None or not inherited.is_file():
         what = "train.init_from" if cfg.train.init_from else f"data.format={cfg.data.format}"
-        looked = (
-            Path(cfg.train.init_from).absolute() / TOKENIZER_FILE if cfg.train.init_from else None
-        )
         raise InputError(
-            f"{what} needs the model's tokenizer: set "
-            "data.tokenizer, or train.init_from to an export or workdir that holds "
-            f"tokenizer.model (looked for {looked})"
+            f"{what} needs the model's tokenizer: set data.tokenizer, or train.init_from to "
+            f"an export or workdir that holds {TOKENIZER_FILE} (looked for {inherited})"
         )
     return inherited
 
 
 def _init_from_tokenizer(cfg: Config) -> Path | None:
-    """The tokenizer of the `train.init_from` model, when it has one."""
+    """The tokenizer of the `train.init_from` model, when it has one or names one."""
     init_from = Path(cfg.train.init_from).absolute()
     saved = ""
     config_file = init_from / "config.json"
