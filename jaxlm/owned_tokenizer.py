@@ -29,6 +29,7 @@ from jaxlm.params_checkpoint import TOKENIZER_FILE
 
 
 def file_sha256(path: Path) -> str:
+    """sha256 of a file's bytes (a tokenizer model: a few hundred KB)."""
     return hashlib.sha256(Path(path).read_bytes()).hexdigest()
 
 
@@ -63,14 +64,16 @@ def require_owned_tokenizer(directory: Path | str, data_tokenizer: str) -> Path:
     found = owned_tokenizer(directory, data_tokenizer)
     if found is not None:
         return found
-    own = Path(directory).absolute() / TOKENIZER_FILE
+    directory = Path(directory).absolute()
+    missing = f"{directory}: no {TOKENIZER_FILE}"
     if not data_tokenizer:
-        raise InputError(f"{Path(directory).absolute()}: no {TOKENIZER_FILE} ({own} is missing)")
-    relative = "" if Path(data_tokenizer).is_absolute() else f" from {Path.cwd()}"
+        raise InputError(f"{missing}; copy the tokenizer its model was trained with there")
+    where = ""
+    if not Path(data_tokenizer).is_absolute():
+        where = f" from {Path.cwd()} (it is relative to the directory the run was started in)"
     raise InputError(
-        f"{Path(directory).absolute()}: no {TOKENIZER_FILE}, and its config's data.tokenizer "
-        f"'{data_tokenizer}' is not found{relative} (a relative path is relative to the "
-        f"directory the run was started in); copy the run's tokenizer to {own}"
+        f"{missing}, and its config's data.tokenizer '{data_tokenizer}' is not found{where}; "
+        f"copy the run's tokenizer to {directory / TOKENIZER_FILE}"
     )
 
 
