@@ -148,6 +148,10 @@ class DataConfig:
     # skip: count and report bad records; abort above 1% of n read + sqrt(0.01 n)
     # (n >= 100, or the whole source if smaller; jaxlm.data.jsonl.bad_line_allowance)
     on_bad_record: Literal["raise", "skip"] = "raise"
+    # A resume whose data changed content but not document count (jaxlm.data.
+    # content_digest: size + sampled blocks per file) is refused; true continues with a
+    # logged warning, on the new data from the saved position.
+    allow_changed_data: bool = False
 
     def __post_init__(self):
         _positive(self, "seq_len", "batch_size", "tokenizer_vocab_size", "packing_bins")
@@ -238,6 +242,9 @@ class TrainConfig:
     # A params directory (jaxlm export, jaxlm checkpoint grow-vocab) or a training
     # workdir (params of its newest good checkpoint) to start from; fresh optimizer.
     init_from: str = ""
+    # data.tokenizer must be the init_from model's tokenizer, by content; true accepts
+    # another (vocabulary surgery: a grown embedding for an extended tokenizer).
+    allow_tokenizer_change: bool = False
     keep_checkpoints: int = 3  # the newest K checkpoints are kept
     keep_every: int = 0  # also keep every checkpoint whose step is a multiple; 0 = off
     # Comma-separated dotted keys a resumed run may change, e.g. "train.steps,optim.lr";

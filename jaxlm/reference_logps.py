@@ -9,8 +9,10 @@ reference weights are kept.
 
 The table maps each pair's "file:line" to its [chosen, rejected] summed log-probs.
 It is written to `<workdir>/reference_logps.npz` (plain arrays, loaded without
-pickle) together with the lines-per-file fingerprint of the data it scored; a
-resumed run reuses it, and refuses it if the data changed.
+pickle) together with the fingerprint of the data it scored (lines and sampled
+content digest per file, jaxlm.data.content_digest); a resumed run reuses it, and
+refuses it if the data changed. A table from before content digests is checked on
+its line counts.
 """
 
 from __future__ import annotations
@@ -29,18 +31,20 @@ from jaxlm.errors import InputError
 FILE = "reference_logps.npz"
 
 
-def load_table(path: Path, fingerprint: dict[str, int]) -> dict[str, np.ndarray]:
+def load_table(path: Path, fingerprint: dict[str, Any]) -> dict[str, np.ndarray]:
     with np.load(path, allow_pickle=False) as data:
         saved = json.loads(str(data["fingerprint"]))
+        if "content_per_file" not in saved:  # an older table: lines per file alone
+            fingerprint = fingerprint["lines_per_file"]
         if saved != fingerprint:
             raise InputError(
-                f"{path}: computed for other data ({saved} lines per file, now "
-                f"{fingerprint}); delete it to recompute"
+                f"{path}: computed for other data (its files' lines or content differ from "
+                "those of data.sources and data.eval_sources now); delete it to recompute"
             )
         return dict(zip(data["where"].tolist(), data["logps"], strict=True))
 
 
-def save_table(path: Path, table: dict[str, np.ndarray], fingerprint: dict[str, int]) -> None:
+def save_table(path: Path, table: dict[str, np.ndarray], fingerprint: dict[str, Any]) -> None:
     where = sorted(table)
     tmp = path.with_name(path.name + ".tmp.npz")
     np.savez(
@@ -61,10 +65,13 @@ def reference_table(
     reference). Scores every line of data.sources and data.eval_sources, so training
     and held-out pairs alike carry `ref_logps`.
     """
-    from jaxlm.data import posttrain_inputs
+    from jaxlm.data import posttrain_inputs, run_inputs
 
     path = Path(workdir) / FILE
-    fingerprint = posttrain_inputs.lines_per_file(cfg, with_eval=True)
+    fingerprint = {
+        "lines_per_file": posttrain_inputs.lines_per_file(cfg, with_eval=True),
+        "content_per_file": run_inputs.jsonl_content(cfg, with_eval=True),
+    }
     if path.is_file():
         log(f"reference log-probs from {path}")
         return load_table(path, fingerprint)

@@ -7,7 +7,13 @@ resume is refused, because the result would not be a continuation of the same ru
     --set train.steps=20000 --set train.allow_config_change=train.steps,optim.lr
 
 Anything not listed is still refused. Some differences never count:
-  - train.allow_config_change itself (it only says what else may change);
+  - train.allow_config_change itself (it only says what else may change), and the
+    other overrides, which only say what a run may accept (data.allow_changed_data,
+    train.allow_tokenizer_change);
+  - data.tokenizer: a path, often relative to the directory the run was started in,
+    so its text says nothing; the tokenizer is compared by content with the
+    workdir's own copy instead (jaxlm.data.run_inputs.ensure_tokenizer), and with
+    the checkpoint's tokenizer sha256 (check_fingerprint);
   - a key the checkpoint's config does not have at all (written before the field
     existed) whose new value is the field's default: the old code behaved as the
     default does;
@@ -27,6 +33,10 @@ from jaxlm.config import Config, ConfigError, all_keys, config_differences
 from jaxlm.errors import InputError
 
 _SELF = "train.allow_config_change"
+# Keys whose text never counts as a difference (module docstring).
+_NOT_COMPARED = frozenset(
+    {_SELF, "data.allow_changed_data", "train.allow_tokenizer_change", "data.tokenizer"}
+)
 _ABSENT = "'<absent>'"
 OPERATIONAL = frozenset(
     f"train.{key}"
@@ -84,7 +94,7 @@ def check_resume_config(saved: dict[str, Any], cfg: Config, where: str) -> list[
     for change in config_differences(saved, cfg.to_dict()):
         key, _, values = change.partition(": ")
         old, _, new = values.partition(" -> ")
-        if key == _SELF:
+        if key in _NOT_COMPARED:
             continue
         if old == _ABSENT and key in defaults and new == repr(defaults[key]):
             continue

@@ -246,11 +246,7 @@ def train(cfg: Config, workdir: Path | str) -> RunResult:
             cfg, tokenizer, *where, batch_size, **extra
         )
     train_iter = iter(train_ds)
-    fingerprint = (
-        run_inputs.data_fingerprint(cfg, tokenizer.sha256)
-        if cfg.data.format == "text"
-        else posttrain_inputs.lines_per_file(cfg)
-    )
+    fingerprint = run_inputs.data_fingerprint(cfg, tokenizer.sha256)
     data_totals = DataTotals()
 
     checkpointer = Checkpointer(
@@ -274,7 +270,7 @@ def train(cfg: Config, workdir: Path | str) -> RunResult:
     if restored is not None:
         state, data_state = restored.state, restored.data
         where = str(checkpointer.step_dir(latest))
-        run_inputs.check_fingerprint(data_state["documents_per_source"], fingerprint, where)
+        run_inputs.check_fingerprint(data_state, fingerprint, where, cfg, log)
         train_iter.set_state(from_jsonable(data_state["iterator"]))
         data_totals = DataTotals(data_state["counts"])
         start_step = latest
@@ -423,7 +419,7 @@ def train(cfg: Config, workdir: Path | str) -> RunResult:
                 with ledger.phase("checkpoint"):
                     data_state = {
                         "iterator": train_iter.get_state(),
-                        "documents_per_source": fingerprint,
+                        **fingerprint,  # documents_per_source, content_per_source, ...
                         "counts": data_totals.as_dict(),
                     }
                     checkpointer.save(done, state, data_state, cfg.to_json())

@@ -12,10 +12,11 @@ source run's config with model.vocab_size set, and data.tokenizer pointing at th
 copy of --tokenizer in DST_DIR.
 
 The tokenizer must have exactly --vocab-size pieces and must extend the one the
-checkpoint was trained with (data.tokenizer, or SRC_WORKDIR/tokenizer.model): its
+checkpoint was trained with (SRC_WORKDIR/tokenizer.model, the run's own copy): its
 first V pieces are compared, so a tokenizer with other ids cannot scramble the
 embeddings silently. Without --tokenizer, data.tokenizer keeps naming the source's
-tokenizer, and a run refuses it until it is pointed at one with --vocab-size pieces.
+tokenizer, and a run refuses it until it is pointed at one with --vocab-size pieces,
+with train.allow_tokenizer_change=true (it is not the tokenizer DST_DIR names).
 """
 
 from __future__ import annotations
@@ -47,6 +48,7 @@ def run(args: argparse.Namespace) -> int:
     from jaxlm.data.tokenizer import Tokenizer
     from jaxlm.errors import InputError
     from jaxlm.models.vocab_resize import grow_vocab
+    from jaxlm.owned_tokenizer import owned_tokenizer
     from jaxlm.params_checkpoint import TOKENIZER_FILE, restore_latest_params, save_params
 
     if args.noise_std < 0:
@@ -67,7 +69,10 @@ def run(args: argparse.Namespace) -> int:
             f"--vocab-size {args.vocab_size} must exceed the checkpoint's vocabulary "
             f"({old_size}, {Path(args.src)})"
         )
-    source_tokenizer = Path(cfg.data.tokenizer or Path(args.src) / "tokenizer.model")
+    # The source run's own copy (an older run: its data.tokenizer where found).
+    source_tokenizer = owned_tokenizer(args.src, cfg.data.tokenizer) or (
+        Path(args.src).absolute() / TOKENIZER_FILE
+    )
     if tokenizer is not None:
         check_extends(tokenizer, source_tokenizer, old_size)
     grown = grow_vocab(

@@ -165,6 +165,7 @@ def _to_hf(args, src, out) -> int:
     from jaxlm.data.tokenizer import Tokenizer
     from jaxlm.errors import InputError
     from jaxlm.hf.export_hf import export_to_hf
+    from jaxlm.owned_tokenizer import owned_tokenizer
     from jaxlm.params_checkpoint import (
         PARAMS_DIR,
         TOKENIZER_FILE,
@@ -189,16 +190,14 @@ def _to_hf(args, src, out) -> int:
         )
     tokenizer = None
     if not args.no_tokenizer:
-        candidates = [src / TOKENIZER_FILE]
-        if cfg.data.tokenizer:
-            candidates.insert(0, type(src)(cfg.data.tokenizer))
-        found = [c for c in candidates if c.is_file()]
-        if not found:
+        found = owned_tokenizer(src, cfg.data.tokenizer)  # SRC's own copy, never the cwd's
+        if found is None:
             raise FileNotFoundError(
-                f"{src}: the model's tokenizer is missing ({', '.join(map(str, candidates))}); "
-                "pass --no-tokenizer to export the weights alone"
+                f"{src}: the model's tokenizer is missing ({src / TOKENIZER_FILE}; "
+                f"data.tokenizer '{cfg.data.tokenizer}'); pass --no-tokenizer to export the "
+                "weights alone"
             )
-        tokenizer = Tokenizer.load(found[0])
+        tokenizer = Tokenizer.load(found)
     files = export_to_hf(
         params, cfg, out, tokenizer=tokenizer, dtype=args.dtype, max_shard_bytes=max_shard_bytes
     )

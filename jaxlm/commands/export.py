@@ -55,6 +55,7 @@ def run(args: argparse.Namespace) -> int:
 
     from jaxlm.config import config_from_dict
     from jaxlm.errors import InputError
+    from jaxlm.owned_tokenizer import require_owned_tokenizer
     from jaxlm.params_checkpoint import TOKENIZER_FILE, restore_params, save_params
 
     workdir, out = Path(args.workdir).absolute(), Path(args.out).absolute()
@@ -66,9 +67,7 @@ def run(args: argparse.Namespace) -> int:
         params, cfg, step = _restore_adapters(workdir, args.step)
     else:
         params, cfg, step = restore_params(workdir, step=args.step)
-    tokenizer = Path(cfg.data.tokenizer or workdir / TOKENIZER_FILE)
-    if not tokenizer.is_file():
-        raise FileNotFoundError(f"the run's tokenizer is missing: {tokenizer}")
+    tokenizer = require_owned_tokenizer(workdir, cfg.data.tokenizer)  # never the cwd's
     if args.dtype is not None:
         dtype = jnp.dtype(args.dtype)
         params = jax.tree.map(lambda x: np.asarray(x).astype(dtype), params)

@@ -1,10 +1,12 @@
 """The data side of a training run, built from a Config: tokenizer, streams, eval set.
 
-    ensure_tokenizer   load data.tokenizer, or train one on the training documents
+    ensure_tokenizer   the workdir's own tokenizer: trained there on the training
+                       documents, or copied in from data.tokenizer / train.init_from
     train_stream       the endless, checkpointable batch iterator of this process
     eval_batches       every held-out document once, equal batch counts on all hosts
     eval_texts         the held-out texts themselves (for the gzip baseline)
-    data_fingerprint   what the stream was built from, to refuse a silent change on resume
+    data_fingerprint   what the stream was built from (counts, sampled content, tokenizer)
+    check_fingerprint  refuses a resume on other data, or warns (data.allow_changed_data)
 
 Splits: with `data.eval_sources` empty, each source's documents are split by a stable
 hash into training (1 - val_fraction) and held-out; otherwise training reads all of
@@ -14,10 +16,11 @@ hash into training (1 - val_fraction) and held-out; otherwise training reads all
 from __future__ import annotations
 
 import itertools
-import shutil
+import json
 import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
+from typing import Any
 
 import grain
 import numpy as np
@@ -29,6 +32,13 @@ from jaxlm.data.pipeline import dataset_from_specs
 from jaxlm.data.source_spec import parse_sources
 from jaxlm.data.tokenizer import Tokenizer, train_tokenizer
 from jaxlm.errors import InputError
+from jaxlm.owned_tokenizer import (
+    TOKENIZER_FILE,
+    adopt_tokenizer,
+    file_sha256,
+    owned_tokenizer,
+    same_tokenizer,
+)
 
 
 def train_split(cfg: Config) -> str:
@@ -67,36 +77,110 @@ def open_sources(
 def ensure_tokenizer(
     cfg: Config, workdir: Path, *, log: Callable[[str], None], is_leader: bool, barrier
 ) -> Tokenizer:
-    """Load the configured tokenizer, or train one on the training documents.
+    """The run's tokenizer: the workdir's own copy, <workdir>/tokenizer.model.
 
-    A run that continues a model (`train.init_from`: post-training, continued
-    pretraining, context extension) must read text the way that model learnt it, so
-    its tokenizer is data.tokenizer, else the tokenizer.model inside the init_from
-    export or workdir; never a newly trained one (same vocabulary size, other pieces:
-    a silently different model).
+    It is trained there (a text run without data.tokenizer), or copied there once, at
+    the start of the run, from data.tokenizer, else from the tokenizer.model inside
+    `train.init_from` (a run that continues a model reads text the way that model
+    learnt it: never a newly trained tokenizer, same size with other pieces). Every
+    later reader uses the copy (jaxlm.owned_tokenizer), whatever directory it runs in.
+    A caller that only looks at the data before any run created the workdir (`jaxlm
+    data inspect`) gets the given tokenizer, and nothing is written.
+
+    Refused, naming both files:
+      - a tokenizer to copy in whose content differs from the workdir's copy (e.g. a
+        resume from another directory where the relative data.tokenizer names some
+        other file); a data.tokenizer that does not exist here leaves the copy in use;
+      - data.tokenizer differing by content from the `train.init_from` model's
+        tokenizer (same vocabulary size, other pieces: a silently scrambled model),
+        unless `train.allow_tokenizer_change` says it is vocabulary surgery.
     """
-    if cfg.data.tokenizer:
-        return Tokenizer.load(Path(cfg.data.tokenizer))
-    if cfg.data.format != "text" or cfg.train.init_from:
-        inherited = Path(cfg.train.init_from) / "tokenizer.model" if cfg.train.init_from else None
-        if inherited is None or not inherited.is_file():
-            what = "train.init_from" if cfg.train.init_from else f"data.format={cfg.data.format}"
+    source = _tokenizer_to_copy(cfg)
+    if source is None:
+        return _trained_tokenizer(cfg, workdir, log=log, is_leader=is_leader, barrier=barrier)
+    if cfg.data.tokenizer and cfg.train.init_from:
+        _check_init_from_tokenizer(cfg, log)
+    own = workdir / TOKENIZER_FILE
+    if own.is_file():
+        if source.is_file() and not same_tokenizer(source, own):
             raise InputError(
-                f"{what} needs the model's tokenizer: set "
-                "data.tokenizer, or train.init_from to an export or workdir that holds "
-                f"tokenizer.model (looked for {inherited})"
+                f"{source} (the tokenizer this run was given) differs from {own}, the "
+                f"tokenizer {workdir} was trained with (sha256 {file_sha256(source)[:12]} "
+                f"vs {file_sha256(own)[:12]}); point data.tokenizer at the run's own "
+                "tokenizer, or use a new --workdir"
             )
-        # A copy in the workdir keeps the run self-contained (export, resume, inspect).
-        copy = workdir / "tokenizer.model"
-        if is_leader and not copy.exists():
-            from jaxlm.data.tokenizer_metadata import sidecar_path
+        if not source.is_file():
+            log(f"{source} not found here; using the workdir's own tokenizer {own}")
+        return Tokenizer.load(own)
+    given = Tokenizer.load(source)  # a file that is no tokenizer is refused before it is copied
+    if not workdir.is_dir():  # a look at the data before any run (jaxlm data inspect)
+        return given
+    if is_leader:
+        adopt_tokenizer(source, workdir)
+    barrier("tokenizer")
+    log(f"tokenizer {source} copied to {own}")
+    return Tokenizer.load(own)
 
-            shutil.copyfile(inherited, copy)
-            if sidecar_path(inherited).is_file():
-                shutil.copyfile(sidecar_path(inherited), sidecar_path(copy))
-        barrier("tokenizer")
-        log(f"tokenizer from train.init_from: {inherited} (copied to {copy})")
-        return Tokenizer.load(copy)
+
+def _tokenizer_to_copy(cfg: Config) -> Path | None:
+    """data.tokenizer, else init_from's tokenizer; None when the run trains its own."""
+    if cfg.data.tokenizer:
+        return Path(cfg.data.tokenizer).absolute()
+    if cfg.data.format == "text" and not cfg.train.init_from:
+        return None
+    # Only a copy the model's directory holds; never one its config merely names (a
+    # grow-vocab output without --tokenizer names the smaller tokenizer it grew from).
+    inherited = (
+        Path(cfg.train.init_from).absolute() / TOKENIZER_FILE if cfg.train.init_from else None
+    )
+    if inherited is None or not inherited.is_file():
+        what = "train.init_from" if cfg.train.init_from else f"data.format={cfg.data.format}"
+        raise InputError(
+            f"{what} needs the model's tokenizer: set data.tokenizer, or train.init_from to "
+            f"an export or workdir that holds {TOKENIZER_FILE} (looked for {inherited})"
+        )
+    return inherited
+
+
+def _init_from_tokenizer(cfg: Config) -> Path | None:
+    """The tokenizer of the `train.init_from` model, when it has one or names one."""
+    init_from = Path(cfg.train.init_from).absolute()
+    saved = ""
+    config_file = init_from / "config.json"
+    if not (init_from / TOKENIZER_FILE).is_file() and config_file.is_file():
+        # An older directory (or grow-vocab without --tokenizer) names its tokenizer.
+        from jaxlm.config import config_from_dict
+
+        saved = config_from_dict(json.loads(config_file.read_text(encoding="utf-8"))).data.tokenizer
+    return owned_tokenizer(init_from, saved)
+
+
+def _check_init_from_tokenizer(cfg: Config, log: Callable[[str], None]) -> None:
+    given, inherited = Path(cfg.data.tokenizer).absolute(), _init_from_tokenizer(cfg)
+    if inherited is None or not given.is_file():
+        if inherited is None:
+            log(f"train.init_from={cfg.train.init_from} has no tokenizer to compare with {given}")
+        return
+    if same_tokenizer(given, inherited):
+        return
+    what = (
+        f"data.tokenizer {given} differs from {inherited}, the tokenizer of the "
+        f"train.init_from model (sha256 {file_sha256(given)[:12]} vs "
+        f"{file_sha256(inherited)[:12]})"
+    )
+    if not cfg.train.allow_tokenizer_change:
+        raise InputError(
+            f"{what}: the model's embeddings would read other ids. Leave data.tokenizer "
+            "unset to use the model's own, or set train.allow_tokenizer_change=true for "
+            "vocabulary surgery (jaxlm checkpoint grow-vocab)"
+        )
+    log(f"warning: {what}; accepted (train.allow_tokenizer_change=true)")
+
+
+def _trained_tokenizer(
+    cfg: Config, workdir: Path, *, log: Callable[[str], None], is_leader: bool, barrier
+) -> Tokenizer:
+    """The tokenizer trained into the workdir on the training documents (once)."""
     prefix = workdir / "tokenizer"
     model_path = prefix.with_suffix(".model")
     if not model_path.exists():
@@ -217,15 +301,92 @@ def eval_texts(cfg: Config) -> list[str]:
     return texts
 
 
-def data_fingerprint(cfg: Config, tokenizer_sha256: str) -> dict[str, int]:
-    """Documents per training source: a resumed run must see the same data."""
+def data_fingerprint(cfg: Config, tokenizer_sha256: str) -> dict[str, Any]:
+    """What the training data is, for a resumed run to check it reads the same data.
+
+    documents_per_source  documents per text source (non-blank lines per file for
+                          chat and preference data): what the data position counts
+    content_per_source    a sampled sha256 of every source's files (per file for
+                          chat and preference data): jaxlm.data.content_digest,
+                          at most 64 KiB read per file, whatever its size
+    tokenizer_sha256      the tokenizer the batches were made with
+    """
+    from jaxlm.data import content_digest
+
+    if cfg.data.format == "text":
+        counts = {
+            spec: len(source)
+            for spec, source in open_sources(
+                cfg, cfg.data.sources, train_split(cfg), tokenizer_sha256
+            )
+        }
+        content = {
+            str(spec): content_digest.files_digest(*content_digest.source_files(spec))
+            for spec in parse_sources(cfg.data.sources)
+        }
+    else:
+        from jaxlm.data import posttrain_inputs
+
+        counts = posttrain_inputs.lines_per_file(cfg)
+        content = jsonl_content(cfg)
     return {
-        spec: len(source)
-        for spec, source in open_sources(cfg, cfg.data.sources, train_split(cfg), tokenizer_sha256)
+        "documents_per_source": counts,
+        "content_per_source": content,
+        "tokenizer_sha256": tokenizer_sha256,
     }
 
 
-def check_fingerprint(saved: dict[str, int], now: dict[str, int], where: str) -> None:
+def jsonl_content(cfg: Config, *, with_eval: bool = False) -> dict[str, str]:
+    """The sampled content digest of every chat / preference training file (and
+    evaluation file), by path, as posttrain_inputs.lines_per_file counts their lines."""
+    from jaxlm.data.content_digest import file_digest
+    from jaxlm.data.posttrain_inputs import jsonl_files
+
+    files, _ = jsonl_files(cfg.data.sources, "data.sources")
+    if with_eval and cfg.data.eval_sources:
+        files += jsonl_files(cfg.data.eval_sources, "data.eval_sources")[0]
+    return {str(file): file_digest(file) for file in files}
+
+
+def check_fingerprint(
+    saved: dict[str, Any], now: dict[str, Any], where: str, cfg: Config, log: Callable[[str], None]
+) -> None:
+    """Refuses a resume whose data or tokenizer is not the checkpoint's.
+
+    `saved` is the checkpoint's data item (data_fingerprint's keys among others). A
+    different document count or tokenizer is always refused: the saved data position
+    would point at other documents. Changed content with the same counts is refused
+    too, unless `data.allow_changed_data` accepts it with a logged warning. A
+    checkpoint from before content fingerprints is checked on its counts alone.
+    """
+    _check_counts(saved["documents_per_source"], now["documents_per_source"], where)
+    if "content_per_source" not in saved:
+        log(f"note: {where} predates data content fingerprints; only document counts were compared")
+        return
+    if saved["tokenizer_sha256"] != now["tokenizer_sha256"]:
+        raise InputError(
+            f"{where}: the checkpoint was trained with tokenizer sha256 "
+            f"{saved['tokenizer_sha256']}, this run's has {now['tokenizer_sha256']}; the "
+            "workdir's tokenizer.model was replaced. Restore it or use a new --workdir"
+        )
+    old, new = saved["content_per_source"], now["content_per_source"]
+    changed = sorted(source for source in new if old.get(source) != new[source])
+    if not changed:
+        return
+    what = (
+        f"the content of the training data changed since this checkpoint was saved "
+        f"({', '.join(changed)}: same document count, other sampled bytes)"
+    )
+    if not cfg.data.allow_changed_data:
+        raise InputError(
+            f"{where}: {what}; resuming would read other documents at the saved position. "
+            "Restore the data, use a new --workdir, or set data.allow_changed_data=true "
+            "to continue on the new data"
+        )
+    log(f"warning: {where}: {what}; continuing (data.allow_changed_data=true)")
+
+
+def _check_counts(saved: dict[str, int], now: dict[str, int], where: str) -> None:
     if saved == now:
         return
     changes = [

@@ -10,6 +10,8 @@ Overrides may change only model settings that leave the parameters' shapes alone
 else would not fit the saved weights and is refused with the key named. With a
 `mesh`, params are restored straight into their shardings (jaxlm.sharding's logical
 rules), so a model larger than one device loads without passing through one.
+The tokenizer is the directory's own tokenizer.model (jaxlm.owned_tokenizer), found
+from the directory, never from the current one.
 """
 
 from __future__ import annotations
@@ -23,9 +25,9 @@ from jax.sharding import Mesh
 from jaxlm.config import Config, apply_overrides, config_differences
 from jaxlm.data.tokenizer import Tokenizer
 from jaxlm.errors import InputError
+from jaxlm.owned_tokenizer import require_owned_tokenizer
 from jaxlm.params_checkpoint import (
     PARAMS_DIR,
-    TOKENIZER_FILE,
     load_params,
     read_params_config,
     restore_params,
@@ -63,18 +65,6 @@ def _check_overrides(saved: Config, new: Config, source: str) -> None:
             f"{source}: overrides may only change model settings that keep the weights' "
             f"shapes ({', '.join(_INFERENCE_KEYS)}, rope_*); refused: " + "; ".join(refused)
         )
-
-
-def _tokenizer_path(cfg: Config, path: Path) -> Path:
-    # An export points data.tokenizer at its own copy; a workdir keeps one beside its
-    # checkpoints (post-training runs copy the inherited one there).
-    candidates = [path / TOKENIZER_FILE]
-    if cfg.data.tokenizer:
-        candidates.append(Path(cfg.data.tokenizer))
-    for candidate in candidates:
-        if candidate.is_file():
-            return candidate
-    raise FileNotFoundError(f"{path}: no tokenizer ({path / TOKENIZER_FILE} is missing)")
 
 
 def load_model(
@@ -118,7 +108,8 @@ def load_model(
         params = _cast_and_place(params, cfg, shardings)
         source = f"{path / 'checkpoints' / str(step)}"
     graphdef, _ = abstract_model(cfg.model)
-    tokenizer = Tokenizer.load(_tokenizer_path(cfg, path))
+    # The directory's own copy, never data.tokenizer resolved against the cwd.
+    tokenizer = Tokenizer.load(require_owned_tokenizer(path, cfg.data.tokenizer))
     return LoadedModel(cfg, graphdef, params, tokenizer, source, mesh)
 
 

@@ -1,0 +1,96 @@
+"""The tokenizer a training workdir or params directory owns, found from that directory.
+
+    DIR/tokenizer.model   the tokenizer DIR's model was trained with
+    DIR/tokenizer.json    its sidecar (jaxlm.data.tokenizer_metadata), when it has one
+
+A training run keeps its own copy: a text run trains one there, and a run given
+`data.tokenizer` or `train.init_from` copies that tokenizer in at its start
+(jaxlm.data.run_inputs.ensure_tokenizer). Exports and params directories carry one the
+same way. Every reader of DIR (resume, generate, chat, eval, export, convert,
+grow-vocab, init_from) uses DIR's copy, so what it reads does not depend on the
+directory the command runs in, and a different file placed at the path `data.tokenizer`
+named (often relative to where the run was started) is never used in its place.
+
+A workdir written before runs kept their own copy has only config.json's
+`data.tokenizer`: it is used where it is found (an absolute path, or a relative one
+from the current directory), and its absence is an error saying what to copy where.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import shutil
+import sys
+from pathlib import Path
+
+from jaxlm.data.tokenizer_metadata import sidecar_path
+from jaxlm.errors import InputError
+from jaxlm.params_checkpoint import TOKENIZER_FILE
+
+
+def file_sha256(path: Path) -> str:
+    """sha256 of a file's bytes (a tokenizer model: a few hundred KB)."""
+    return hashlib.sha256(Path(path).read_bytes()).hexdigest()
+
+
+def same_tokenizer(a: Path, b: Path) -> bool:
+    """Whether two `.model` files are the same tokenizer: identical bytes."""
+    return Path(a).samefile(b) or file_sha256(a) == file_sha256(b)
+
+
+def owned_tokenizer(directory: Path | str, data_tokenizer: str) -> Path | None:
+    """DIR's own tokenizer, else (an older directory) `data_tokenizer` where it exists;
+    None when neither is found. A relative `data_tokenizer` found from the current
+    directory is used with a warning: nothing says it is the file the run used."""
+    directory = Path(directory).absolute()
+    own = directory / TOKENIZER_FILE
+    if own.is_file():
+        return own
+    if not data_tokenizer or not Path(data_tokenizer).is_file():
+        return None
+    named = Path(data_tokenizer).absolute()
+    if not Path(data_tokenizer).is_absolute():
+        print(
+            f"warning: {directory} has no {TOKENIZER_FILE}; using data.tokenizer "
+            f"'{data_tokenizer}' from the current directory ({named}), which nothing "
+            f"verifies; copy the run's tokenizer to {own} to stop guessing",
+            file=sys.stderr,
+        )
+    return named
+
+
+def require_owned_tokenizer(directory: Path | str, data_tokenizer: str) -> Path:
+    """`owned_tokenizer`, or an InputError naming what is missing and what to do."""
+    found = owned_tokenizer(directory, data_tokenizer)
+    if found is not None:
+        return found
+    directory = Path(directory).absolute()
+    missing = f"{directory}: no {TOKENIZER_FILE}"
+    if not data_tokenizer:
+        raise InputError(f"{missing}; copy the tokenizer its model was trained with there")
+    where = ""
+    if not Path(data_tokenizer).is_absolute():
+        where = f" from {Path.cwd()} (it is relative to the directory the run was started in)"
+    raise InputError(
+        f"{missing}, and its config's data.tokenizer '{data_tokenizer}' is not found{where}; "
+        f"copy the run's tokenizer to {directory / TOKENIZER_FILE}"
+    )
+
+
+def adopt_tokenizer(source: Path, directory: Path) -> Path:
+    """Copies `source` (and its sidecar) to DIR/tokenizer.model; returns the copy.
+
+    Each file is written under a temporary name and renamed, the model last: a copy
+    cut short leaves no tokenizer.model, and the next run copies again. A sidecar left
+    there by another tokenizer goes when `source` has none (it would not match).
+    """
+    target = Path(directory) / TOKENIZER_FILE
+    pairs = [(sidecar_path(source), sidecar_path(target)), (Path(source), target)]
+    for src, dst in pairs:
+        if src.is_file():
+            partial = dst.with_name(f".{dst.name}.partial")
+            shutil.copyfile(src, partial)
+            partial.replace(dst)
+        else:
+            dst.unlink(missing_ok=True)
+    return target
