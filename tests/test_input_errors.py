@@ -215,7 +215,17 @@ def long_reply_export(tmp_path_factory):
     text = "The quick brown fox jumps over the lazy dog while the cat sleeps.\n" * 40
     tokenizer = train_tokenizer([text], root / "tok", vocab_size=vocab)
     cfg = Config(model=model, data=DataConfig(tokenizer_vocab_size=vocab, seq_len=32))
-    params = jax.tree.map(np.asarray, init_params(model, jax.random.key(3)))
+    # Random weights of the right shapes, without running init_params (tens of seconds
+    # on a loaded 2-core machine); unit norm scales, so the logits are not flat.
+    shapes = jax.eval_shape(lambda: init_params(model, jax.random.key(3)))
+    rng = np.random.default_rng(3)
+
+    def random_like(path, shape):
+        if "norm" in jax.tree_util.keystr(path):
+            return np.ones(shape.shape, shape.dtype)
+        return (0.02 * rng.standard_normal(shape.shape)).astype(shape.dtype)
+
+    params = jax.tree_util.tree_map_with_path(random_like, shapes)
     return save_params(root / "export", params, cfg, tokenizer=tokenizer.path)
 
 
