@@ -98,9 +98,9 @@ def _converse(session, interactive: bool) -> int:
 @contextlib.contextmanager
 def _ctrl_c_stops_the_reply():
     """While a reply is generated, Ctrl-C sets an event the generation loop reads at
-    the next token, instead of raising KeyboardInterrupt in the middle of a JAX call:
-    raised there, it left the interpreter to crash (Segmentation fault) or hang at
-    exit."""
+    the next token, instead of raising KeyboardInterrupt wherever the main thread is:
+    mostly inside a JAX dispatch, which gave a traceback and (as reported) a
+    Segmentation fault at exit."""
     pressed = threading.Event()
     previous = signal.signal(signal.SIGINT, lambda signum, frame: pressed.set())
     try:
