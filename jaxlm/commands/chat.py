@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import select
 import signal
 import sys
 import threading
@@ -62,6 +63,7 @@ def _converse(session, interactive: bool) -> int:
         if interactive:
             sys.stdout.write("\n> ")
             sys.stdout.flush()
+            _wait_for_input()
         line = sys.stdin.readline()
         if not line:
             return 0
@@ -93,6 +95,15 @@ def _converse(session, interactive: bool) -> int:
                 f"[context full: dropped the {session.dropped - dropped} oldest messages]",
                 file=sys.stderr,
             )
+
+
+def _wait_for_input() -> None:
+    """Waits until a line can be read, waking 4 times a second. The kernel may hand
+    Ctrl-C's SIGINT to one of JAX's threads rather than to the main thread; a main
+    thread blocked in read() would then never see it (Python runs signal handlers, and
+    raises KeyboardInterrupt, in the main thread between bytecodes)."""
+    while not select.select([sys.stdin], [], [], 0.25)[0]:
+        pass
 
 
 @contextlib.contextmanager
