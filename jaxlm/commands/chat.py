@@ -98,10 +98,10 @@ def _converse(session, interactive: bool) -> int:
 
 
 def _wait_for_input() -> None:
-    """Waits until a line can be read, waking 4 times a second. The kernel may hand
-    Ctrl-C's SIGINT to one of JAX's threads rather than to the main thread; a main
-    thread blocked in read() would then never see it (Python runs signal handlers, and
-    raises KeyboardInterrupt, in the main thread between bytecodes)."""
+    """Waits until a line can be read, waking 4 times a second. Python raises
+    KeyboardInterrupt in the main thread between bytecodes; a SIGINT that comes just
+    before the main thread enters read(), or that the kernel hands to one of JAX's
+    threads, does not interrupt that read(), and Ctrl-C at the prompt did nothing."""
     while not select.select([sys.stdin], [], [], 0.25)[0]:
         pass
 
