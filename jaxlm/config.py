@@ -12,6 +12,7 @@ from __future__ import annotations
 import dataclasses
 import difflib
 import json
+import math
 import types
 import typing
 from typing import Any, Literal
@@ -74,8 +75,10 @@ class ModelConfig:
     lora_targets: str = "wq,wk,wv,wo,w_gate,w_up,w_down"
 
     def __post_init__(self):
+        _finite(self)
         _positive(self, "vocab_size", "d_model", "n_layers", "n_heads", "n_kv_heads")
-        _positive(self, "max_seq_len", "ffn_multiple_of")
+        _positive(self, "max_seq_len", "ffn_multiple_of", "init_std")
+        _non_negative(self, "head_dim", "d_ff", "norm_eps")
         if self.n_heads % self.n_kv_heads:
             raise ConfigError(
                 f"model.n_heads={self.n_heads} must be a multiple of "
@@ -154,7 +157,10 @@ class DataConfig:
     allow_changed_data: bool = False
 
     def __post_init__(self):
+        _finite(self)
         _positive(self, "seq_len", "batch_size", "tokenizer_vocab_size", "packing_bins")
+        _positive(self, "tokenizer_max_chars", "shuffle_window")
+        _non_negative(self, "eval_max_docs")
         if not 0.0 < self.val_fraction < 1.0:
             raise ConfigError(f"data.val_fraction={self.val_fraction} must be in (0, 1)")
         if self.reader_threads < 0 or self.workers < 0:
@@ -199,7 +205,16 @@ class OptimConfig:
     max_consecutive_spikes: int = 20
 
     def __post_init__(self):
-        _positive(self, "grad_accum")
+        _finite(self)
+        _positive(self, "grad_accum", "eps")
+        # lr=0 stays allowed: a frozen run (throughput, data checks) is deliberate and
+        # shows as a flat loss; a negative lr trains uphill and exits 0.
+        _non_negative(self, "lr", "weight_decay", "clip_norm", "z_loss", "spike_warmup_steps")
+        for name in ("b1", "b2"):  # b2 = 1 divides by zero in Adam's bias correction
+            if not 0.0 <= getattr(self, name) < 1.0:
+                raise ConfigError(f"optim.{name}={getattr(self, name)} must be in [0, 1)")
+        if not 0.0 <= self.min_lr_ratio <= 1.0:
+            raise ConfigError(f"optim.min_lr_ratio={self.min_lr_ratio} must be in [0, 1]")
         if self.spike_factor < 0 or self.max_consecutive_spikes < 0:
             raise ConfigError(
                 f"optim.spike_factor={self.spike_factor} and optim.max_consecutive_spikes="
@@ -259,7 +274,9 @@ class TrainConfig:
     first_step_timeout_s: float = 1800.0
 
     def __post_init__(self):
+        _finite(self)
         _positive(self, "steps", "log_every", "keep_checkpoints")
+        _non_negative(self, "eval_every", "checkpoint_every", "peak_flops", "generate_tokens")
         if self.keep_every < 0:
             raise ConfigError(f"train.keep_every={self.keep_every} must be >= 0 (0 = off)")
         if self.step_timeout_s < 0:
@@ -286,6 +303,7 @@ class PreferenceConfig:
     reference: Literal["model", "precomputed"] = "model"
 
     def __post_init__(self):
+        _finite(self)
         if self.beta <= 0:
             raise ConfigError(f"preference.beta={self.beta} must be > 0")
         if not 0.0 <= self.label_smoothing < 0.5:
@@ -309,6 +327,7 @@ class Config:
     preference: PreferenceConfig = dataclasses.field(default_factory=PreferenceConfig)
 
     def __post_init__(self):
+        _check_name(self.name)
         if self.data.seq_len > self.model.max_seq_len:
             raise ConfigError(
                 f"data.seq_len={self.data.seq_len} exceeds model.max_seq_len="
@@ -389,17 +408,46 @@ def _check_rope_scaling(cfg: ModelConfig) -> None:
         )
 
 
-def _positive(cfg, *names: str) -> None:
-    section = {
+def _check_name(name: str) -> None:
+    """A run's name is a directory name under runs/, never a path that leaves it."""
+    if name in ("", ".", "..") or any(sep in name for sep in ("/", "\\", "\0")):
+        raise ConfigError(
+            f"name={name!r} must be a plain name (no path separators, not empty, '.' or "
+            "'..'); the run is written to runs/<name>, choose another directory with --workdir"
+        )
+
+
+def _section(cfg) -> str:
+    return {
         ModelConfig: "model",
         DataConfig: "data",
         OptimConfig: "optim",
         TrainConfig: "train",
-    }.get(type(cfg), "")
+        PreferenceConfig: "preference",
+    }[type(cfg)]
+
+
+def _finite(cfg) -> None:
+    """No NaN or infinity in any float field: every comparison with NaN is False, so
+    range checks alone would let it through to the first step."""
+    for field in dataclasses.fields(cfg):
+        value = getattr(cfg, field.name)
+        if isinstance(value, float) and not math.isfinite(value):
+            raise ConfigError(f"{_section(cfg)}.{field.name}={value} must be a finite number")
+
+
+def _positive(cfg, *names: str) -> None:
     for name in names:
         value = getattr(cfg, name)
         if value <= 0:
-            raise ConfigError(f"{section}.{name}={value} must be positive")
+            raise ConfigError(f"{_section(cfg)}.{name}={value} must be positive")
+
+
+def _non_negative(cfg, *names: str) -> None:
+    for name in names:
+        value = getattr(cfg, name)
+        if value < 0:
+            raise ConfigError(f"{_section(cfg)}.{name}={value} must be >= 0")
 
 
 def _field_types(cls) -> dict[str, Any]:
@@ -447,9 +495,12 @@ def parse_value(key: str, text: str, tp: Any) -> Any:
             raise ConfigError(f"{key}={text!r} is not an integer") from None
     if tp is float:
         try:
-            return float(text)
+            value = float(text)
         except ValueError:
             raise ConfigError(f"{key}={text!r} is not a number") from None
+        if not math.isfinite(value):
+            raise ConfigError(f"{key}={text!r} is not a finite number")
+        return value
     if tp is str:
         return text
     raise ConfigError(f"{key}: cannot parse values of type {tp}")

@@ -20,6 +20,8 @@ import jax
 import numpy as np
 from jax.sharding import AxisType, Mesh, NamedSharding, PartitionSpec
 
+from jaxlm.config import Config, ConfigError
+
 MESH_AXES = ("data", "fsdp", "tensor")
 BATCH_AXES = ("data", "fsdp")  # the batch dimension is split over both
 
@@ -72,6 +74,38 @@ def make_mesh(shape: Sequence[int], devices: Sequence[jax.Device] | None = None)
     return jax.make_mesh(
         shape, MESH_AXES, axis_types=(AxisType.Auto,) * len(MESH_AXES), devices=devices
     )
+
+
+def training_mesh(cfg: Config) -> Mesh:
+    """The mesh of `cfg.mesh` over all devices, refusing (one line naming the keys and
+    the device count) a shape that does not fit them or a data.batch_size it cannot
+    split, before anything is placed on a device."""
+    shape = (cfg.mesh.data, cfg.mesh.fsdp, cfg.mesh.tensor)
+    count = jax.device_count()
+    try:
+        mesh = make_mesh(shape)
+    except ValueError as error:
+        keys = ", ".join(f"mesh.{axis}={size}" for axis, size in zip(MESH_AXES, shape, strict=True))
+        raise ConfigError(
+            f"{keys} does not fit the {count} devices of this run: {error}; the sizes must "
+            f"multiply to {count} (-1 on one axis takes the remaining devices)"
+        ) from None
+    check_batch_fits_mesh(cfg.data.batch_size, mesh)
+    return mesh
+
+
+def check_batch_fits_mesh(batch_size: int, mesh: Mesh) -> None:
+    """Every batch is split over the data and fsdp axes (batch_sharding), so their
+    product must divide data.batch_size (else an IndivisibleError deep in placement)."""
+    split = math.prod(mesh.shape[axis] for axis in BATCH_AXES)
+    if batch_size % split:
+        below = batch_size // split * split
+        options = " or ".join(f"data.batch_size={n}" for n in (below, below + split) if n > 0)
+        raise ConfigError(
+            f"data.batch_size={batch_size} does not split over the mesh's batch axes: "
+            f"mesh.data={mesh.shape['data']} x mesh.fsdp={mesh.shape['fsdp']} = {split} of "
+            f"{mesh.size} devices; use a multiple of {split}, e.g. {options}"
+        )
 
 
 def mesh_from_flag(text: str) -> Mesh:

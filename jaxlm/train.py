@@ -37,7 +37,7 @@ from jaxlm.preemption import StopRequest
 from jaxlm.reference_logps import reference_table
 from jaxlm.run_objective import build_objective
 from jaxlm.run_state import initial_state, needs_reference
-from jaxlm.sharding import host_batch_to_global, make_mesh
+from jaxlm.sharding import host_batch_to_global, training_mesh
 from jaxlm.watchdog import StepWatchdog
 
 
@@ -205,7 +205,7 @@ def train(cfg: Config, workdir: Path | str) -> RunResult:
     if jax.process_index() == 0:
         (workdir / "config.json").write_text(cfg.to_json() + "\n", encoding="utf-8")
 
-    mesh = make_mesh((cfg.mesh.data, cfg.mesh.fsdp, cfg.mesh.tensor))
+    mesh = training_mesh(cfg)
     log(f"mesh {dict(mesh.shape)} over {jax.device_count()} {jax.default_backend()} devices")
     tokenizer = run_inputs.ensure_tokenizer(
         cfg, workdir, log=log, is_leader=jax.process_index() == 0, barrier=_barrier

@@ -4,13 +4,21 @@
 
 Uses the chat template stored with the model's tokenizer (the layout SFT trained
 on), keeps the conversation, and drops the oldest exchanges (saying so) when it no
-longer fits the model's context. Type /reset to start over, /quit (or Ctrl-D) to
-leave. Reads one message per line from standard input, so it can also be piped.
+longer fits the model's context. Type /reset to start over, /quit (or Ctrl-D, or
+Ctrl-C at the prompt) to leave; Ctrl-C while a reply streams stops that reply. Reads
+one message per line from standard input, so it can also be piped.
 """
 
 from __future__ import annotations
 
 import argparse
+import contextlib
+import select
+import signal
+import sys
+import threading
+
+from jaxlm.errors import InputError
 
 HELP = "chat with a model interactively (chat template, history, streaming)"
 
@@ -24,9 +32,6 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    import sys
-
-    from jaxlm.errors import InputError
     from jaxlm.inference.chat_session import ChatSession
     from jaxlm.inference.cli_options import load, sampling_config
 
@@ -46,10 +51,19 @@ def run(args: argparse.Namespace) -> int:
         "/reset starts over, /quit leaves",
         file=sys.stderr,
     )
+    try:
+        return _converse(session, interactive)
+    except KeyboardInterrupt:  # Ctrl-C at the prompt: leave, like Ctrl-D
+        sys.stdout.write("\n")
+        return 0
+
+
+def _converse(session, interactive: bool) -> int:
     while True:
         if interactive:
             sys.stdout.write("\n> ")
             sys.stdout.flush()
+            _wait_for_input()
         line = sys.stdin.readline()
         if not line:
             return 0
@@ -64,13 +78,43 @@ def run(args: argparse.Namespace) -> int:
             continue
         dropped = session.dropped
         try:
-            session.reply(text, on_text=lambda piece: (sys.stdout.write(piece), sys.stdout.flush()))
+            with _ctrl_c_stops_the_reply() as pressed:
+                session.reply(
+                    text,
+                    on_text=lambda piece: (sys.stdout.write(piece), sys.stdout.flush()),
+                    should_stop=pressed.is_set,
+                )
         except InputError as error:
             print(f"[{error}]", file=sys.stderr)
             continue
         sys.stdout.write("\n")
+        if pressed.is_set():
+            print("[reply interrupted]", file=sys.stderr)
         if session.dropped > dropped:
             print(
                 f"[context full: dropped the {session.dropped - dropped} oldest messages]",
                 file=sys.stderr,
             )
+
+
+def _wait_for_input() -> None:
+    """Waits until a line can be read, waking 4 times a second. Python raises
+    KeyboardInterrupt in the main thread between bytecodes; a SIGINT that comes just
+    before the main thread enters read(), or that the kernel hands to one of JAX's
+    threads, does not interrupt that read(), and Ctrl-C at the prompt did nothing."""
+    while not select.select([sys.stdin], [], [], 0.25)[0]:
+        pass
+
+
+@contextlib.contextmanager
+def _ctrl_c_stops_the_reply():
+    """While a reply is generated, Ctrl-C sets an event the generation loop reads at
+    the next token, instead of raising KeyboardInterrupt wherever the main thread is:
+    mostly inside a JAX dispatch, which gave a traceback and (as reported) a
+    Segmentation fault at exit."""
+    pressed = threading.Event()
+    previous = signal.signal(signal.SIGINT, lambda signum, frame: pressed.set())
+    try:
+        yield pressed
+    finally:
+        signal.signal(signal.SIGINT, previous)

@@ -26,6 +26,7 @@ import dataclasses
 import functools
 import hashlib
 import io
+import json
 import os
 import re
 from collections.abc import Iterable, Iterator, Sequence
@@ -34,6 +35,7 @@ from typing import Literal
 
 import numpy as np
 import sentencepiece as spm
+from google.protobuf.message import DecodeError
 from sentencepiece import sentencepiece_model_pb2
 
 from jaxlm.data.chat_template import ChatTemplate
@@ -299,7 +301,7 @@ class Tokenizer:
         self.sha256 = hashlib.sha256(model_proto).hexdigest()
         self._model_proto = model_proto
         self._require_lossless = require_lossless
-        self._sp = spm.SentencePieceProcessor(model_proto=model_proto)
+        self._sp = _processor(model_proto, self.path)
         _check_pinned_ids(self._sp, self.path, require_lossless=require_lossless)
         self.metadata = metadata or describe_model(model_proto, self.sha256)
         if self.metadata.byte_fallback:
@@ -323,7 +325,10 @@ class Tokenizer:
         if not path.is_file():
             raise FileNotFoundError(f"tokenizer model not found: {path}")
         model_proto = path.read_bytes()
-        described = describe_model(model_proto, hashlib.sha256(model_proto).hexdigest())
+        try:
+            described = describe_model(model_proto, hashlib.sha256(model_proto).hexdigest())
+        except DecodeError:
+            raise _not_a_model(path, model_proto) from None
         metadata = read_sidecar(path, described) or described
         return cls(model_proto, path, metadata, require_lossless=require_lossless)
 
@@ -433,6 +438,64 @@ class Tokenizer:
         for token_id in range(self.vocab_size):
             counts[token_id] = _piece_byte_count(self._sp, token_id)
         return counts
+
+
+def _processor(model_proto: bytes, path: Path) -> spm.SentencePieceProcessor:
+    if not model_proto:  # SentencePiece accepts it as a model without pieces
+        raise _not_a_model(path, model_proto)
+    try:
+        return spm.SentencePieceProcessor(model_proto=model_proto)
+    except RuntimeError:  # its only error: the bytes do not parse as a model
+        raise _not_a_model(path, model_proto) from None
+
+
+def _not_a_model(path: Path, content: bytes) -> InputError:
+    """The error for a file given as a tokenizer that is not one, saying what it looks
+    like (the usual mix-up is a Hugging Face tokenizer.json for a .model)."""
+    return InputError(
+        f"tokenizer {path} is not a SentencePiece model ({_looks_like(content)}); jaxlm "
+        "loads SentencePiece .model files, e.g. one `jaxlm tokenizer train` wrote"
+    )
+
+
+def _looks_like(content: bytes) -> str:
+    if not content.strip():
+        return "the file is empty"
+    if _starts_like_a_model(content):
+        return "it starts like one but is damaged or truncated"
+    try:
+        text = content.decode("utf-8")
+    except UnicodeDecodeError:
+        return "unreadable bytes"
+    try:
+        data = json.loads(text)
+    except ValueError:
+        return "it is a text file"
+    if isinstance(data, dict) and "model" in data:
+        return "it looks like a Hugging Face tokenizer.json"
+    return "it is a JSON file"
+
+
+def _starts_like_a_model(content: bytes) -> bool:
+    """A serialized model begins with its first piece (field 1, length-delimited); a
+    damaged or truncated one still does, and that piece parses."""
+    if content[:1] != b"\x0a":
+        return False
+    length, position = 0, 1
+    for shift in range(0, 35, 7):  # the piece's length, a varint of at most 5 bytes
+        if position >= len(content):
+            return False
+        byte = content[position]
+        length |= (byte & 0x7F) << shift
+        position += 1
+        if not byte & 0x80:
+            break
+    piece = sentencepiece_model_pb2.ModelProto.SentencePiece()
+    try:
+        piece.ParseFromString(content[position : position + length])
+    except DecodeError:
+        return False
+    return position + length <= len(content) and bool(piece.piece)
 
 
 def _rebuild_tokenizer(model_proto, path, metadata, require_lossless) -> Tokenizer:

@@ -58,8 +58,17 @@ class ChatSession:
             cut = 2 if len(self.history) > 2 else 1
             self.history, self.dropped = self.history[cut:], self.dropped + cut
 
-    def reply(self, user_text: str, on_text: Callable[[str], None] | None = None) -> str:
-        """The model's answer to `user_text`, streamed through `on_text` as it comes."""
+    def reply(
+        self,
+        user_text: str,
+        on_text: Callable[[str], None] | None = None,
+        should_stop: Callable[[], bool] | None = None,
+    ) -> str:
+        """The model's answer to `user_text`, streamed through `on_text` as it comes.
+
+        When `should_stop()` turns True (Ctrl-C) the answer ends at that token; what was
+        shown stays in the history, as the user saw it.
+        """
         self.history.append(Message("user", user_text))
         try:
             prompt = self._prompt()
@@ -79,6 +88,7 @@ class ChatSession:
             stop_ids=[IM_END_ID, self.tokenizer.eos_id],
             seed=self.seed + self.turns,
             on_tokens=on_tokens,
+            should_stop=should_stop,
         )
         if on_text is not None:
             on_text(stream.finish())

@@ -159,8 +159,13 @@ class Generator:
         stop_ids: Sequence[int] = (),
         seed: int = 0,
         on_tokens: TokenCallback | None = None,
+        should_stop: Callable[[], bool] | None = None,
     ) -> Generation:
-        """Generate up to `max_new_tokens` after each prompt; see the module docstring."""
+        """Generate up to `max_new_tokens` after each prompt; see the module docstring.
+
+        `should_stop()` is asked after every token (e.g. has the user pressed Ctrl-C?);
+        when it says True, generation ends there with the tokens made so far.
+        """
         if not prompts or any(len(p) == 0 for p in prompts):
             raise InputError("generate: every prompt needs at least one token")
         if max_new_tokens < 1:
@@ -198,6 +203,8 @@ class Generator:
             sync_every = 1 if on_tokens is not None else 16
             start = time.perf_counter()
             for step in range(1, max_new_tokens):
+                if should_stop is not None and should_stop():
+                    break
                 token_B, done_B, cache, seen_BV = self._decode(
                     self.params,
                     cache,
