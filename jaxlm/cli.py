@@ -13,9 +13,19 @@ Run `jaxlm GROUP NAME --help` for the flags of each.
 EXPERIMENT is a module name under ./experiments (e.g. `quickstart`) or a path to an
 experiment file; an experiment is a module with a docstring and `get_config()`.
 
-`jaxlm train` exits 0 when the run finishes or is stopped by SIGTERM/SIGINT after
-saving (jaxlm.preemption), 2 on bad input, and 75 when the step-time watchdog ends a
-stuck run (jaxlm.watchdog).
+Exit status of `jaxlm train` (every error is one `jaxlm: error: ...` line on stderr;
+a traceback means a bug in jaxlm):
+    0    the run finished, or was stopped by SIGTERM/SIGINT after saving
+         (jaxlm.preemption); the same command resumes it
+    2    bad input: a file, record, key or argument (jaxlm.errors.InputError)
+    3    the run stopped itself: a non-finite loss or a run of loss spikes; the line
+         names the step and the last checkpoint, which the save in flight was waited for
+    74   a checkpoint or metrics file could not be written (full disk, read-only
+         directory); the line names the step, the path and the OS error (EX_IOERR)
+    75   the step-time watchdog ended a stuck run (jaxlm.watchdog), or another process
+         of the job was lost (jaxlm.distributed): rerun to resume (EX_TEMPFAIL)
+    128+N  a second signal N (143 for SIGTERM, 130 for SIGINT) stopped the run at once,
+         without waiting for a save
 """
 
 from __future__ import annotations
@@ -29,7 +39,7 @@ from types import ModuleType
 
 from jaxlm import compilation_cache
 from jaxlm.config import Config, ConfigError, apply_overrides
-from jaxlm.errors import InputError
+from jaxlm.errors import InputError, RunStoppedError, StorageError
 from jaxlm.runtime import configure_cpu
 
 
@@ -115,8 +125,16 @@ def run_experiment(module: ModuleType, argv: list[str] | None = None) -> int:
     try:
         return _train(module, args.overrides, args.workdir)
     except (InputError, FileNotFoundError) as e:
-        print(f"error: {e}", file=sys.stderr)
-        return 2
+        return _fail(e, 2)
+
+
+EXIT_RUN_STOPPED = 3
+EXIT_STORAGE = 74  # EX_IOERR from sysexits.h
+
+
+def _fail(error: BaseException, status: int) -> int:
+    print(f"jaxlm: error: {error}", file=sys.stderr, flush=True)
+    return status
 
 
 def _train(module: ModuleType, overrides: list[str], workdir: str | None) -> int:
@@ -125,7 +143,18 @@ def _train(module: ModuleType, overrides: list[str], workdir: str | None) -> int
     name = Path(module.__file__).stem
     cfg = resolve_config(module, overrides, name)
     workdir = Path(workdir or Path("runs") / cfg.name)
-    result = train(cfg, workdir)
+    try:
+        result = train(cfg, workdir)
+    except RunStoppedError as e:
+        return _fail(e, EXIT_RUN_STOPPED)
+    except StorageError as e:
+        return _fail(e, EXIT_STORAGE)
+    except KeyboardInterrupt as e:
+        from jaxlm.preemption import StopNow
+
+        if not isinstance(e, StopNow):
+            raise
+        return _fail(e, e.exit_status)
     import jax
 
     if jax.process_index() == 0:  # one report per job, not one per process
@@ -165,8 +194,7 @@ def main(argv: list[str] | None = None) -> int:
             return 0
         return _train(module, args.overrides, args.workdir)
     except (InputError, FileNotFoundError) as e:
-        print(f"jaxlm: error: {e}", file=sys.stderr)
-        return 2
+        return _fail(e, 2)
 
 
 def _add_command_groups(sub) -> None:

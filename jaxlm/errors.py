@@ -7,3 +7,28 @@ every such message must name what is wrong and where (file:line, key or path).
 
 class InputError(ValueError):
     """Bad user input: a file, record, key or argument that cannot be used as given."""
+
+
+class StorageError(RuntimeError):
+    """A file the run must write cannot be written (a full disk, a read-only directory).
+
+    The message names the path and the OS error. The command line prints it as one
+    `jaxlm: error:` line and exits with status 74 (EX_IOERR).
+    """
+
+
+class RunStoppedError(RuntimeError):
+    """The run stopped itself because training cannot usefully go on (a non-finite
+    loss, a run of loss spikes): not a bug, and not the input's fault alone.
+
+    The message may hold a `{saved}` placeholder, filled in once the save in flight
+    has finished with the checkpoint a resumed run would start from; until then it
+    reads "no checkpoint yet".
+    """
+
+    def __init__(self, message: str):
+        super().__init__(message)
+        self.saved = "no checkpoint yet"
+
+    def __str__(self) -> str:
+        return self.args[0].replace("{saved}", self.saved)
