@@ -41,6 +41,8 @@ from __future__ import annotations
 import dataclasses
 import json
 import logging
+import os
+import re
 import sys
 import threading
 import time
@@ -122,17 +124,39 @@ class _QuietOsErrors(logging.Filter):
 
 
 def _os_error(error: BaseException | None) -> OSError | None:
-    """The OSError that caused `error` (itself, or along its cause chain), if any."""
+    """The OS error that caused `error` (itself, or along its cause chain), if any.
+
+    TensorStore reports one as a ValueError ending in `[os_error_code='28']`."""
     seen = []
     while error is not None and error not in seen:
         if isinstance(error, OSError):
             return error
+        code = re.search(r"os_error_code='(\d+)'", str(error))
+        if code:
+            return OSError(int(code.group(1)), os.strerror(int(code.group(1))))
         seen.append(error)
         error = error.__cause__ or error.__context__
     return None
 
 
+def _quiet_closed_loops(previous_hook):
+    """sys.excepthook without the aftermath of a failed save: once one of Orbax's save
+    threads ends on an error its event loop is closed, and TensorStore, finishing the
+    writes still queued, prints the RuntimeError of each callback into that loop
+    through sys.excepthook from its own threads. Only that error, raised by asyncio
+    off the main thread, is dropped; the main thread's errors are never touched."""
+
+    def hook(kind, error, traceback) -> None:
+        closed_loop = isinstance(error, RuntimeError) and str(error) == "Event loop is closed"
+        if closed_loop and threading.current_thread() is not threading.main_thread():
+            return
+        previous_hook(kind, error, traceback)
+
+    return hook
+
+
 logging.getLogger("absl").addFilter(_QuietOsErrors())
+sys.excepthook = _quiet_closed_loops(sys.excepthook)
 
 
 def _everywhere(ok: bool) -> bool:

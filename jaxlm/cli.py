@@ -33,6 +33,7 @@ from __future__ import annotations
 import argparse
 import difflib
 import importlib.util
+import os
 import sys
 from pathlib import Path
 from types import ModuleType
@@ -137,6 +138,20 @@ def _fail(error: BaseException, status: int) -> int:
     return status
 
 
+def _end_now(status: int) -> None:
+    """Ends the process without the interpreter's shutdown.
+
+    After a failed or abandoned save, Orbax's other writer threads of that save may
+    wait on each other for up to its 20-minute timeout (they are not daemon threads,
+    so Python's shutdown would wait too), or fail noisily once the interpreter tears
+    down their event loops. Nothing is left to save: the error line is out, the
+    finished checkpoints are on disk.
+    """
+    sys.stdout.flush()
+    sys.stderr.flush()
+    os._exit(status)
+
+
 def _train(module: ModuleType, overrides: list[str], workdir: str | None) -> int:
     from jaxlm.train import train
 
@@ -148,13 +163,13 @@ def _train(module: ModuleType, overrides: list[str], workdir: str | None) -> int
     except RunStoppedError as e:
         return _fail(e, EXIT_RUN_STOPPED)
     except StorageError as e:
-        return _fail(e, EXIT_STORAGE)
+        _end_now(_fail(e, EXIT_STORAGE))
     except KeyboardInterrupt as e:
         from jaxlm.preemption import StopNow
 
         if not isinstance(e, StopNow):
             raise
-        return _fail(e, e.exit_status)
+        _end_now(_fail(e, e.exit_status))
     import jax
 
     if jax.process_index() == 0:  # one report per job, not one per process
@@ -167,7 +182,12 @@ def main(argv: list[str] | None = None) -> int:
         configure_cpu()
     parser = argparse.ArgumentParser(prog="jaxlm", description=__doc__.splitlines()[0])
     sub = parser.add_subparsers(dest="command", required=True)
-    p_train = sub.add_parser("train", help="train an experiment")
+    p_train = sub.add_parser(
+        "train",
+        help="train an experiment",
+        epilog=__doc__[__doc__.index("Exit status") :],  # the exit statuses, from above
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
     p_train.add_argument("experiment")
     p_train.add_argument("--workdir", default=None, help="default: runs/<config name>")
     p_train.add_argument("--set", dest="overrides", action="append", default=[], metavar="K=V")

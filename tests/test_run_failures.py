@@ -10,7 +10,8 @@ disk is a 5 MB tmpfs and the read-only directory a read-only bind mount, both
 unmounted in a `finally`. Where it does not (CI containers), the same OS errors
 come from the kernel another way: the training process runs under RLIMIT_FSIZE with
 SIGXFSZ ignored, so a write past the limit fails with EFBIG ("File too large"), and
-a non-root user gets a read-only directory from chmod.
+a non-root user gets a read-only directory from chmod. JAXLM_TEST_NO_MOUNT=1 forces
+the fallbacks.
 """
 
 from __future__ import annotations
@@ -43,7 +44,10 @@ from helpers.runs import (
 from test_train_loop import SMALL
 
 from jaxlm.config import Config, apply_overrides
-from jaxlm.errors import InputError
+from jaxlm.distributed import peer_loss_message
+from jaxlm.errors import InputError, StorageError
+from jaxlm.metrics import MetricsWriter
+from jaxlm.preemption import StopNow, StopRequest
 from jaxlm.train import train
 
 SAVE_FAILED = 74  # cli.py: a checkpoint or metrics file could not be written
@@ -72,7 +76,8 @@ def _can_mount() -> bool:
         probe.rmdir()
 
 
-CAN_MOUNT = _can_mount()
+# JAXLM_TEST_NO_MOUNT=1 tries the fallbacks on a machine that could mount.
+CAN_MOUNT = not os.environ.get("JAXLM_TEST_NO_MOUNT") and _can_mount()
 
 
 def _umount(path: Path) -> None:
@@ -92,10 +97,11 @@ def _with_file_size_limit(cmd: list[str], limit: int) -> list[str]:
 
 @contextlib.contextmanager
 def full_disk(workdir: Path, cmd: list[str]):
-    """The command to run so that `workdir` fills up after a few MB."""
+    """The command to run so that `workdir` fills up after a few MB (with the
+    file-size fallback: no file may grow past 64 KB)."""
     workdir.mkdir(parents=True)
     if not CAN_MOUNT:
-        yield _with_file_size_limit(cmd, 256 * 1024), r"File too large"
+        yield _with_file_size_limit(cmd, 64 * 1024), r"File too large"
         return
     subprocess.run(["mount", "-t", "tmpfs", "-o", "size=5m", "tmpfs", str(workdir)], check=True)
     try:
@@ -106,7 +112,9 @@ def full_disk(workdir: Path, cmd: list[str]):
 
 @contextlib.contextmanager
 def read_only(directory: Path, cmd: list[str]):
-    """The command to run so that nothing can be written in `directory`."""
+    """The command to run so that nothing can be written in `directory` (with the
+    file-size fallback: no file past 64 KB anywhere, which a checkpoint of the tiny
+    model needs and a metrics line does not)."""
     if os.geteuid() != 0:
         directory.chmod(0o555)
         try:
@@ -115,7 +123,7 @@ def read_only(directory: Path, cmd: list[str]):
             directory.chmod(0o755)
         return
     if not CAN_MOUNT:
-        yield _with_file_size_limit(cmd, 0), r"File too large"
+        yield _with_file_size_limit(cmd, 64 * 1024), r"File too large"
         return
     subprocess.run(["mount", "--bind", str(directory), str(directory)], check=True)
     try:
@@ -271,3 +279,34 @@ def test_a_refused_resume_leaves_the_workdir_byte_identical(tmp_path):
     with pytest.raises(InputError, match=r"model\.d_ff"):
         train(changed, workdir)
     assert _tree_digest(workdir) == before
+
+
+def test_a_second_sigterm_raises_stop_now_wherever_the_loop_is():
+    with StopRequest() as stop:
+        os.kill(os.getpid(), signal.SIGTERM)
+        assert stop.reached(1)  # the first asks for a save and a stop
+        with pytest.raises(StopNow) as stopped:
+            os.kill(os.getpid(), signal.SIGTERM)  # today: swallowed like the first
+    assert stopped.value.exit_status == 128 + signal.SIGTERM
+
+
+def test_a_metrics_write_on_a_full_disk_raises_at_once(tmp_path):
+    # /dev/full fails every write with ENOSPC: the kernel's full disk, without a mount.
+    (tmp_path / "metrics.jsonl").symlink_to("/dev/full")
+    writer = MetricsWriter(tmp_path, tensorboard=False)
+    with pytest.raises(StorageError, match=r"metrics\.jsonl: OSError: \[Errno 28\] No space"):
+        writer.write(1, "train", {"loss": 1.0})
+
+
+# ----------------------------------------------------------- item 14: a lost peer
+
+
+def test_the_peer_loss_line_names_the_lost_process_and_what_to_do():
+    status = (
+        "UNAVAILABLE: The following tasks are unhealthy (stopped sending heartbeats):\n1\n"
+        "The tasks have crashed. Check the task logs for an earlier error."
+    )
+    line = peer_loss_message(status, 15)
+    assert "lost process 1 of this job" in line and "heartbeats for 15s" in line
+    assert "run the same command again" in line
+    assert "lost contact" in peer_loss_message("DEADLINE_EXCEEDED: Barrier timed out", 15)
