@@ -139,24 +139,37 @@ def _os_error(error: BaseException | None) -> OSError | None:
     return None
 
 
-def _quiet_closed_loops(previous_hook):
-    """sys.excepthook without the aftermath of a failed save: once one of Orbax's save
-    threads ends on an error its event loop is closed, and TensorStore, finishing the
-    writes still queued, prints the RuntimeError of each callback into that loop
-    through sys.excepthook from its own threads. Only that error, raised by asyncio
-    off the main thread, is dropped; the main thread's errors are never touched."""
+def _closed_loop_aftermath(error: BaseException | None) -> bool:
+    """Once one of Orbax's save threads ends on an error its event loop is closed, and
+    TensorStore, finishing the writes still queued, reports the RuntimeError of each
+    callback into that loop from its own threads (through sys.unraisablehook or
+    sys.excepthook). Only that error, off the main thread, is this aftermath."""
+    return (
+        isinstance(error, RuntimeError)
+        and str(error) == "Event loop is closed"
+        and threading.current_thread() is not threading.main_thread()
+    )
 
+
+def _quiet_unraisable(previous_hook):
+    def hook(unraisable) -> None:
+        if not _closed_loop_aftermath(unraisable.exc_value):
+            previous_hook(unraisable)
+
+    return hook
+
+
+def _quiet_excepthook(previous_hook):
     def hook(kind, error, traceback) -> None:
-        closed_loop = isinstance(error, RuntimeError) and str(error) == "Event loop is closed"
-        if closed_loop and threading.current_thread() is not threading.main_thread():
-            return
-        previous_hook(kind, error, traceback)
+        if not _closed_loop_aftermath(error):
+            previous_hook(kind, error, traceback)
 
     return hook
 
 
 logging.getLogger("absl").addFilter(_QuietOsErrors())
-sys.excepthook = _quiet_closed_loops(sys.excepthook)
+sys.unraisablehook = _quiet_unraisable(sys.unraisablehook)
+sys.excepthook = _quiet_excepthook(sys.excepthook)
 
 
 def _everywhere(ok: bool) -> bool:

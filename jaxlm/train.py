@@ -205,10 +205,9 @@ def _saves_settled_on_error(checkpointer: Checkpointer, watchdog: StepWatchdog, 
             watchdog.expect(f"the save of step {in_flight} after an error", budget)
             try:
                 checkpointer.wait(timeout=budget)
-            except CheckpointSaveError as failed:
-                if isinstance(error, CheckpointSaveError):
-                    raise
-                log(f"jaxlm: warning: {failed}")  # the error that stopped the run comes next
+            except CheckpointSaveError as failed:  # said first; the run's own error ends it
+                if jax.process_index() == 0:
+                    print(f"jaxlm: warning: {failed}", file=sys.stderr, flush=True)
         if isinstance(error, RunStoppedError):
             error.saved = checkpointer.last_saved()
         raise

@@ -156,7 +156,8 @@ def _leftover_tmp(workdir: Path) -> list[str]:
 # ------------------------------------------------------------------ item 1: failed saves
 
 
-@pytest.mark.timeout(240)
+@pytest.mark.slow  # two runs: ~40 s on 2 idle cores
+@pytest.mark.timeout(400)
 def test_read_only_checkpoints_stop_the_run_at_once_and_keep_the_saved_steps(tmp_path, tokenizer):
     overrides = [*TINY, f"data.tokenizer={tokenizer}", "train.checkpoint_every=2"]
     work = tmp_path / "run"
@@ -271,11 +272,12 @@ def _tree_digest(root: Path) -> dict[str, str]:
     }
 
 
-def test_a_refused_resume_leaves_the_workdir_byte_identical(tmp_path):
+def test_a_refused_resume_leaves_the_workdir_byte_identical(tmp_path, tokenizer):
     workdir = tmp_path / "run"
-    train(apply_overrides(Config(), [*SMALL, "train.steps=2"]), workdir)
+    overrides = [*SMALL, f"data.tokenizer={tokenizer}", "train.steps=2", "train.generate_prompt="]
+    train(apply_overrides(Config(), overrides), workdir)
     before = _tree_digest(workdir)
-    changed = apply_overrides(Config(), [*SMALL, "train.steps=2", "model.d_ff=48"])
+    changed = apply_overrides(Config(), [*overrides, "model.d_ff=48"])
     with pytest.raises(InputError, match=r"model\.d_ff"):
         train(changed, workdir)
     assert _tree_digest(workdir) == before
