@@ -21,7 +21,10 @@ the first `raise_if_failed`, `save` or `wait` after it failed; the step director
 created synchronously in `save`, so an unwritable directory fails there, before any
 background thread exists (a failure in Orbax's directory thread leaves its other
 threads waiting out a 20-minute timeout). `wait` polls Orbax from the calling thread
-in short slices: a signal handler runs meanwhile, and a bound ends the wait.
+in short slices: a signal handler runs meanwhile, and a bound ends the wait. Since the
+error reaches the caller as that one line, Orbax's logged tracebacks of the same OS
+error, and TensorStore's reports of callbacks into the event loops that the failed
+save closed, are dropped (those only; every other error is still logged).
 
 Retention: the newest `keep` steps, plus every step that is a multiple of
 `keep_every` (when > 0) forever. Old steps are deleted only after a newer save has
