@@ -22,8 +22,9 @@ a traceback means a bug in jaxlm):
          names the step and the last checkpoint, which the save in flight was waited for
     74   a checkpoint or metrics file could not be written (full disk, read-only
          directory); the line names the step, the path and the OS error (EX_IOERR)
-    75   the step-time watchdog ended a stuck run (jaxlm.watchdog), or another process
-         of the job was lost (jaxlm.distributed): rerun to resume (EX_TEMPFAIL)
+    75   the step-time watchdog ended a stuck run (jaxlm.watchdog): rerun to resume
+         (EX_TEMPFAIL); a process whose peer was lost is ended by JAX (134) after a
+         jaxlm line naming the lost process (jaxlm.distributed)
     128+N  a second signal N (143 for SIGTERM, 130 for SIGINT) stopped the run at once,
          without waiting for a save
 """
