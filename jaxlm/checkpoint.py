@@ -292,7 +292,7 @@ class Checkpointer:
             )
         except Exception as error:
             self._in_flight = None
-            raise self._save_error(step, error) from error
+            self._raise_save_error(step, error)
 
     @property
     def in_flight(self) -> int | None:
@@ -327,10 +327,10 @@ class Checkpointer:
         deadline = None if timeout is None else time.monotonic() + timeout
         while waiter.is_alive():
             if deadline is not None and time.monotonic() > deadline:
-                raise self._save_error(step, TimeoutError(f"not finished after {timeout:g}s"))
+                self._raise_save_error(step, TimeoutError(f"not finished after {timeout:g}s"))
             waiter.join(0.1)
         if outcome:
-            raise self._save_error(step, outcome[0]) from outcome[0]
+            self._raise_save_error(step, outcome[0])
 
     def close(self) -> None:
         self.wait()
@@ -350,16 +350,17 @@ class Checkpointer:
             return "no checkpoint yet"
         return f"last checkpoint: step {steps[-1]} in {self.directory}"
 
-    def _save_error(self, step: int, error: BaseException) -> BaseException:
-        """CheckpointSaveError for an OS error; anything else is a bug and kept as is."""
+    def _raise_save_error(self, step: int, error: BaseException) -> None:
+        """CheckpointSaveError for an OS error or a timeout; anything else is a bug
+        and raised as it is, with its traceback."""
         cause = _os_error(error) or (error if isinstance(error, TimeoutError) else None)
         if cause is None:
-            return error
-        return CheckpointSaveError(
+            raise error
+        raise CheckpointSaveError(
             f"could not save step {step} to {self.step_dir(step)}: "
             f"{type(cause).__name__}: {cause}; {self.last_saved()} (kept). Make room or "
             "make the directory writable, then run the same command again to resume"
-        )
+        ) from error
 
     # --------------------------------------------------------------------- restore
 
