@@ -9,10 +9,10 @@ class InputError(ValueError):
     """Bad user input: a file, record, key or argument that cannot be used as given."""
 
 
-class StorageError(RuntimeError):
+class StorageError(OSError):
     """A file the run must write cannot be written (a full disk, a read-only directory).
 
-    The message names the path and the OS error. The command line prints it as one
+    An OSError whose message names the path and the OS error it comes from. The command line prints it as one
     `jaxlm: error:` line and exits with status 74 (EX_IOERR).
     """
 
