@@ -41,14 +41,11 @@ from helpers.runs import (
     train_args,
     wait_until,
 )
-from test_train_loop import SMALL
 
-from jaxlm.config import Config, apply_overrides
 from jaxlm.distributed import peer_loss_message
-from jaxlm.errors import InputError, StorageError
+from jaxlm.errors import StorageError
 from jaxlm.metrics import MetricsWriter
 from jaxlm.preemption import StopNow, StopRequest
-from jaxlm.train import train
 
 SAVE_FAILED = 74  # cli.py: a checkpoint or metrics file could not be written
 RUN_STOPPED = 3  # cli.py: the run stopped itself (non-finite loss, loss spikes)
@@ -273,14 +270,15 @@ def _tree_digest(root: Path) -> dict[str, str]:
 
 
 def test_a_refused_resume_leaves_the_workdir_byte_identical(tmp_path, tokenizer):
-    workdir = tmp_path / "run"
-    overrides = [*SMALL, f"data.tokenizer={tokenizer}", "train.steps=2", "train.generate_prompt="]
-    train(apply_overrides(Config(), overrides), workdir)
-    before = _tree_digest(workdir)
-    changed = apply_overrides(Config(), [*overrides, "model.d_ff=48"])
-    with pytest.raises(InputError, match=r"model\.d_ff"):
-        train(changed, workdir)
-    assert _tree_digest(workdir) == before
+    work = tmp_path / "run"
+    overrides = [*TINY, f"data.tokenizer={tokenizer}", "train.steps=2"]
+    assert run(jaxlm(*train_args(work, overrides)), environment(1), tmp_path / "a.log", 120) == 0
+    before = _tree_digest(work)
+    log = tmp_path / "refused.log"
+    changed = [*overrides, "model.d_ff=48"]
+    assert run(jaxlm(*train_args(work, changed)), environment(1), log, 120) == 2, tail(log)
+    _assert_one_clear_line(log, r"model\.d_ff")
+    assert _tree_digest(work) == before  # today: config.json now holds the refused config
 
 
 def test_a_second_sigterm_raises_stop_now_wherever_the_loop_is():
