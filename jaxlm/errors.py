@@ -12,8 +12,8 @@ class InputError(ValueError):
 class StorageError(OSError):
     """A file the run must write cannot be written (a full disk, a read-only directory).
 
-    An OSError whose message names the path and the OS error it comes from. The command line prints it as one
-    `jaxlm: error:` line and exits with status 74 (EX_IOERR).
+    An OSError whose message names the path and the OS error it comes from. The
+    command line prints it as one `jaxlm: error:` line and exits with status 74.
     """
 
 
