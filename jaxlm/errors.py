@@ -1,7 +1,9 @@
-"""Errors that mean "the input is wrong", as opposed to a bug in jaxlm.
+"""Errors that are not bugs in jaxlm: the input is wrong (InputError), the run's files
+cannot be written (StorageError), or training stopped itself (RunStoppedError).
 
-The command line turns these into `jaxlm: error: <message>` and exit status 2, so
-every such message must name what is wrong and where (file:line, key or path).
+The command line turns each into one `jaxlm: error: <message>` line and an exit status
+(2, 74 and 3; see jaxlm.cli), so every such message must name what is wrong and
+where (file:line, key, path or step).
 """
 
 
