@@ -15,6 +15,17 @@ files are written in the background. Orbax writes into `<step>.orbax-checkpoint-
 and renames it when complete, so a crash mid-save never leaves a step that looks
 finished; a Checkpointer that opens the directory later deletes such leftovers.
 
+A save that fails (a full disk, a read-only directory) raises CheckpointSaveError
+naming the step, the path, the OS error and the last finished step, at the latest on
+the first `raise_if_failed`, `save` or `wait` after it failed; the step directory is
+created synchronously in `save`, so an unwritable directory fails there, before any
+background thread exists (a failure in Orbax's directory thread leaves its other
+threads waiting out a 20-minute timeout). `wait` polls Orbax from the calling thread
+in short slices: a signal handler runs meanwhile, and a bound ends the wait. Since the
+error reaches the caller as that one line, Orbax's logged tracebacks of the same OS
+error, and TensorStore's reports of callbacks into the event loops that the failed
+save closed, are dropped (those only; every other error is still logged).
+
 Retention: the newest `keep` steps, plus every step that is a multiple of
 `keep_every` (when > 0) forever. Old steps are deleted only after a newer save has
 finished, so a failed save never deletes the last good checkpoint.
@@ -41,7 +52,12 @@ from __future__ import annotations
 import dataclasses
 import functools
 import json
+import logging
+import os
+import re
 import sys
+import threading
+import time
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -60,7 +76,7 @@ from jaxlm.checkpoint_integrity import (
     step_metadata,
 )
 from jaxlm.checkpoint_shapes import check_fits, saved_dtypes, saved_shapes
-from jaxlm.errors import InputError
+from jaxlm.errors import InputError, StorageError
 
 CHECKSUM_VERSION = 1
 _REASON_CHARS = 300  # TensorStore errors embed whole specs; the first line says enough
@@ -73,6 +89,10 @@ class CorruptCheckpointError(RuntimeError):
         super().__init__(f"step {step}: {reason}")
         self.step = step
         self.reason = reason
+
+
+class CheckpointSaveError(StorageError):
+    """A save did not reach the disk; the message names the step, path and OS error."""
 
 
 class NoRestorableCheckpointError(InputError):
@@ -106,6 +126,64 @@ def _reason(error: BaseException) -> str:
             line = text.splitlines()[0][:_REASON_CHARS]
             return f"{type(candidate).__name__}: {line}"
     return type(error).__name__
+
+
+class _QuietOsErrors(logging.Filter):
+    """Drops Orbax's logged tracebacks of an OSError: the failed save they belong to
+    reaches the caller as one CheckpointSaveError line. Any other error is logged."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        error = record.exc_info[1] if record.exc_info else None
+        return not (record.pathname.find("orbax") >= 0 and _os_error(error) is not None)
+
+
+def _os_error(error: BaseException | None) -> OSError | None:
+    """The OS error that caused `error` (itself, or along its cause chain), if any.
+
+    TensorStore reports one as a ValueError ending in `[os_error_code='28']`."""
+    seen = []
+    while error is not None and error not in seen:
+        if isinstance(error, OSError):
+            return error
+        code = re.search(r"os_error_code='(\d+)'", str(error))
+        if code:
+            return OSError(int(code.group(1)), os.strerror(int(code.group(1))))
+        seen.append(error)
+        error = error.__cause__ or error.__context__
+    return None
+
+
+def _closed_loop_aftermath(error: BaseException | None) -> bool:
+    """Once one of Orbax's save threads ends on an error its event loop is closed, and
+    TensorStore, finishing the writes still queued, reports the RuntimeError of each
+    callback into that loop from its own threads (through sys.unraisablehook or
+    sys.excepthook). Only that error, off the main thread, is this aftermath."""
+    return (
+        isinstance(error, RuntimeError)
+        and str(error) == "Event loop is closed"
+        and threading.current_thread() is not threading.main_thread()
+    )
+
+
+def _quiet_unraisable(previous_hook):
+    def hook(unraisable) -> None:
+        if not _closed_loop_aftermath(unraisable.exc_value):
+            previous_hook(unraisable)
+
+    return hook
+
+
+def _quiet_excepthook(previous_hook):
+    def hook(kind, error, traceback) -> None:
+        if not _closed_loop_aftermath(error):
+            previous_hook(kind, error, traceback)
+
+    return hook
+
+
+logging.getLogger("absl").addFilter(_QuietOsErrors())
+sys.unraisablehook = _quiet_unraisable(sys.unraisablehook)
+sys.excepthook = _quiet_excepthook(sys.excepthook)
 
 
 def _everywhere(ok: bool) -> bool:
@@ -185,6 +263,7 @@ class Checkpointer:
         self.directory = Path(directory).absolute()
         self.read_only = read_only
         self.warn = warn
+        self._in_flight: int | None = None  # the step being saved in the background
         if read_only and not self.directory.is_dir():
             raise FileNotFoundError(f"no checkpoints directory: {self.directory}")
         policies = ocp.checkpoint_managers
@@ -198,6 +277,7 @@ class Checkpointer:
             enable_async_checkpointing=async_save,
             cleanup_tmp_directories=not read_only,
             read_only=read_only,
+            async_options=ocp.AsyncOptions(create_directories_asynchronously=False),
         )
         json_item = ocp.JsonCheckpointHandler
         self.manager = ocp.CheckpointManager(
@@ -235,22 +315,89 @@ class Checkpointer:
             "data": json_digest(data),
             "config": json_digest(config),
         }
-        self.manager.save(
-            step,
-            args=ocp.args.Composite(
-                state=ocp.args.PyTreeSave(state),
-                data=ocp.args.JsonSave(data),
-                config=ocp.args.JsonSave(config),
-                checksum=ocp.args.JsonSave(checksum),
-            ),
-        )
+        self.wait()  # the previous save: Orbax would wait for it, unbounded
+        self._in_flight = step
+        try:
+            self.manager.save(
+                step,
+                args=ocp.args.Composite(
+                    state=ocp.args.PyTreeSave(state),
+                    data=ocp.args.JsonSave(data),
+                    config=ocp.args.JsonSave(config),
+                    checksum=ocp.args.JsonSave(checksum),
+                ),
+            )
+        except Exception as error:
+            self._in_flight = None
+            self._raise_save_error(step, error)
 
-    def wait(self) -> None:
-        """Block until the last save is on disk; raises if it failed."""
-        self.manager.wait_until_finished()
+    @property
+    def in_flight(self) -> int | None:
+        """The step being saved, until a `wait` for it returned or raised."""
+        return self._in_flight
+
+    def raise_if_failed(self) -> None:
+        """Raises CheckpointSaveError if the save in flight has failed; never blocks."""
+        if self._in_flight is not None and not self.manager.is_saving_in_progress():
+            self.wait()
+
+    def wait(self, timeout: float | None = None) -> None:
+        """Block until the save in flight is on disk, for at most `timeout` seconds.
+
+        Raises CheckpointSaveError if it failed or did not finish in time. The wait
+        runs in a helper thread and this one polls it, so signal handlers run (a
+        second SIGTERM can end a wait on a hung filesystem).
+        """
+        step, self._in_flight = self._in_flight, None
+        if step is None:
+            return
+        outcome: list[BaseException] = []
+
+        def wait_for_orbax() -> None:
+            try:
+                self.manager.wait_until_finished()
+            except BaseException as error:  # handed to the waiting thread
+                outcome.append(error)
+
+        waiter = threading.Thread(target=wait_for_orbax, name="jaxlm-save-wait", daemon=True)
+        waiter.start()
+        deadline = None if timeout is None else time.monotonic() + timeout
+        while waiter.is_alive():
+            if deadline is not None and time.monotonic() > deadline:
+                self._raise_save_error(step, TimeoutError(f"not finished after {timeout:g}s"))
+            waiter.join(0.1)
+        if outcome:
+            self._raise_save_error(step, outcome[0])
 
     def close(self) -> None:
+        self.wait()
         self.manager.close()
+
+    def finished_steps(self) -> list[int]:
+        """Steps on disk now that a save completed (Orbax renames a step when done)."""
+        if not self.directory.is_dir():
+            return []
+        names = (p.name for p in self.directory.iterdir() if p.is_dir())
+        return sorted(int(name) for name in names if name.isdigit())
+
+    def last_saved(self) -> str:
+        """Where a resumed run would start, in words."""
+        steps = self.finished_steps()
+        if not steps:
+            return "no checkpoint yet"
+        return f"last checkpoint: step {steps[-1]} in {self.directory}"
+
+    def _raise_save_error(self, step: int, error: BaseException) -> None:
+        """CheckpointSaveError for an OS error or a timeout; anything else is a bug
+        and raised as it is, with its traceback."""
+        cause = _os_error(error) or (error if isinstance(error, TimeoutError) else None)
+        if cause is None:
+            raise error
+        raise CheckpointSaveError(
+            f"could not save step {step} to {self.step_dir(step)}: "
+            f"{type(cause).__name__}: {cause}; {self.last_saved()} (kept). Make room or "
+            "make the directory writable, then run the same command again to resume"
+        ) from error
 
     # --------------------------------------------------------------------- restore
 

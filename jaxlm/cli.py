@@ -13,9 +13,20 @@ Run `jaxlm GROUP NAME --help` for the flags of each.
 EXPERIMENT is a module name under ./experiments (e.g. `quickstart`) or a path to an
 experiment file; an experiment is a module with a docstring and `get_config()`.
 
-`jaxlm train` exits 0 when the run finishes or is stopped by SIGTERM/SIGINT after
-saving (jaxlm.preemption), 2 on bad input, and 75 when the step-time watchdog ends a
-stuck run (jaxlm.watchdog).
+Exit status of `jaxlm train` (every error is one `jaxlm: error: ...` line on stderr;
+a traceback means a bug in jaxlm):
+    0    the run finished, or was stopped by SIGTERM/SIGINT after saving
+         (jaxlm.preemption); the same command resumes it
+    2    bad input: a file, record, key or argument (jaxlm.errors.InputError)
+    3    the run stopped itself: a non-finite loss or a run of loss spikes; the line
+         names the step and the last checkpoint, which the save in flight was waited for
+    74   a checkpoint or metrics file could not be written (full disk, read-only
+         directory); the line names the step, the path and the OS error (EX_IOERR)
+    75   the step-time watchdog ended a stuck run (jaxlm.watchdog): rerun to resume
+         (EX_TEMPFAIL); a process whose peer was lost is ended by JAX (134) after a
+         jaxlm line naming the lost process (jaxlm.distributed)
+    128+N  a second signal N (143 for SIGTERM, 130 for SIGINT) stopped the run at once,
+         without waiting for a save
 """
 
 from __future__ import annotations
@@ -23,13 +34,14 @@ from __future__ import annotations
 import argparse
 import difflib
 import importlib.util
+import os
 import sys
 from pathlib import Path
 from types import ModuleType
 
 from jaxlm import compilation_cache
 from jaxlm.config import Config, ConfigError, apply_overrides
-from jaxlm.errors import InputError
+from jaxlm.errors import InputError, RunStoppedError, StorageError
 from jaxlm.runtime import configure_cpu
 
 
@@ -115,8 +127,30 @@ def run_experiment(module: ModuleType, argv: list[str] | None = None) -> int:
     try:
         return _train(module, args.overrides, args.workdir)
     except (InputError, FileNotFoundError) as e:
-        print(f"error: {e}", file=sys.stderr)
-        return 2
+        return _fail(e, 2)
+
+
+EXIT_RUN_STOPPED = 3
+EXIT_STORAGE = 74  # EX_IOERR from sysexits.h
+
+
+def _fail(error: BaseException, status: int) -> int:
+    print(f"jaxlm: error: {error}", file=sys.stderr, flush=True)
+    return status
+
+
+def _end_now(status: int) -> None:
+    """Ends the process without the interpreter's shutdown.
+
+    After a failed or abandoned save, Orbax's other writer threads of that save may
+    wait on each other for up to its 20-minute timeout (they are not daemon threads,
+    so Python's shutdown would wait too), or fail noisily once the interpreter tears
+    down their event loops. Nothing is left to save: the error line is out, the
+    finished checkpoints are on disk.
+    """
+    sys.stdout.flush()
+    sys.stderr.flush()
+    os._exit(status)
 
 
 def _train(module: ModuleType, overrides: list[str], workdir: str | None) -> int:
@@ -125,7 +159,18 @@ def _train(module: ModuleType, overrides: list[str], workdir: str | None) -> int
     name = Path(module.__file__).stem
     cfg = resolve_config(module, overrides, name)
     workdir = Path(workdir or Path("runs") / cfg.name)
-    result = train(cfg, workdir)
+    try:
+        result = train(cfg, workdir)
+    except RunStoppedError as e:
+        return _fail(e, EXIT_RUN_STOPPED)
+    except StorageError as e:
+        _end_now(_fail(e, EXIT_STORAGE))
+    except KeyboardInterrupt as e:
+        from jaxlm.preemption import StopNow
+
+        if not isinstance(e, StopNow):
+            raise
+        _end_now(_fail(e, e.exit_status))
     import jax
 
     if jax.process_index() == 0:  # one report per job, not one per process
@@ -138,7 +183,12 @@ def main(argv: list[str] | None = None) -> int:
         configure_cpu()
     parser = argparse.ArgumentParser(prog="jaxlm", description=__doc__.splitlines()[0])
     sub = parser.add_subparsers(dest="command", required=True)
-    p_train = sub.add_parser("train", help="train an experiment")
+    p_train = sub.add_parser(
+        "train",
+        help="train an experiment",
+        epilog=__doc__[__doc__.index("Exit status") :],  # the exit statuses, from above
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
     p_train.add_argument("experiment")
     p_train.add_argument("--workdir", default=None, help="default: runs/<config name>")
     p_train.add_argument("--set", dest="overrides", action="append", default=[], metavar="K=V")
@@ -165,8 +215,7 @@ def main(argv: list[str] | None = None) -> int:
             return 0
         return _train(module, args.overrides, args.workdir)
     except (InputError, FileNotFoundError) as e:
-        print(f"jaxlm: error: {e}", file=sys.stderr)
-        return 2
+        return _fail(e, 2)
 
 
 def _add_command_groups(sub) -> None:

@@ -18,6 +18,18 @@ a C++ thread that Python's GIL, a long compile or a slow step do not block, so a
 short timeout does not misfire on slow steps. A peer that hangs while staying alive
 keeps sending heartbeats: that is the step-time watchdog's job (jaxlm.watchdog).
 
+JAX's own report of a lost peer is hundreds of characters of gRPC/glog text ending in
+an abort, with no word on what to do. So every process also runs a peer watch (a
+daemon thread): once a second it bumps its own counter in the coordination service's
+key-value store and reads everyone's. A peer whose counter has not moved for
+PEER_EARLY_S less than JAX's heartbeat timeout gets one `jaxlm: error:` line naming
+it and saying to rerun the command, which resumes from the last checkpoint; JAX then
+ends the process as before (an abort, status 134). The watch never ends a process
+itself: JAX's C++ heartbeats, which no Python lock can stall, stay the judge. A
+process that exits normally says so first, and a callback into the runtime was not
+an option: jaxlib cannot hand the error status of its missed-heartbeat callback to
+Python (std::bad_cast).
+
 At exit every process waits for the others in a shutdown barrier, for at most
 `shutdown_timeout_seconds` (JAX: 300 s). The loop ends with a barrier of its own, so
 healthy processes arrive together; SHUTDOWN_TIMEOUT_S (60 s) bounds the wait when one
@@ -30,12 +42,18 @@ JAX_COORDINATOR_BIND_ADDRESS to override.
 
 from __future__ import annotations
 
+import atexit
+import contextlib
 import os
+import sys
+import threading
+import time
 
 import jax
 
 HEARTBEAT_TIMEOUT_S = 15
 SHUTDOWN_TIMEOUT_S = 60
+PEER_EARLY_S = 3  # the peer watch speaks this long before JAX's heartbeat timeout
 
 _initialized = False
 
@@ -74,13 +92,79 @@ def maybe_initialize(
     # the flag only affects the CPU client. No backend may be touched before
     # initialize(), so this cannot ask which backend will be used.
     jax.config.update("jax_cpu_collectives_implementation", "gloo")
+    heartbeat_s = _env_seconds("JAXLM_HEARTBEAT_TIMEOUT_S", HEARTBEAT_TIMEOUT_S)
     jax.distributed.initialize(
         coordinator_address=coordinator,
         num_processes=num_processes,
         process_id=process_id,
         coordinator_bind_address=os.environ.get("JAX_COORDINATOR_BIND_ADDRESS", coordinator),
-        heartbeat_timeout_seconds=_env_seconds("JAXLM_HEARTBEAT_TIMEOUT_S", HEARTBEAT_TIMEOUT_S),
+        heartbeat_timeout_seconds=heartbeat_s,
         shutdown_timeout_seconds=_env_seconds("JAXLM_SHUTDOWN_TIMEOUT_S", SHUTDOWN_TIMEOUT_S),
     )
     _initialized = True
+    _start_peer_watch(max(1, heartbeat_s - PEER_EARLY_S))
     return True
+
+
+def peer_loss_message(peer: int, silent_s: float) -> str:
+    """The one line a process prints when peer `peer` has gone silent."""
+    return (
+        f"process {peer} of this job has given no sign of life for {silent_s:.0f}s: it was "
+        "killed, crashed or lost its host, and the job cannot go on without it (the "
+        "distributed runtime ends this process next). Once every process can run, run the "
+        "same command again on every process to resume from the last checkpoint"
+    )
+
+
+def _start_peer_watch(silent_s: float) -> None:
+    from jax._src.distributed import global_state
+
+    client, count = global_state.client, jax.process_count()
+    if client is None or count < 2:
+        return
+    watch = _PeerWatch(client, jax.process_index(), count, silent_s)
+    threading.Thread(target=watch.run, name="jaxlm-peer-watch", daemon=True).start()
+    atexit.register(watch.say_exited)  # runs before JAX's own shutdown (registered earlier)
+
+
+class _PeerWatch:
+    """Counters in the coordination service: mine goes up, a lost peer's stops."""
+
+    PREFIX = "jaxlm/alive/"
+    EXITED = "exited"
+
+    def __init__(self, client, me: int, count: int, silent_s: float):
+        self.client, self.me, self.silent_s = client, me, silent_s
+        self.peers = [i for i in range(count) if i != me]
+
+    def say_exited(self) -> None:
+        with contextlib.suppress(Exception):  # the runtime may be gone already
+            self.client.key_value_set(f"{self.PREFIX}{self.me}", self.EXITED, True)
+
+    def run(self) -> None:
+        # A peer's last value and when it last changed. Only a peer's silence counts:
+        # when this thread itself was held up, the peer's value has moved meanwhile.
+        seen = {peer: ("", time.monotonic()) for peer in self.peers}
+        beat = 0
+        while seen:
+            beat += 1
+            try:
+                self.client.key_value_set(f"{self.PREFIX}{self.me}", str(beat), True)
+                values = {
+                    key.rsplit("/", 1)[-1]: value
+                    for key, value in self.client.key_value_dir_get(self.PREFIX)
+                }
+            except Exception:  # the coordinator itself is gone: JAX's own error follows
+                return
+            now = time.monotonic()
+            for peer, (last, since) in list(seen.items()):
+                value = values.get(str(peer), "")
+                if value == self.EXITED:
+                    del seen[peer]
+                elif value != last:
+                    seen[peer] = (value, now)
+                elif now - since > self.silent_s:
+                    del seen[peer]
+                    message = peer_loss_message(peer, now - since)
+                    print(f"jaxlm: error: {message}", file=sys.stderr, flush=True)
+            time.sleep(1.0)

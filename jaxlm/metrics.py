@@ -3,16 +3,29 @@
 Each record is `{"step": n, "split": "train"|"eval"|..., <name>: <number>, ...}` in
 `<workdir>/metrics.jsonl`; the same scalars go to TensorBoard event files under
 `<workdir>/tensorboard/` as `<split>/<name>`. Only process 0 writes.
+
+Both files are written synchronously, unbuffered, one record per write call. A
+background writer (tensorboardX's SummaryWriter) dies on a full disk and leaves the
+loop blocked forever on its full queue, deaf to signals; here a failed write raises
+StorageError at once, naming the file and the OS error, and no buffered bytes are
+left for a later flush to fail on. A record cut short by a full disk or a kill is set
+aside as a torn line when the file is next opened.
 """
 
 from __future__ import annotations
 
+import contextlib
 import gzip
 import json
 import math
+import socket
+import struct
+import time
 from collections.abc import Iterable
 from pathlib import Path
 from typing import Any
+
+from jaxlm.errors import StorageError
 
 
 class MetricsWriter:
@@ -26,25 +39,27 @@ class MetricsWriter:
         self._tb = None
         if not enabled:
             return
-        self.path.parent.mkdir(parents=True, exist_ok=True)
-        _set_aside_torn_line(self.path)
-        self._file = self.path.open("a", encoding="utf-8")
+        with _storage_errors(self.path):
+            self.path.parent.mkdir(parents=True, exist_ok=True)
+            _set_aside_torn_line(self.path)
+            self._file = self.path.open("ab", buffering=0)
         if tensorboard:
-            from tensorboardX import SummaryWriter
-
-            self._tb = SummaryWriter(str(self.tensorboard_dir), flush_secs=10)
+            self._tb = _EventFile(self.tensorboard_dir)
 
     def write(self, step: int, split: str, values: dict[str, Any]) -> None:
         if not self.enabled:
             return
         record = {"step": int(step), "split": split}
         record.update({k: _to_json_number(v) for k, v in values.items()})
-        self._file.write(json.dumps(record) + "\n")
-        self._file.flush()
+        with _storage_errors(self.path):
+            _write_all(self._file, (json.dumps(record) + "\n").encode("utf-8"))
         if self._tb is not None:
-            for name, value in values.items():
-                if isinstance(value, int | float) and math.isfinite(value):
-                    self._tb.add_scalar(f"{split}/{name}", value, int(step))
+            scalars = {
+                f"{split}/{name}": value
+                for name, value in values.items()
+                if isinstance(value, int | float) and math.isfinite(value)
+            }
+            self._tb.write(int(step), scalars)
 
     def close(self) -> None:
         if self._file is not None:
@@ -53,6 +68,63 @@ class MetricsWriter:
         if self._tb is not None:
             self._tb.close()
             self._tb = None
+
+
+class _EventFile:
+    """A TensorBoard event file (`events.out.tfevents.<time>.<host>`), written in
+    TFRecord framing: length, its masked CRC32C, the Event proto, its masked CRC32C."""
+
+    def __init__(self, directory: Path):
+        self.path = directory / f"events.out.tfevents.{int(time.time())}.{socket.gethostname()}"
+        with _storage_errors(self.path):
+            directory.mkdir(parents=True, exist_ok=True)
+            self._file = self.path.open("ab", buffering=0)
+        from tensorboardX.proto import event_pb2
+
+        self._write_event(event_pb2.Event(wall_time=time.time(), file_version="brain.Event:2"))
+
+    def write(self, step: int, scalars: dict[str, float]) -> None:
+        if not scalars:
+            return
+        from tensorboardX.proto import event_pb2, summary_pb2
+        from tensorboardX.summary import scalar
+
+        values = [scalar(name, value).value[0] for name, value in scalars.items()]
+        summary = summary_pb2.Summary(value=values)
+        self._write_event(event_pb2.Event(wall_time=time.time(), step=step, summary=summary))
+
+    def _write_event(self, event) -> None:
+        from tensorboardX.record_writer import masked_crc32c
+
+        data = event.SerializeToString()
+        header = struct.pack("<Q", len(data))
+        framed = header + struct.pack("<I", masked_crc32c(header))
+        framed += data + struct.pack("<I", masked_crc32c(data))
+        with _storage_errors(self.path):
+            _write_all(self._file, framed)
+
+    def close(self) -> None:
+        self._file.close()
+
+
+@contextlib.contextmanager
+def _storage_errors(path: Path):
+    """Turns an OSError while writing `path` into a one-line StorageError."""
+    try:
+        yield
+    except OSError as error:
+        raise StorageError(
+            f"cannot write the run's metrics to {path}: {type(error).__name__}: {error}. "
+            "Make room or make the directory writable, then run the same command again to "
+            "resume from the last checkpoint"
+        ) from error
+
+
+def _write_all(file, data: bytes) -> None:
+    """An unbuffered write may take part of the bytes (a disk that just filled up)."""
+    view = memoryview(data)
+    while view:
+        view = view[file.write(view) :]
 
 
 def _set_aside_torn_line(path: Path) -> None:

@@ -27,7 +27,17 @@ asynchronous dispatch (the host waits for step n before dispatching n+1).
 
 SIGINT is not part of JAX's protocol, so under several processes the SIGINT handler
 re-sends SIGTERM to its own process and Ctrl-C takes the same path. A second SIGINT
-aborts at once with KeyboardInterrupt (no save).
+aborts at once with StopNow, a KeyboardInterrupt (no save).
+
+Signals while something blocks. The handlers only set a flag, so the loop must reach
+a point that reads it: nothing in a run may block without end. The metrics writer
+writes synchronously (no queue to a writer thread that may have died), a failed
+save is raised at the next step, and the waits for a save poll in short slices, so
+the handlers run during them. The first signal during a save still waits for that
+save (it is the checkpoint the signal asks for); in one process a second signal,
+SIGTERM or SIGINT, raises StopNow from wherever the main thread is, a save stuck on
+a hung filesystem included: the run ends at once, saying which step was not saved
+and which checkpoint a rerun resumes from; `jaxlm train` exits 128 + the signal.
 """
 
 from __future__ import annotations
@@ -38,6 +48,27 @@ import threading
 from typing import Any
 
 import jax
+
+
+class StopNow(KeyboardInterrupt):
+    """A second signal: stop at once, without waiting for any save."""
+
+    def __init__(self, signal_name: str):
+        super().__init__(signal_name)
+        self.signal_name = signal_name
+        self.unsaved_step: int | None = None  # the save cut short, if one was in flight
+        self.saved = "no checkpoint yet"  # filled in by the loop
+
+    @property
+    def exit_status(self) -> int:
+        return 128 + signal.Signals[self.signal_name].value
+
+    def __str__(self) -> str:
+        cut = "" if self.unsaved_step is None else f"step {self.unsaved_step} is not saved; "
+        return (
+            f"a second {self.signal_name} stopped the run at once: {cut}{self.saved}; run the "
+            "same command again to resume from there"
+        )
 
 
 class StopRequest:
@@ -83,12 +114,13 @@ class StopRequest:
     # Handlers run in the main thread between bytecodes, possibly in the middle of a
     # print: they only set state (printing here could raise a reentrant-call error).
     def _set_flag(self, signum, frame) -> None:
-        if self.signal_name and signum == signal.SIGINT:
-            raise KeyboardInterrupt  # the second Ctrl-C: stop now, without saving
-        self.signal_name = self.signal_name or signal.Signals(signum).name
+        name = signal.Signals(signum).name
+        if self.signal_name:
+            raise StopNow(name)  # the second signal: stop now, without saving
+        self.signal_name = name
 
     def _sigint_to_sigterm(self, signum, frame) -> None:
         if self.signal_name:
-            raise KeyboardInterrupt
+            raise StopNow("SIGINT")
         self.signal_name = "SIGINT"
         os.kill(os.getpid(), signal.SIGTERM)

@@ -7,10 +7,21 @@ a step queued, so the host never stalls it with a per-step sync.
 A non-finite loss or gradient norm stops the run with `NonFiniteError` naming the
 step; the step itself did not apply its update (steps.py), and no checkpoint is
 written after it.
+
+Whatever ends a run early (NonFiniteError, LossSpikeError, a failed save, a bad
+input found mid-run), the save in flight is first waited for (at most
+train.first_step_timeout_s; a second signal ends the wait at once), so no finished
+step is left half-written, and the error then names the checkpoint really on disk.
+A failed save is noticed at the first step after it failed, not at the next save.
+
+The workdir's config.json (read by `jaxlm compare` and `scaling-fit`) is written
+only once the run is accepted, after the resume checks: a refused resume leaves the
+workdir as it was.
 """
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import json
 import sys
@@ -22,18 +33,18 @@ import jax
 import numpy as np
 
 from jaxlm import compilation_cache, distributed
-from jaxlm.checkpoint import Checkpointer, abstract_like, from_jsonable
+from jaxlm.checkpoint import Checkpointer, CheckpointSaveError, abstract_like, from_jsonable
 from jaxlm.config import Config
 from jaxlm.data import posttrain_inputs, run_inputs
 from jaxlm.data.counters import DataTotals
-from jaxlm.errors import InputError
+from jaxlm.errors import InputError, RunStoppedError
 from jaxlm.flops import device_peak_flops, flops_per_token, measure_cpu_matmul_flops
 from jaxlm.goodput import TimeLedger
 from jaxlm.inference.decode import Generator
 from jaxlm.metrics import MetricsWriter, gzip_bits_per_byte
 from jaxlm.optim import learning_rate_schedule, make_optimizer
 from jaxlm.plotting import plot_loss_curves
-from jaxlm.preemption import StopRequest
+from jaxlm.preemption import StopNow, StopRequest
 from jaxlm.reference_logps import reference_table
 from jaxlm.run_objective import build_objective
 from jaxlm.run_state import initial_state, needs_reference
@@ -41,11 +52,11 @@ from jaxlm.sharding import host_batch_to_global, training_mesh
 from jaxlm.watchdog import StepWatchdog
 
 
-class NonFiniteError(RuntimeError):
+class NonFiniteError(RunStoppedError):
     """Loss or gradients became NaN/Inf; the message names the step."""
 
 
-class LossSpikeError(RuntimeError):
+class LossSpikeError(RunStoppedError):
     """optim.max_consecutive_spikes steps in a row were skipped as loss spikes."""
 
 
@@ -126,13 +137,12 @@ def _peak_flops_total(cfg: Config) -> tuple[float, str]:
     return float("nan"), "unknown"
 
 
-def _check_finite(step: int, m: dict[str, Any], last_ckpt: int | None) -> None:
+def _check_finite(step: int, m: dict[str, Any]) -> None:
     if int(m["finite"]):
         return
-    saved = f"last checkpoint: step {last_ckpt}" if last_ckpt is not None else "no checkpoint"
     raise NonFiniteError(
         f"non-finite loss, gradient or update at step {step + 1} (loss={float(m['loss'])}, "
-        f"grad_norm={float(m['grad_norm'])}); the update was not applied; {saved}"
+        f"grad_norm={float(m['grad_norm'])}); the update was not applied; {{saved}}"
     )
 
 
@@ -160,28 +170,47 @@ class _SkipCounter:
         self.run = dict(self.window)
         self.spikes_in_a_row = 0
 
-    def add(self, step: int, m: dict[str, Any], last_ckpt: int | None) -> None:
+    def add(self, step: int, m: dict[str, Any]) -> None:
         for key in self.window:
             self.window[key] += int(m[key])
             self.run[key] += int(m[key])
         self.spikes_in_a_row = self.spikes_in_a_row + 1 if int(m["skipped_spike"]) else 0
         if self.max_in_a_row and self.spikes_in_a_row >= self.max_in_a_row:
-            saved = (
-                f"last checkpoint: step {last_ckpt}"
-                if last_ckpt is not None
-                else "no checkpoint yet"
-            )
             raise LossSpikeError(
                 f"steps {step + 2 - self.spikes_in_a_row}..{step + 1} were all skipped as loss "
                 f"spikes (the last: loss {float(m['loss']):.4f} vs moving average "
                 f"{float(m['loss_ema']):.4f}; optim.max_consecutive_spikes="
                 f"{self.max_in_a_row}); the loss level has changed, not spiked. Lower the "
-                f"learning rate or raise optim.spike_factor, then resume ({saved})"
+                "learning rate or raise optim.spike_factor, then resume ({saved})"
             )
 
     def take_window(self) -> dict[str, int]:
         out, self.window = self.window, dict.fromkeys(self.window, 0)
         return out
+
+
+@contextlib.contextmanager
+def _saves_settled_on_error(checkpointer: Checkpointer, watchdog: StepWatchdog, budget: float):
+    """On an error, wait for the save in flight, then let the error name the real
+    last checkpoint. A second signal (StopNow) does not wait: it only says so."""
+    try:
+        yield
+    except StopNow as stop_now:
+        stop_now.unsaved_step = checkpointer.in_flight
+        stop_now.saved = checkpointer.last_saved()
+        raise
+    except Exception as error:
+        in_flight = checkpointer.in_flight
+        if in_flight is not None:
+            watchdog.expect(f"the save of step {in_flight} after an error", budget)
+            try:
+                checkpointer.wait(timeout=budget)
+            except CheckpointSaveError as failed:  # said first; the run's own error ends it
+                if jax.process_index() == 0:
+                    print(f"jaxlm: warning: {failed}", file=sys.stderr, flush=True)
+        if isinstance(error, RunStoppedError):
+            error.saved = checkpointer.last_saved()
+        raise
 
 
 def _progress(total: int, start: int, enabled: bool):
@@ -202,8 +231,6 @@ def train(cfg: Config, workdir: Path | str) -> RunResult:
     distributed.maybe_initialize()
     workdir = Path(workdir).absolute()
     workdir.mkdir(parents=True, exist_ok=True)
-    if jax.process_index() == 0:
-        (workdir / "config.json").write_text(cfg.to_json() + "\n", encoding="utf-8")
 
     mesh = training_mesh(cfg)
     log(f"mesh {dict(mesh.shape)} over {jax.device_count()} {jax.default_backend()} devices")
@@ -277,6 +304,8 @@ def train(cfg: Config, workdir: Path | str) -> RunResult:
         if accepted:
             log(f"config changes accepted on resume: {'; '.join(accepted)}")
         log(f"resumed from {checkpointer.directory}/{latest}")
+    if jax.process_index() == 0:  # the run is accepted: from here on it may write
+        (workdir / "config.json").write_text(cfg.to_json() + "\n", encoding="utf-8")
 
     writer = MetricsWriter(workdir, enabled=jax.process_index() == 0)
     val_batches = _eval_batches(cfg, tokenizer, batch_size, **extra)
@@ -327,7 +356,6 @@ def train(cfg: Config, workdir: Path | str) -> RunResult:
     skips = _SkipCounter(cfg.optim.max_consecutive_spikes)
     train_losses: list[float] = []
     real_fractions: list[float] = []
-    last_ckpt = latest
     final_eval = None
     preempted = False
     step_budget, long_budget = cfg.train.step_timeout_s, cfg.train.first_step_timeout_s
@@ -336,8 +364,8 @@ def train(cfg: Config, workdir: Path | str) -> RunResult:
         m = jax.device_get(metrics)
         step_time, data_wait = ledger.step_done()  # data wait of the batches fetched meanwhile
         watchdog.expect(f"step {step + 2}", step_budget)
-        _check_finite(step, m, last_ckpt)
-        skips.add(step, m, last_ckpt)
+        _check_finite(step, m)
+        skips.add(step, m)
         loss = float(m["loss"])
         train_losses.append(loss)
         window["loss"].append(loss)
@@ -374,7 +402,11 @@ def train(cfg: Config, workdir: Path | str) -> RunResult:
                 v.clear()
 
     # Signals and the watchdog are live from the first step to the end of the run.
-    with StopRequest() as stop, StepWatchdog(step_budget > 0) as watchdog:
+    with (
+        StopRequest() as stop,
+        StepWatchdog(step_budget > 0) as watchdog,
+        _saves_settled_on_error(checkpointer, watchdog, long_budget),
+    ):
         if cfg.train.eval_at_start and start_step == 0:
             # The starting model's held-out numbers (e.g. the base model's loss on the
             # SFT data), as the step-0 eval record.
@@ -389,6 +421,7 @@ def train(cfg: Config, workdir: Path | str) -> RunResult:
                 host_batch = data_totals.pop_from(next(train_iter))
                 # Other "_" keys (e.g. preference pairs' "_where") are not model inputs.
                 host_batch = {k: v for k, v in host_batch.items() if not k.startswith("_")}
+            checkpointer.raise_if_failed()  # a failed save stops the run at once
             real_frac = float(np.mean(host_batch["segment_ids"] != 0))
             real_fractions.append(real_frac)
             with jax.set_mesh(mesh):
@@ -426,7 +459,6 @@ def train(cfg: Config, workdir: Path | str) -> RunResult:
                     if preempted:  # the process may be killed soon: the save must be on disk
                         checkpointer.wait()
                 writer.write(done, "checkpoint", {"blocking_s": ledger.last_phase_s})
-                last_ckpt = done
                 watchdog.expect(f"step {done + 1}", step_budget)
             if preempted:
                 # Every process says so: each must have saved the same step.

@@ -5,6 +5,9 @@ SIGKILLed mid-training; process 0, blocked in a collective that can never finish
 must exit non-zero well before JAX's default heartbeat timeout (100 s) would let it.
 The processes are started directly, not by `jaxlm launch`, which would itself kill
 the survivor.
+
+Issue 17 item 14: before JAX's abort, the survivor says so in one jaxlm line naming
+the lost process and what to do.
 """
 
 import os
@@ -58,3 +61,7 @@ def test_survivor_of_a_killed_peer_exits_nonzero_within_seconds(tmp_path):
     # The heartbeat timeout plus time to notice and abort; JAX's default would be ~100 s.
     assert waited < HEARTBEAT_TIMEOUT_S + 20, (waited, tail(log0))
     assert "stopped sending heartbeats" in log0.read_text(), tail(log0)
+    said = [line for line in log0.read_text().splitlines() if line.startswith("jaxlm: error:")]
+    assert len(said) == 1, tail(log0)
+    assert "process 1 of this job has given no sign of life" in said[0], said
+    assert "run the same command again" in said[0], said
