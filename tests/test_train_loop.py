@@ -29,8 +29,9 @@ SMALL = [
 
 
 def test_non_finite_stops_the_run_naming_the_step(tmp_path):
-    # An infinite learning rate makes the very first update non-finite.
-    cfg = apply_overrides(Config(), [*SMALL, "optim.lr=inf", "optim.schedule=constant"])
+    # A learning rate past float32's range (the config refuses inf itself) is inf in
+    # the step, so the very first update is non-finite.
+    cfg = apply_overrides(Config(), [*SMALL, "optim.lr=1e300", "optim.schedule=constant"])
     with pytest.raises(
         NonFiniteError,
         match=r"non-finite loss, gradient or update at step 1 \(.*not applied; no checkpoint",
