@@ -243,7 +243,10 @@ def test_model_applies_the_scaling_to_queries_and_keys():
     [
         (["model.rope_scaling=dynamic"], r"model\.rope_scaling='dynamic' is not one of"),
         (["model.rope_scaling=linear", "model.rope_scaling_factor=0.5"], "rope_scaling_factor=0.5"),
-        (["model.rope_scaling=ntk", "model.rope_scaling_factor=nan"], "rope_scaling_factor=nan"),
+        (
+            ["model.rope_scaling=ntk", "model.rope_scaling_factor=nan"],
+            r"rope_scaling_factor='nan' is not a finite number",
+        ),
         (["model.rope_scaling_factor=2"], r"model\.rope_scaling_factor=2\.0 has no effect"),
         (["model.rope_scaling=yarn", "model.rope_scaling_factor=4"], "rope_original_max_len > 0"),
         (["model.rope_original_max_len=-1"], r"model\.rope_original_max_len=-1"),

@@ -144,15 +144,24 @@ def test_jsonl_errors_name_file_and_line(tmp_path):
     assert ds[0] == "ok"
     with pytest.raises(InputError, match=rf"{path}:2: no field 'text' \(fields: \['body'\]\)"):
         ds[1]
-    with pytest.raises(InputError, match=rf"{path}:3: field 'text' is a number, not a string"):
+    # With several bad lines, any read names the first in file order (line 2, not 3).
+    with pytest.raises(InputError, match=rf"{path}:2: no field 'text'"):
         ds[2]
-    with pytest.raises(InputError, match=rf"{path}:4: expected a JSON object"):
-        ds[3]
     assert open_source(SourceSpec("jsonl", str(path)), text_field="body")[1] == "no"
-    with path.open("a") as f:
+    # Each kind of bad line, where it is the first: named with its file:line.
+    kinds = {
+        "number": ({"text": 3}, "field 'text' is a number, not a string"),
+        "array": ([1], "expected a JSON object"),
+    }
+    for name, (record, message) in kinds.items():
+        one = write_jsonl(tmp_path / f"{name}.jsonl", [{"text": "ok"}, {"text": "ok"}, record])
+        with pytest.raises(InputError, match=rf"{one}:3: {message}"):
+            open_source(SourceSpec("jsonl", str(one)))[2]
+    cut = write_jsonl(tmp_path / "cut.jsonl", [{"text": "ok"}])
+    with cut.open("a") as f:
         f.write('{"text": "cut\n')
-    with pytest.raises(InputError, match=rf"{path}:5: not valid JSON"):
-        open_source(SourceSpec("jsonl", str(path)))[4]
+    with pytest.raises(InputError, match=rf"{cut}:2: not valid JSON"):
+        open_source(SourceSpec("jsonl", str(cut)))[1]
 
 
 def test_skip_mode_returns_none_counts_and_still_caps_bad_records(tmp_path):
@@ -186,25 +195,30 @@ def test_parquet_nulls_are_empty_and_columns_are_checked(tmp_path):
 
 
 def test_parquet_binary_column_is_decoded_and_bad_utf8_names_the_row(tmp_path):
-    values = [b"fine", "caf\u00e9".encode(), b"\xff\xfe", b"last"]
+    # 40 good rows more: one bad row in 44 is within skip mode's cap (jaxlm.data.jsonl).
+    more = [f"row {i}" for i in range(40)]
+    values = [b"fine", "caf\u00e9".encode(), b"\xff\xfe", b"last", *(m.encode() for m in more)]
     path = write_parquet(tmp_path / "b.parquet", pa.table({"raw": pa.array(values, pa.binary())}))
     ds = open_source(SourceSpec("parquet", str(path)), text_field="raw")
     assert [ds[0], ds[1], ds[3]] == ["fine", "café", "last"]
     with pytest.raises(InputError, match=rf"{path}: row 2, column 'raw': not valid UTF-8"):
         ds[2]
     skipping = open_source(SourceSpec("parquet", str(path)), text_field="raw", on_error="skip")
-    assert list(skipping) == ["fine", "café", "last"]
+    assert list(skipping) == ["fine", "café", "last", *more]
 
 
 def test_arrayrecord_bad_utf8_names_file_and_record(tmp_path):
-    path = write_arrayrecord(tmp_path / "u.array_record", [b"ok", b"\xc3(", "ü".encode()])
+    # 40 good records more: one bad record in 43 is within skip mode's cap.
+    more = [f"record {i}" for i in range(40)]
+    records = [b"ok", b"\xc3(", "ü".encode(), *(m.encode() for m in more)]
+    path = write_arrayrecord(tmp_path / "u.array_record", records)
     counters = DataCounters()
     ds = open_source(SourceSpec("arrayrecord", str(path)))
     with pytest.raises(InputError, match=rf"{path}: record 1: not valid UTF-8"):
         ds[1]
     skipping = open_source(SourceSpec("arrayrecord", str(path)), on_error="skip", counters=counters)
-    assert list(skipping) == ["ok", "ü"]
-    assert counters.take() == {"records": 3, "malformed_records": 1}
+    assert list(skipping) == ["ok", "ü", *more]
+    assert counters.take() == {"records": 43, "malformed_records": 1}
 
 
 def test_text_file_bad_utf8_names_the_file(tmp_path):

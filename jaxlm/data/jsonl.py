@@ -97,6 +97,8 @@ class BadLineCounter:
     bad: int = 0
     examples: list[str] = dataclasses.field(default_factory=list)  # distinct, first seen
     scans: list[BadLineScan] = dataclasses.field(default_factory=list, repr=False)
+    # Where each bad line counted so far is (bounded: the cap aborts long before many).
+    _seen_bad: set[str] = dataclasses.field(default_factory=set, repr=False)
     _lock: threading.Lock = dataclasses.field(default_factory=threading.Lock, repr=False)
 
     def expect(self, lines: int) -> None:
@@ -106,8 +108,9 @@ class BadLineCounter:
     def record(self, ok: bool, where: str, why: str = "") -> None:
         with self._lock:
             self.read += 1
-            if ok:
-                return
+            if ok or where in self._seen_bad:
+                return  # a bad line read again (random access, a later epoch) counts once
+            self._seen_bad.add(where)
             self.bad += 1
             self._note(where, why)
             floor = self.min_lines if self.expected is None else min(self.min_lines, self.expected)
