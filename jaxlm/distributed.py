@@ -21,8 +21,8 @@ keeps sending heartbeats: that is the step-time watchdog's job (jaxlm.watchdog).
 JAX's own report of a lost peer is hundreds of characters of gRPC/glog text ending in
 an abort, with no word on what to do. So every process also runs a peer watch (a
 daemon thread): once a second it bumps its own counter in the coordination service's
-key-value store and reads everyone's. A peer whose counter has not moved for
-PEER_EARLY_S less than JAX's heartbeat timeout gets one `jaxlm: error:` line naming
+key-value store and reads everyone's. A peer whose counter has not moved for half
+JAX's heartbeat timeout (less PEER_EARLY_S) gets one `jaxlm: error:` line naming
 it and saying to rerun the command, which resumes from the last checkpoint; JAX then
 ends the process as before (an abort, status 134). The watch never ends a process
 itself: JAX's C++ heartbeats, which no Python lock can stall, stay the judge. A
@@ -53,7 +53,10 @@ import jax
 
 HEARTBEAT_TIMEOUT_S = 15
 SHUTDOWN_TIMEOUT_S = 60
-PEER_EARLY_S = 3  # the peer watch speaks this long before JAX's heartbeat timeout
+# The peer watch speaks after half the heartbeat timeout, less this: the service may
+# declare a peer dead a heartbeat interval before a full timeout after its death (its
+# last heartbeat can precede its last counter update), and the line must come first.
+PEER_EARLY_S = 2
 
 _initialized = False
 
@@ -102,7 +105,7 @@ def maybe_initialize(
         shutdown_timeout_seconds=_env_seconds("JAXLM_SHUTDOWN_TIMEOUT_S", SHUTDOWN_TIMEOUT_S),
     )
     _initialized = True
-    _start_peer_watch(max(1, heartbeat_s - PEER_EARLY_S))
+    _start_peer_watch(max(2, heartbeat_s / 2 - PEER_EARLY_S))
     return True
 
 
