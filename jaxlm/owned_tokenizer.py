@@ -51,7 +51,7 @@ def owned_tokenizer(directory: Path | str, data_tokenizer: str) -> Path | None:
     named = Path(data_tokenizer).absolute()
     if not Path(data_tokenizer).is_absolute():
         print(
-            f"warning: {directory} has no {TOKENIZER_FILE}; using data.tokenizer "
+            f"jaxlm: warning: {directory} has no {TOKENIZER_FILE}; using data.tokenizer "
             f"'{data_tokenizer}' from the current directory ({named}), which nothing "
             f"verifies; copy the run's tokenizer to {own} to stop guessing",
             file=sys.stderr,
