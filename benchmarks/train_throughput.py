@@ -156,7 +156,7 @@ def model_config(args: argparse.Namespace) -> ModelConfig:
 
 
 def synthetic_batches(cfg: ModelConfig, batch: int, seq: int, seed: int, count: int = 4):
-    """`count` batches of uniform random tokens in the DESIGN.md schema (one document/row)."""
+    """`count` batches of uniform random tokens in the batch schema (one document/row)."""
     rng = np.random.default_rng(seed)
     out = []
     for _ in range(count):

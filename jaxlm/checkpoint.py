@@ -484,7 +484,7 @@ class Checkpointer:
         """This process's data position; refuses a checkpoint of another process count.
 
         Each process reads its own shard of the data, so N saved positions do not map
-        onto M processes: resuming would re-read or skip documents (RELIABILITY C15).
+        onto M processes: resuming would re-read or skip documents.
         The model state would restore onto any device count; the data position not.
         """
         saved, now = len(data), jax.process_count()

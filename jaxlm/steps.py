@@ -33,7 +33,7 @@ Metrics = dict[str, jax.Array]
 
 
 def forward(graphdef: nnx.GraphDef, params: nnx.State | States, batch: Batch) -> jax.Array:
-    """Logits for a [B, T] batch in the DESIGN.md schema.
+    """Logits for a [B, T] batch in the batch schema (jaxlm.data.packing).
 
     `params` is one State or a tuple of States merged together (param_views.py).
     """

@@ -1,9 +1,9 @@
 """Pure train and eval steps for preference optimisation (DPO, IPO, SimPO, + NLL).
 
-A preference batch is the DESIGN.md schema with a choice axis, `[B, 2, T]` (choice 0 =
-chosen, 1 = rejected), optionally with `ref_logps` `[B, 2]`: the reference model's
-summed response log-probs, precomputed by `make_reference_logps`. The policy runs on
-both choices at once, as `[2B, T]` rows.
+A preference batch is the batch schema of jaxlm.data.packing with a choice axis,
+`[B, 2, T]` (choice 0 = chosen, 1 = rejected), optionally with `ref_logps` `[B, 2]`:
+the reference model's summed response log-probs, precomputed by
+`make_reference_logps`. The policy runs on both choices at once, as `[2B, T]` rows.
 
 The reference log-probs come, in this order of preference, from
   - nowhere, for SimPO (reference-free);

@@ -1,4 +1,4 @@
-"""RELIABILITY A1/A4/A5/A7/A8: the Checkpointer on its own, in-process and fast.
+"""The Checkpointer on its own, in-process and fast.
 
 A TrainState of the tiny preset (with AdamW moments) is saved on an 8-way data mesh;
 the tests read it back bitwise, onto other meshes, with files damaged in the ways a
@@ -115,7 +115,7 @@ def test_round_trip_is_bitwise_with_data_and_config(copy):
 
 
 def test_another_process_count_is_refused_naming_both(tmp_path, monkeypatch):
-    """RELIABILITY C15: two processes' data positions do not fit one process."""
+    """Two processes' data positions do not fit one process."""
     import jaxlm.checkpoint as checkpoint_module
 
     two = lambda mine: {"process_0": mine, "process_1": {**mine, "at": "other shard"}}

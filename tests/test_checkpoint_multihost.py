@@ -1,4 +1,4 @@
-"""RELIABILITY A9: two processes save and restore one checkpoint together.
+"""Two processes save and restore one checkpoint together.
 
 Each process's data-iterator position is its own (it reads its own shard of the
 data); Orbax writes JSON items from the primary process only, so the Checkpointer

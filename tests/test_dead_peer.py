@@ -1,4 +1,4 @@
-"""RELIABILITY B11: when a process of a job dies, the others exit within seconds.
+"""When a process of a job dies, the others exit within seconds.
 
 Process 1 (not the coordinator: the slow case, noticed only by missing heartbeats) is
 SIGKILLed mid-training; process 0, blocked in a collective that can never finish,

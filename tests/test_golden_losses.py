@@ -1,4 +1,4 @@
-"""RELIABILITY.md D22: the first 20 losses of a tiny model on generated data, checked in.
+"""The first 20 losses of a tiny model on generated data, checked in.
 
 Any change to the model, loss, optimizer, init or sharding that moves a single bit of
 these losses fails this test on the pinned CPU stack, so numerics never drift

@@ -1,4 +1,4 @@
-"""RELIABILITY G32: per-step step time and data wait, checkpoint and eval time kept
+"""Per-step step time and data wait, checkpoint and eval time kept
 apart from step time, and a productive-vs-total summary whose parts add up."""
 
 import time

@@ -31,7 +31,7 @@ DOC_LENGTHS = (6, 9, 3)  # packed into one row of T, followed by 2 padding token
 
 
 def packed_row(lengths=DOC_LENGTHS, seq_len=T, seed=0) -> dict[str, np.ndarray]:
-    """One row in the DESIGN.md batch schema packing `lengths` documents, then padding."""
+    """One row of the batch schema (jaxlm.data.packing): `lengths` documents, then padding."""
     rng = np.random.default_rng(seed)
     tokens = rng.integers(1, CFG.vocab_size, (1, seq_len)).astype(np.int32)
     segment_ids = np.zeros((1, seq_len), np.int32)

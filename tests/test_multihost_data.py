@@ -1,4 +1,4 @@
-"""RELIABILITY.md C16: two JAX processes on 127.0.0.1 read disjoint shards that cover the
+"""Two JAX processes on 127.0.0.1 read disjoint shards that cover the
 data, and every process yields the same number of evaluation batches."""
 
 import json

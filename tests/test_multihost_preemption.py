@@ -1,4 +1,4 @@
-"""RELIABILITY B10 across processes, under `jaxlm launch` (2 processes on 127.0.0.1).
+"""Preemption across processes, under `jaxlm launch` (2 processes on 127.0.0.1).
 
 One job, three lives: SIGTERM to process 1 alone (both processes save the same step and
 exit 0), a resume that is SIGKILLed as a whole (the launcher dies; its children with

@@ -1,6 +1,6 @@
 """Grain worker processes: same documents as in-process, and exact resume at every step.
 
-RELIABILITY.md C13/C14: the iterator state round trip is checked at every step of the
+The iterator state round trip is checked at every step of the
 real pipeline (`grain.experimental.assert_equal_output_after_checkpoint`), with the
 state passed through JSON as the checkpointer stores it, and with multiprocess prefetch.
 """

@@ -1,4 +1,4 @@
-"""RELIABILITY B10 in one process: SIGTERM finishes the step, saves it and exits 0; the
+"""In one process, SIGTERM finishes the step, saves it and exits 0; the
 rerun continues at that step and data position with an uninterrupted run's losses.
 
 The two-process form (SIGTERM to one process of a job) is

@@ -1,4 +1,4 @@
-"""RELIABILITY A2/A3/A4/A8/E28 end to end: resumed runs are the same run, bitwise.
+"""Resumed runs are the same run, bitwise.
 
 One straight run of 6 steps (checkpoints at 2, 4, 6; async saves) is the reference.
 Every other run here restarts from one of its checkpoints, or from a copy of it that

@@ -1,4 +1,4 @@
-"""RELIABILITY.md C14/E28: a resumed run that would read other data, or run with other
+"""A resumed run that would read other data, or run with other
 settings, is refused with a message naming what changed."""
 
 import json

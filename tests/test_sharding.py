@@ -71,7 +71,7 @@ GOLDEN_SHARD_SHAPES_222 = {
 
 
 def packed_batch(batch_size: int = 8, seq_len: int = 16, seed: int = 0) -> dict[str, np.ndarray]:
-    """A fixed global batch in the DESIGN.md schema (see helpers.batches)."""
+    """A fixed global batch in the batch schema (see helpers.batches)."""
     return synthetic_packed_batch(CFG.vocab_size, batch_size, seq_len, seed)
 
 

@@ -276,7 +276,7 @@ def test_non_finite_update_from_finite_gradients_is_not_applied(env):
 
 
 def test_loss_spike_is_skipped_and_changes_nothing(env):
-    """RELIABILITY D20: with spike_factor on, a step whose loss jumps above factor x the
+    """With spike_factor on, a step whose loss jumps above factor x the
     moving average is not applied (params, optimizer state and EMA bitwise unchanged)."""
     mesh, optimizer = env["mesh"], make_optimizer(OPTIM, TOTAL_STEPS)
     fn = make_lm_step(

@@ -1,4 +1,4 @@
-"""RELIABILITY B12: a run whose step stops making progress ends with the watchdog's
+"""A run whose step stops making progress ends with the watchdog's
 distinct exit status (75) and a message naming what it waited for and how long."""
 
 import io

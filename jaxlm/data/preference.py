@@ -129,7 +129,8 @@ def encode_pair(
 
 
 def stack_pairs(pairs: Sequence[dict[str, np.ndarray]], *, batch_size: int, pad_id: int):
-    """[B, 2, T] batch in the DESIGN.md schema; a short last batch gets empty pairs."""
+    """[B, 2, T] batch in the batch schema (jaxlm.data.packing); a short last batch gets
+    empty pairs."""
     seq_len = pairs[0]["tokens"].shape[-1]
     ref = [p.pop("ref_logps") for p in pairs if "ref_logps" in p]
     # Which line each pair came from (for jaxlm.reference_logps); not a model input.

@@ -174,7 +174,7 @@ def bucket_length(length: int, max_len: int) -> int:
 
 
 def pack_rows(rows: Sequence[_Row], batch_size: int, length: int, pad_id: int) -> dict:
-    """Right-padded `[batch_size, length]` arrays in the batch schema (DESIGN.md)."""
+    """Right-padded `[batch_size, length]` arrays in the batch schema (jaxlm.data.packing)."""
     shape = (batch_size, length)
     batch = {
         "tokens": np.full(shape, pad_id, np.int32),

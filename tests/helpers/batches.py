@@ -1,4 +1,4 @@
-"""Synthetic batches in the DESIGN.md schema, shared by the step and sharding tests."""
+"""Synthetic batches in the batch schema (jaxlm.data.packing), for step and sharding tests."""
 
 import numpy as np
 
