@@ -1,9 +1,9 @@
 """Checkpoint save cost: how long the training loop blocks vs how long the save takes.
 
 Saves a full TrainState (params + AdamW moments + step + loss EMA) of a preset with
-jaxlm.checkpoint.Checkpointer, the way the training loop does, and reports per save:
+jaxlm.checkpointing.manager.Checkpointer, the way the training loop does, and reports per save:
 
-  fingerprint  the on-device checksum of every array (jaxlm.checkpoint_integrity),
+  fingerprint  the on-device checksum of every array (jaxlm.checkpointing.integrity),
                part of the blocking time: jaxlm's only synchronous addition to Orbax
   blocking     wall time of `Checkpointer.save(...)`: what the training loop waits
                (checksums + Orbax's copy off the devices + dispatching the write)
@@ -32,23 +32,23 @@ import statistics
 import time
 from pathlib import Path
 
-from jaxlm.runtime import configure_cpu
+from jaxlm.runtime.cpu import configure_cpu
 
 if __name__ == "__main__":
-    # Re-executes once with glibc malloc tunables (see jaxlm/runtime.py) before JAX starts.
+    # Re-executes once with glibc malloc tunables (see jaxlm/runtime/cpu.py) before JAX starts.
     configure_cpu()
 
 import jax
 import jax.numpy as jnp
 
-from jaxlm.checkpoint import Checkpointer
-from jaxlm.checkpoint_integrity import device_fingerprints
+from jaxlm.checkpointing.integrity import device_fingerprints
+from jaxlm.checkpointing.manager import Checkpointer
 from jaxlm.config import Config, DataConfig, OptimConfig
 from jaxlm.models import count_params
-from jaxlm.optim import make_optimizer
 from jaxlm.presets import get_preset
 from jaxlm.sharding import make_mesh
-from jaxlm.train_state import create_train_state
+from jaxlm.training.optim import make_optimizer
+from jaxlm.training.state import create_train_state
 
 
 def parse_args(argv=None) -> argparse.Namespace:

@@ -2,7 +2,7 @@
 
 Builds the real train step the way train_throughput.py's bench_jax does
 (init_train_state's shapes -> make_lm_step -> jit_train_step on a data-parallel mesh, AdamW +
-decay mask + clipping from jaxlm.optim) for each depth in --depths, once with
+decay mask + clipping from jaxlm.training.optim) for each depth in --depths, once with
 `scan_layers=True` (one layer body under jax.lax.scan) and once unrolled, and times
 separately
 
@@ -42,10 +42,10 @@ import tempfile
 import time
 from pathlib import Path
 
-from jaxlm.runtime import configure_cpu
+from jaxlm.runtime.cpu import configure_cpu
 
 if __name__ == "__main__":
-    # Same malloc tunables as the other JAX benchmarks (jaxlm/runtime.py), before JAX starts.
+    # Same malloc tunables as the other JAX benchmarks (jaxlm/runtime/cpu.py), before JAX starts.
     configure_cpu()
 
 import environment
@@ -53,11 +53,11 @@ import jax
 import jax.numpy as jnp
 
 from jaxlm.config import ModelConfig, OptimConfig
-from jaxlm.optim import learning_rate_schedule, make_optimizer
 from jaxlm.presets import get_preset
 from jaxlm.sharding import make_mesh
-from jaxlm.steps import jit_train_step, make_lm_step
-from jaxlm.train_state import abstract_model, init_train_state, train_state_shardings
+from jaxlm.training.optim import learning_rate_schedule, make_optimizer
+from jaxlm.training.state import abstract_model, init_train_state, train_state_shardings
+from jaxlm.training.steps import jit_train_step, make_lm_step
 
 BATCH_KEYS = ("tokens", "targets", "loss_mask", "segment_ids", "positions")
 

@@ -30,10 +30,10 @@ import statistics
 import sys
 import time
 
-from jaxlm.runtime import configure_cpu
+from jaxlm.runtime.cpu import configure_cpu
 
 if __name__ == "__main__":
-    configure_cpu()  # same malloc tunables as training benchmarks (jaxlm/runtime.py)
+    configure_cpu()  # same malloc tunables as training benchmarks (jaxlm/runtime/cpu.py)
 
 import jax
 import jax.numpy as jnp
@@ -43,7 +43,7 @@ from flax import nnx
 from jaxlm.inference.decode import Generator
 from jaxlm.inference.kv_cache import forward_cached, init_cache
 from jaxlm.presets import get_preset
-from jaxlm.train_state import abstract_model, init_params
+from jaxlm.training.state import abstract_model, init_params
 
 
 def _median_time(fn, repeats: int) -> float:

@@ -8,7 +8,7 @@ No hostname is recorded: results files get committed and shared.
 JAX is imported lazily inside `describe()`: importing it starts the backend, which on
 a GPU host claims most of the device memory, so run.py calls this module in a child
 process (`python benchmarks/environment.py`, which prints the dict as JSON) rather
-than importing JAX itself. The child calls jaxlm.runtime.configure_cpu() first, as the
+than importing JAX itself. The child calls jaxlm.runtime.cpu.configure_cpu() first, as the
 benchmarks that use JAX do, so GLIBC_TUNABLES is recorded as they run under it
 (data_throughput.py does not call it).
 
@@ -131,7 +131,7 @@ def summary_line(env: dict) -> str:
 
 
 if __name__ == "__main__":
-    from jaxlm.runtime import configure_cpu
+    from jaxlm.runtime.cpu import configure_cpu
 
     configure_cpu()  # record GLIBC_TUNABLES as the JAX benchmarks run (module docstring)
     env = describe()

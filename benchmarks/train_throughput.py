@@ -2,7 +2,7 @@
 
 Times jaxlm's own path: ModelConfig -> create_train_state -> make_lm_step ->
 jit_train_step, with the AdamW + weight-decay mask + global-norm clipping of
-jaxlm.optim, on synthetic token batches, on the current JAX backend. When torch and
+jaxlm.training.optim, on synthetic token batches, on the current JAX backend. When torch and
 transformers are importable (`pip install -e '.[bench]'`) the same run also trains the
 identical model with transformers' LlamaForCausalLM (same widths, heads, kv heads,
 d_ff, vocab, tying, RMSNorm eps, RoPE theta; AdamW with the same hyper-parameters,
@@ -13,7 +13,7 @@ Timing: the median step time over `--steps` timed steps that follow `--warmup`
 untimed ones (the first includes compilation). Every timed step blocks on its result
 (jax.block_until_ready on the metrics, loss.item() in torch).
 
-MFU convention (jaxlm.flops): training FLOPs per token = 6 * N + 12 * L * T * d_model,
+MFU convention (jaxlm.models.flops): training FLOPs per token = 6 * N + 12 * L * T * d_model,
 N = non-embedding parameters including the output head matrix, the attention term
 not halved for causality. Peak: on CPU it is *measured* here with a large fp32 jnp
 matmul (so CPU MFU is relative to what this machine's matmul achieves); on GPU/TPU it
@@ -41,10 +41,10 @@ import statistics
 import sys
 import time
 
-from jaxlm.runtime import configure_cpu
+from jaxlm.runtime.cpu import configure_cpu
 
 if __name__ == "__main__":
-    # Re-executes once with glibc malloc tunables (see jaxlm/runtime.py) before JAX starts.
+    # Re-executes once with glibc malloc tunables (see jaxlm/runtime/cpu.py) before JAX starts.
     configure_cpu()
 
 import jax
@@ -52,12 +52,17 @@ import numpy as np
 from environment import FLOP_CONVENTION
 
 from jaxlm.config import ModelConfig, OptimConfig
-from jaxlm.flops import device_peak_flops, flops_per_token, matmul_params, measure_cpu_matmul_flops
-from jaxlm.optim import learning_rate_schedule, make_optimizer
+from jaxlm.models.flops import (
+    device_peak_flops,
+    flops_per_token,
+    matmul_params,
+    measure_cpu_matmul_flops,
+)
 from jaxlm.presets import get_preset
 from jaxlm.sharding import host_batch_to_global, make_mesh
-from jaxlm.steps import jit_train_step, make_lm_step
-from jaxlm.train_state import abstract_model, create_train_state
+from jaxlm.training.optim import learning_rate_schedule, make_optimizer
+from jaxlm.training.state import abstract_model, create_train_state
+from jaxlm.training.steps import jit_train_step, make_lm_step
 
 
 def parse_args(argv=None) -> argparse.Namespace:

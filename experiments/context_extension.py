@@ -130,7 +130,7 @@ def train_and_export(cfg: Config, workdir: Path, export: Path) -> float:
     """Train (or resume) `cfg` in `workdir` and export its params; returns the seconds
     it took (0 when the export already existed)."""
     from jaxlm.cli import main as jaxlm_main
-    from jaxlm.train import train
+    from jaxlm.training.loop import train
 
     if (export / "params").is_dir():
         return 0.0
@@ -170,7 +170,7 @@ def plot_curves(
     curves: dict[str, np.ndarray], seq_len: int, out_stem: Path, smooth: int
 ) -> list[Path]:
     """Loss vs position, one line per variant (moving average over `smooth` positions)."""
-    from jaxlm.plotting import new_figure
+    from jaxlm.analysis.plotting import new_figure
 
     fig = new_figure(figsize=(10, 4.8), dpi=120)
     ax = fig.subplots()
@@ -318,7 +318,7 @@ def format_table(variants: dict[str, dict], spans: list[str]) -> str:
 
 
 if __name__ == "__main__":
-    from jaxlm.runtime import configure_cpu
+    from jaxlm.runtime.cpu import configure_cpu
 
     configure_cpu()
     sys.exit(main())

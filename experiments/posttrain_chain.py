@@ -40,7 +40,7 @@ def get_config() -> Config:
 def run_stage(cfg: Config, workdir: Path, export: Path) -> dict:
     """Train (or resume) `cfg` in `workdir`, export its params; returns its eval records."""
     from jaxlm.cli import main as jaxlm_main
-    from jaxlm.train import train
+    from jaxlm.training.loop import train
 
     if not (export / "params").is_dir():
         train(cfg, workdir)

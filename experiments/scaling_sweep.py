@@ -5,7 +5,7 @@ decaying to 10%, so every run is a complete run at its own budget, as the fits a
 
 * IsoFLOP grid: three compute levels (3e12, 1e13, 3e13 model FLOPs) with four to six
   model sizes each; a point's step count is its level over its FLOPs per step
-  (jaxlm.flops: 6N + attention, embedding lookups free, output head counted). Each
+  (jaxlm.models.flops: 6N + attention, embedding lookups free, output head counted). Each
   level's losses against log N give that level's compute-optimal size (Hoffmann et
   al.'s approach 2), and the grid varies N and D independently for L(N, D).
 * Fixed budgets: five sizes at 300 and 800 steps (1.2M and 3.3M tokens).
@@ -70,7 +70,7 @@ def _model(size: str) -> list[str]:
 
 def isoflop_steps(size: str, compute: float) -> int:
     """Steps that spend `compute` model FLOPs on `size` at the base batch and length."""
-    from jaxlm.flops import flops_per_token
+    from jaxlm.models.flops import flops_per_token
 
     cfg = apply_overrides(get_config(), _model(size))
     per_step = flops_per_token(cfg.model, cfg.data.seq_len) * cfg.data.batch_size * cfg.data.seq_len

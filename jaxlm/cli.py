@@ -16,15 +16,15 @@ experiment file; an experiment is a module with a docstring and `get_config()`.
 Exit status of `jaxlm train` (every error is one `jaxlm: error: ...` line on stderr;
 a traceback means a bug in jaxlm):
     0    the run finished, or was stopped by SIGTERM/SIGINT after saving
-         (jaxlm.preemption); the same command resumes it
+         (jaxlm.runtime.preemption); the same command resumes it
     2    bad input: a file, record, key or argument (jaxlm.errors.InputError)
     3    the run stopped itself: a non-finite loss or a run of loss spikes; the line
          names the step and the last checkpoint, which the save in flight was waited for
     74   a checkpoint or metrics file could not be written (full disk, read-only
          directory); the line names the step, the path and the OS error (EX_IOERR)
-    75   the step-time watchdog ended a stuck run (jaxlm.watchdog): rerun to resume
+    75   the step-time watchdog ended a stuck run (jaxlm.runtime.watchdog): rerun to resume
          (EX_TEMPFAIL); a process whose peer was lost is ended by JAX (134) after a
-         jaxlm line naming the lost process (jaxlm.distributed)
+         jaxlm line naming the lost process (jaxlm.runtime.distributed)
     128+N  a second signal N (143 for SIGTERM, 130 for SIGINT) stopped the run at once,
          without waiting for a save
 """
@@ -39,10 +39,10 @@ import sys
 from pathlib import Path
 from types import ModuleType
 
-from jaxlm import compilation_cache
 from jaxlm.config import Config, ConfigError, apply_overrides
 from jaxlm.errors import InputError, RunStoppedError, StorageError
-from jaxlm.runtime import configure_cpu
+from jaxlm.runtime import compilation_cache
+from jaxlm.runtime.cpu import configure_cpu
 
 
 def load_experiment(name: str) -> ModuleType:
@@ -86,7 +86,7 @@ def resolve_config(module: ModuleType, overrides: list[str], name: str) -> Confi
 
 def print_result(result) -> None:
     """What a finished (or preempted) run produced, where it is, and where the time went."""
-    from jaxlm.goodput import format_summary
+    from jaxlm.runtime.goodput import format_summary
 
     ev = result.final_eval
     print()
@@ -154,7 +154,7 @@ def _end_now(status: int) -> None:
 
 
 def _train(module: ModuleType, overrides: list[str], workdir: str | None) -> int:
-    from jaxlm.train import train
+    from jaxlm.training.loop import train
 
     name = Path(module.__file__).stem
     cfg = resolve_config(module, overrides, name)
@@ -166,7 +166,7 @@ def _train(module: ModuleType, overrides: list[str], workdir: str | None) -> int
     except StorageError as e:
         _end_now(_fail(e, EXIT_STORAGE))
     except KeyboardInterrupt as e:
-        from jaxlm.preemption import StopNow
+        from jaxlm.runtime.preemption import StopNow
 
         if not isinstance(e, StopNow):
             raise
@@ -198,7 +198,7 @@ def main(argv: list[str] | None = None) -> int:
     sub.add_parser("presets", help="list model presets with parameter counts")
     _add_command_groups(sub)
     args = parser.parse_args(argv)
-    compilation_cache.enable()  # before anything compiles (jaxlm/compilation_cache.py)
+    compilation_cache.enable()  # before anything compiles (jaxlm/runtime/compilation_cache.py)
     try:
         if hasattr(args, "run"):  # a `jaxlm GROUP NAME` command from jaxlm.commands
             return args.run(args)

@@ -267,7 +267,7 @@ class TrainConfig:
     allow_config_change: str = ""
     generate_prompt: str = ""
     generate_tokens: int = 64
-    # Watchdog (jaxlm.watchdog): exit with status 75 when a step takes longer than
+    # Watchdog (jaxlm.runtime.watchdog): exit with status 75 when a step takes longer than
     # this; 0 = off. The first step (compilation), evaluations and checkpoint saves
     # get first_step_timeout_s instead.
     step_timeout_s: float = 0.0
@@ -286,7 +286,7 @@ class TrainConfig:
 
 @dataclasses.dataclass(frozen=True, kw_only=True)
 class PreferenceConfig:
-    """Preference optimisation (data.format=preference); jaxlm.preference_losses.
+    """Preference optimisation (data.format=preference); jaxlm.training.preference_losses.
 
     loss: "sigmoid" (DPO; with label_smoothing > 0 conservative DPO), "ipo", or
     "simpo" (reference-free, length-normalised log-probs, target margin simpo_gamma).

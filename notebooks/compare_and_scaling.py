@@ -18,16 +18,16 @@
 #
 # Two tools for the questions a sweep raises:
 #
-# * `jaxlm.compare` reads run workdirs (their `metrics.jsonl` and `config.json`),
+# * `jaxlm.analysis.compare` reads run workdirs (their `metrics.jsonl` and `config.json`),
 #   puts every loss on four x axes (step, tokens, FLOPs, wall time) and builds a
-#   final-metrics table; `jaxlm.compare_plots` draws them. On the command line this
+#   final-metrics table; `jaxlm.analysis.compare_plots` draws them. On the command line this
 #   is `jaxlm compare runs/a runs/b ...`.
-# * `jaxlm.scaling_law` fits `L(N) = E + A/N^α` and `L(N, D) = E + A/N^α + B/D^β`
+# * `jaxlm.analysis.scaling_law` fits `L(N) = E + A/N^α` and `L(N, D) = E + A/N^α + B/D^β`
 #   with an irreducible term, bootstrap uncertainty, and the compute-optimal model
 #   size that follows (`jaxlm scaling-fit`).
 #
 # **The runs in this notebook are synthetic**: their `metrics.jsonl` files are written
-# with `MetricsWriter`, the class `jaxlm.train` logs with, from a known loss law plus
+# with `MetricsWriter`, the class `jaxlm.training.loop` logs with, from a known loss law plus
 # noise. Real runs of meaningful size take far longer than a notebook should, and a
 # known law lets us check that the fit recovers it. Point `load_runs` at real
 # workdirs (e.g. the points of `jaxlm sweep scaling_sweep`) and everything below
@@ -41,13 +41,19 @@ import matplotlib.pyplot as plt
 import numpy as np
 from IPython.display import Image, Markdown, display
 
-from jaxlm.compare import load_runs, table_markdown
-from jaxlm.compare_plots import plot_comparison, plot_scaling_fit
+from jaxlm.analysis.compare import load_runs, table_markdown
+from jaxlm.analysis.compare_plots import plot_comparison, plot_scaling_fit
+from jaxlm.analysis.scaling_law import (
+    LossNDFit,
+    bootstrap,
+    fit_loss_nd,
+    fit_power_law,
+    isoflop_optimum,
+)
 from jaxlm.config import Config, DataConfig, ModelConfig
-from jaxlm.flops import flops_per_token
-from jaxlm.metrics import MetricsWriter
 from jaxlm.models import count_params
-from jaxlm.scaling_law import LossNDFit, bootstrap, fit_loss_nd, fit_power_law, isoflop_optimum
+from jaxlm.models.flops import flops_per_token
+from jaxlm.training.metrics import MetricsWriter
 
 WORKDIR = Path(tempfile.mkdtemp(prefix="jaxlm-compare-"))
 rng = np.random.default_rng(0)
@@ -69,7 +75,7 @@ print(f"compute-optimal size grows as C^{TRUE.size_exponent:.3f}")
 # Three model sizes trained on the same 2048 × 256-token batches for 2000 steps, a
 # fourth run with a larger learning rate that learns faster and then goes NaN, and a
 # fifth (another seed of the largest model) that has not finished yet: no `summary`
-# record. Each record carries what `jaxlm.train` logs:
+# record. Each record carries what `jaxlm.training.loop` logs:
 # the loss, `tokens_seen`, model `flops` so far and `elapsed_s`.
 
 # %%
@@ -93,7 +99,7 @@ SIZES = {f"d{d}-l{n}": llama(d, n) for d, n in [(384, 6), (768, 12), (1024, 16)]
 
 
 def write_run(name, model, *, logged=STEPS, nan_at=None, speedup=1.0, flops_per_s=4e14):
-    """A workdir with config.json and metrics.jsonl, as jaxlm.train would leave it after
+    """A workdir with config.json and metrics.jsonl, as jaxlm.training.loop would leave it after
     `logged` of STEPS steps (fewer: still running). `speedup` > 1 learns faster per token
     (a larger learning rate, say); `nan_at` is where it diverges."""
     workdir = WORKDIR / name

@@ -46,9 +46,9 @@ from jaxlm.inference.decode import Generator
 from jaxlm.inference.kv_cache import forward_cached, init_cache
 from jaxlm.inference.loading import load_model
 from jaxlm.inference.sampling import SamplingConfig, filtered_logits
-from jaxlm.losses import token_nll
 from jaxlm.models.rope import RopeScaling, frequency_multipliers
-from jaxlm.train import train
+from jaxlm.training.loop import train
+from jaxlm.training.losses import token_nll
 
 WORKDIR = Path(tempfile.mkdtemp(prefix="jaxlm-generation-")) / "run"
 overrides = [

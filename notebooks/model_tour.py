@@ -44,11 +44,11 @@ import matplotlib.pyplot as plt
 import numpy as np
 from flax import nnx
 
-from jaxlm.losses import token_nll
 from jaxlm.models import count_params
 from jaxlm.presets import PRESETS, get_preset
 from jaxlm.sharding import LOGICAL_RULES, make_mesh
-from jaxlm.train_state import abstract_model, init_params, param_shardings, sharding_summary
+from jaxlm.training.losses import token_nll
+from jaxlm.training.state import abstract_model, init_params, param_shardings, sharding_summary
 
 # %% [markdown]
 # ## 1. Presets and exact parameter counts

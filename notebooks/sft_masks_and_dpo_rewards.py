@@ -52,8 +52,12 @@ from jaxlm.data.preference import PreferenceStats, encode_pair, parse_preference
 from jaxlm.data.sft import sft_dataset
 from jaxlm.data.stdlib_tasks import write_posttrain_sets
 from jaxlm.data.tokenizer import train_tokenizer
-from jaxlm.preference_losses import pair_losses_and_rewards, preference_loss, sequence_logps
-from jaxlm.train_state import abstract_model, init_params
+from jaxlm.training.preference_losses import (
+    pair_losses_and_rewards,
+    preference_loss,
+    sequence_logps,
+)
+from jaxlm.training.state import abstract_model, init_params
 
 WORKDIR = Path(tempfile.mkdtemp(prefix="jaxlm-posttrain-"))
 
@@ -261,7 +265,7 @@ print(
 #
 # First, 15 plain DPO steps (β = 0.1, Adam) on this batch, with the reference
 # frozen: the margins grow and every pair ends up ranked correctly. (A real run does
-# this with `data.format=preference` and `jaxlm.steps_preference`, on many batches.)
+# this with `data.format=preference` and `jaxlm.training.preference_steps`, on many batches.)
 #
 # Then β. It scales the log-ratio difference h before the sigmoid: at h = 0 every β
 # gives log 2, and a larger β makes the loss react more sharply to h, so a preference

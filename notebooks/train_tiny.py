@@ -17,7 +17,7 @@
 # # Train a tiny model in-process, plot its loss, generate from it
 #
 # `jaxlm train` and `python -m experiments.quickstart` are thin wrappers around one
-# function, `jaxlm.train.train(cfg, workdir)`. Called from a notebook it runs the
+# function, `jaxlm.training.loop.train(cfg, workdir)`. Called from a notebook it runs the
 # same host loop: it trains a tokenizer into the workdir, initialises a sharded
 # state, trains with periodic evaluation, writes `metrics.jsonl`, TensorBoard events
 # and a checkpoint, and returns a summary.
@@ -39,9 +39,9 @@ from jaxlm.config import Config, apply_overrides
 from jaxlm.inference.decode import Generator
 from jaxlm.inference.loading import load_model
 from jaxlm.inference.sampling import SamplingConfig
-from jaxlm.metrics import read_metrics
 from jaxlm.models import count_params
-from jaxlm.train import train
+from jaxlm.training.loop import train
+from jaxlm.training.metrics import read_metrics
 
 WORKDIR = Path(tempfile.mkdtemp(prefix="jaxlm-train-tiny-")) / "run"
 print("workdir:", WORKDIR)

@@ -14,20 +14,20 @@ import numpy as np
 import pytest
 from helpers.checkpoint_damage import swap_state_with, truncate_largest_chunk
 
-from jaxlm.checkpoint import (
+from jaxlm.checkpointing.integrity import device_fingerprints, host_fingerprints
+from jaxlm.checkpointing.manager import (
     Checkpointer,
     CorruptCheckpointError,
     NoRestorableCheckpointError,
     abstract_like,
 )
-from jaxlm.checkpoint_integrity import device_fingerprints, host_fingerprints
-from jaxlm.checkpoint_shapes import CheckpointMismatchError
+from jaxlm.checkpointing.shapes import CheckpointMismatchError
 from jaxlm.config import Config, OptimConfig
 from jaxlm.errors import InputError
-from jaxlm.optim import make_optimizer
 from jaxlm.presets import get_preset
 from jaxlm.sharding import make_mesh
-from jaxlm.train_state import abstract_model, create_train_state, train_state_shardings
+from jaxlm.training.optim import make_optimizer
+from jaxlm.training.state import abstract_model, create_train_state, train_state_shardings
 
 TINY = get_preset("tiny")
 OPTIM = make_optimizer(OptimConfig(), 10)
@@ -116,7 +116,7 @@ def test_round_trip_is_bitwise_with_data_and_config(copy):
 
 def test_another_process_count_is_refused_naming_both(tmp_path, monkeypatch):
     """Two processes' data positions do not fit one process."""
-    import jaxlm.checkpoint as checkpoint_module
+    import jaxlm.checkpointing.manager as checkpoint_module
 
     two = lambda mine: {"process_0": mine, "process_1": {**mine, "at": "other shard"}}
     monkeypatch.setattr(checkpoint_module, "_every_process", two)

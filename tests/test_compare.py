@@ -8,11 +8,11 @@ import numpy as np
 import pytest
 
 from jaxlm import cli
-from jaxlm.compare import load_run, smooth
+from jaxlm.analysis.compare import load_run, smooth
 from jaxlm.config import Config, DataConfig, ModelConfig
 from jaxlm.errors import InputError
-from jaxlm.flops import flops_per_token
-from jaxlm.metrics import MetricsWriter
+from jaxlm.models.flops import flops_per_token
+from jaxlm.training.metrics import MetricsWriter
 
 MODEL = ModelConfig(vocab_size=512, d_model=64, n_layers=2, n_heads=4, n_kv_heads=2)
 BATCH, SEQ = 4, 32
@@ -220,7 +220,7 @@ def test_bad_model_in_config_names_the_file(tmp_path):
 
 
 def test_end_of_run_plot_reads_runs_like_compare(tmp_path):
-    from jaxlm.plotting import plot_loss_curves
+    from jaxlm.analysis.plotting import plot_loss_curves
 
     write_config(tmp_path)
     first = [train_record(s, 9.0, new_format=True) for s in (10, 20, 30)]

@@ -7,14 +7,14 @@ import subprocess
 import sys
 from pathlib import Path
 
-from jaxlm.compilation_cache import ENV, cache_dir_from_env
+from jaxlm.runtime.compilation_cache import ENV, cache_dir_from_env
 
 # A child process: enable the cache as the entry points do, compile one program, and
 # report the cache events and the settings jaxlm chose.
 CHILD = """
 import json, sys
 import jax, jax.numpy as jnp
-from jaxlm import compilation_cache
+from jaxlm.runtime import compilation_cache
 events = []
 jax.monitoring.register_event_listener(lambda name, **kw: events.append(name))
 path = compilation_cache.enable()

@@ -13,7 +13,7 @@ import numpy as np
 import pytest
 
 from experiments import context_extension
-from jaxlm.params_checkpoint import read_params_config
+from jaxlm.checkpointing.params_io import read_params_config
 
 T, E = 32, 4
 SHRINK = [

@@ -28,8 +28,8 @@ from helpers.runs import (
     wait_until,
 )
 
-from jaxlm.distributed import HEARTBEAT_TIMEOUT_S
-from jaxlm.launch import free_port
+from jaxlm.runtime.distributed import HEARTBEAT_TIMEOUT_S
+from jaxlm.runtime.launch import free_port
 
 
 @pytest.mark.timeout(300)

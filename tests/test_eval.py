@@ -17,6 +17,7 @@ import pytest
 from flax import nnx
 
 from jaxlm import cli
+from jaxlm.checkpointing.params_io import save_params
 from jaxlm.config import Config, DataConfig
 from jaxlm.data.chat import encode_conversation, parse_conversation
 from jaxlm.data.packing import document_tokens, split_long_document
@@ -25,9 +26,8 @@ from jaxlm.errors import InputError
 from jaxlm.evaluation.language_model import run_sources
 from jaxlm.evaluation.multiple_choice import read_examples, score_examples
 from jaxlm.inference.loading import load_model
-from jaxlm.params_checkpoint import save_params
 from jaxlm.presets import get_preset
-from jaxlm.train_state import init_params
+from jaxlm.training.state import init_params
 
 V = 320
 MODEL = dataclasses.replace(get_preset("tiny"), vocab_size=V, max_seq_len=64)

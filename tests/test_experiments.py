@@ -15,12 +15,12 @@ import numpy as np
 import pytest
 from helpers.runs import make_tokenizer
 
+from jaxlm.checkpointing.params_io import save_params
 from jaxlm.cli import load_experiment, resolve_config
 from jaxlm.config import Config, apply_overrides
-from jaxlm.params_checkpoint import save_params
-from jaxlm.sweep import point_config, sweep_points
-from jaxlm.train import train
-from jaxlm.train_state import init_params
+from jaxlm.training.loop import train
+from jaxlm.training.state import init_params
+from jaxlm.training.sweep import point_config, sweep_points
 
 REPO = Path(__file__).resolve().parents[1]
 EXPERIMENTS = sorted(p.stem for p in (REPO / "experiments").glob("[!_]*.py"))

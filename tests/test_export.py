@@ -14,14 +14,14 @@ import numpy as np
 import pytest
 
 from jaxlm import cli
-from jaxlm.checkpoint import Checkpointer
+from jaxlm.checkpointing.manager import Checkpointer
+from jaxlm.checkpointing.params_io import load_params
 from jaxlm.config import Config, DataConfig, OptimConfig
 from jaxlm.data.tokenizer import Tokenizer, train_tokenizer
-from jaxlm.optim import make_optimizer
-from jaxlm.params_checkpoint import load_params
 from jaxlm.presets import get_preset
 from jaxlm.sharding import make_mesh
-from jaxlm.train_state import abstract_model, create_train_state, param_shardings
+from jaxlm.training.optim import make_optimizer
+from jaxlm.training.state import abstract_model, create_train_state, param_shardings
 
 V = 320
 MODEL = dataclasses.replace(get_preset("tiny"), vocab_size=V)

@@ -15,6 +15,7 @@ import numpy as np
 import pytest
 
 from jaxlm import cli
+from jaxlm.checkpointing.params_io import save_params
 from jaxlm.config import Config, DataConfig
 from jaxlm.data.chat import Message, encode_chat_prompt
 from jaxlm.data.tokenizer import IM_END_ID, train_tokenizer
@@ -22,10 +23,9 @@ from jaxlm.inference.chat_session import ChatSession
 from jaxlm.inference.decode import Generator
 from jaxlm.inference.loading import load_model
 from jaxlm.inference.sampling import SamplingConfig
-from jaxlm.params_checkpoint import save_params
 from jaxlm.presets import get_preset
 from jaxlm.sharding import make_mesh
-from jaxlm.train_state import init_params
+from jaxlm.training.state import init_params
 
 V = 320
 MODEL = dataclasses.replace(get_preset("tiny"), vocab_size=V, max_seq_len=96)

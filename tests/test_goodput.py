@@ -6,11 +6,11 @@ import time
 import pytest
 from helpers.runs import TINY, make_tokenizer
 
-import jaxlm.run_objective
-import jaxlm.train
+import jaxlm.training.loop
+import jaxlm.training.run_objective
 from jaxlm.config import Config, apply_overrides
-from jaxlm.goodput import TimeLedger, format_summary
-from jaxlm.metrics import read_metrics
+from jaxlm.runtime.goodput import TimeLedger, format_summary
+from jaxlm.training.metrics import read_metrics
 
 PARTS = (
     "startup_s",
@@ -64,7 +64,10 @@ def test_ledger_books_every_second_once():
 def test_a_tiny_run_accounts_for_its_wall_time(tmp_path, monkeypatch):
     # Slow evaluations and saves down so that leaking them into step time would show.
     pause = 0.4
-    real_bpb, real_save = jaxlm.run_objective.bits_per_byte, jaxlm.train.Checkpointer.save
+    real_bpb, real_save = (
+        jaxlm.training.run_objective.bits_per_byte,
+        jaxlm.training.loop.Checkpointer.save,
+    )
 
     def slow_bpb(*args):
         time.sleep(pause)
@@ -74,8 +77,8 @@ def test_a_tiny_run_accounts_for_its_wall_time(tmp_path, monkeypatch):
         time.sleep(pause)
         return real_save(self, *args, **kwargs)
 
-    monkeypatch.setattr(jaxlm.run_objective, "bits_per_byte", slow_bpb)  # in every eval
-    monkeypatch.setattr(jaxlm.train.Checkpointer, "save", slow_save)
+    monkeypatch.setattr(jaxlm.training.run_objective, "bits_per_byte", slow_bpb)  # in every eval
+    monkeypatch.setattr(jaxlm.training.loop.Checkpointer, "save", slow_save)
     tokenizer = make_tokenizer(tmp_path)
     overrides = [
         *TINY,
@@ -84,7 +87,7 @@ def test_a_tiny_run_accounts_for_its_wall_time(tmp_path, monkeypatch):
         "train.eval_every=3",
         "train.checkpoint_every=2",
     ]
-    result = jaxlm.train.train(apply_overrides(Config(), overrides), tmp_path / "run")
+    result = jaxlm.training.loop.train(apply_overrides(Config(), overrides), tmp_path / "run")
 
     records = read_metrics(tmp_path / "run" / "metrics.jsonl")
     steps = [r for r in records if r["split"] == "train"]

@@ -25,15 +25,15 @@ import torch
 import transformers
 from flax import nnx
 
+from jaxlm.checkpointing.params_io import load_params, save_params
 from jaxlm.cli import main
 from jaxlm.config import Config, DataConfig, ModelConfig
 from jaxlm.data.chat import Message, encode_chat_prompt
 from jaxlm.data.tokenizer import Tokenizer, train_tokenizer
 from jaxlm.hf.import_hf import import_params
 from jaxlm.hf.safetensors_io import INDEX_FILE
-from jaxlm.params_checkpoint import load_params, save_params
 from jaxlm.sharding import make_mesh
-from jaxlm.train_state import abstract_model, init_params, param_shardings
+from jaxlm.training.state import abstract_model, init_params, param_shardings
 
 VOCAB = 384
 SAMPLE = (

@@ -21,10 +21,10 @@ import pytest
 import torch
 from helpers import hf_models
 
+from jaxlm.checkpointing.params_io import load_params
 from jaxlm.cli import main
 from jaxlm.inference.decode import Generator
-from jaxlm.params_checkpoint import load_params
-from jaxlm.train_state import abstract_model
+from jaxlm.training.state import abstract_model
 
 TOLERANCE = 1e-4
 CASES = list(hf_models.CASES)

@@ -204,10 +204,10 @@ def test_convert_with_a_tokenizer_json_is_one_line_naming_it(tmp_path, capsys):
 @pytest.fixture(scope="module")
 def long_reply_export(tmp_path_factory):
     """A random tiny model with room for a long reply (Ctrl-C must land mid-stream)."""
+    from jaxlm.checkpointing.params_io import save_params
     from jaxlm.data.tokenizer import train_tokenizer
-    from jaxlm.params_checkpoint import save_params
     from jaxlm.presets import get_preset
-    from jaxlm.train_state import init_params
+    from jaxlm.training.state import init_params
 
     root = tmp_path_factory.mktemp("chat")
     vocab = 320

@@ -25,14 +25,14 @@ import pytest
 from helpers.checkpoint_damage import truncate_largest_chunk
 
 from jaxlm import cli
-from jaxlm.checkpoint import Checkpointer, NoRestorableCheckpointError
+from jaxlm.checkpointing.manager import Checkpointer, NoRestorableCheckpointError
+from jaxlm.checkpointing.params_io import load_init_params, load_params, save_params
 from jaxlm.config import Config, DataConfig
 from jaxlm.data.tokenizer import train_tokenizer
 from jaxlm.errors import InputError
 from jaxlm.inference.loading import load_model
-from jaxlm.params_checkpoint import load_init_params, load_params, save_params
 from jaxlm.presets import get_preset
-from jaxlm.train_state import init_params
+from jaxlm.training.state import init_params
 
 V = 320
 MODEL = dataclasses.replace(get_preset("tiny"), vocab_size=V)

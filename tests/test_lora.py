@@ -21,14 +21,19 @@ import pytest
 from flax import nnx
 from helpers.batches import packed_batch
 
+from jaxlm.checkpointing.params_io import save_params
 from jaxlm.config import Config, ConfigError, DataConfig, OptimConfig, TrainConfig
 from jaxlm.models import Transformer, lora
-from jaxlm.optim import learning_rate_schedule, make_optimizer
-from jaxlm.params_checkpoint import save_params
 from jaxlm.presets import get_preset
 from jaxlm.sharding import host_batch_to_global, make_mesh
-from jaxlm.steps import forward, jit_train_step, loss_sums, make_lm_step
-from jaxlm.train_state import abstract_model, init_params, sharding_summary, train_state_shardings
+from jaxlm.training.optim import learning_rate_schedule, make_optimizer
+from jaxlm.training.state import (
+    abstract_model,
+    init_params,
+    sharding_summary,
+    train_state_shardings,
+)
+from jaxlm.training.steps import forward, jit_train_step, loss_sums, make_lm_step
 
 CFG = dataclasses.replace(get_preset("tiny"), lora_rank=5)
 PLAIN = lora.plain_config(CFG)

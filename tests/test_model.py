@@ -19,8 +19,8 @@ from flax import nnx
 from jaxlm.config import ModelConfig
 from jaxlm.models import count_params, transformer
 from jaxlm.presets import PRESETS, get_preset
-from jaxlm.steps import forward, loss_sums
-from jaxlm.train_state import abstract_model
+from jaxlm.training.state import abstract_model
+from jaxlm.training.steps import forward, loss_sums
 
 CFG = get_preset("tiny")
 GRAPHDEF, _ = abstract_model(CFG)

@@ -32,7 +32,7 @@ from jaxlm.evaluation.multiple_choice import (
     summarize,
 )
 from jaxlm.presets import get_preset
-from jaxlm.train_state import abstract_model, init_params
+from jaxlm.training.state import abstract_model, init_params
 
 V = 320
 MODEL = dataclasses.replace(get_preset("tiny"), vocab_size=V, max_seq_len=64)

@@ -16,7 +16,7 @@ from jaxlm.data.chat import encode_conversation, parse_conversation
 from jaxlm.data.sources.split import kept_indices, record_keys
 from jaxlm.data.tokenizer import Tokenizer
 from jaxlm.errors import InputError
-from jaxlm.train import train
+from jaxlm.training.loop import train
 
 QUESTIONS = ["What does len do?", "How do I sort a list?", "What is a dict?", "Name a loop."]
 ANSWERS = ["It counts items.", "Use sorted(xs).", "A mapping of keys.", "for x in xs: ..."]
@@ -161,8 +161,8 @@ def test_lora_sft_then_lora_dpo_train_only_adapters_and_export_merged(pretrained
     """LoRA: the base stays bitwise the pretrained params; the merged export evaluates
     like the adapted model; DPO with LoRA uses the base as its reference (no copy)."""
     from jaxlm import cli
+    from jaxlm.checkpointing.params_io import load_params, restore_latest_params
     from jaxlm.models.lora import count_lora
-    from jaxlm.params_checkpoint import load_params, restore_latest_params
 
     chat = chat_file(tmp_path / "chat.jsonl")
     common = [*SMALL, "model.max_seq_len=64", "data.seq_len=64", "data.val_fraction=0.25"]
@@ -172,7 +172,7 @@ def test_lora_sft_then_lora_dpo_train_only_adapters_and_export_merged(pretrained
     result = train(sft_cfg, tmp_path / "sft")
 
     # Only the adapters trained: the checkpoint's frozen base is the pretrained params.
-    from jaxlm.checkpoint import Checkpointer
+    from jaxlm.checkpointing.manager import Checkpointer
 
     checkpointer = Checkpointer(tmp_path / "sft" / "checkpoints", read_only=True)
     saved = checkpointer.manager.item_metadata(8)["state"]

@@ -25,7 +25,7 @@ from helpers.runs import (
     wait_until,
 )
 
-from jaxlm.preemption import StopRequest
+from jaxlm.runtime.preemption import StopRequest
 
 STEPS = 600  # ~6 ms a step: the signal, sent after step 3, lands seconds before the end
 

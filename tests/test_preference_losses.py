@@ -12,7 +12,7 @@ import numpy as np
 import pytest
 
 from jaxlm.config import PreferenceConfig
-from jaxlm.preference_losses import METRIC_SUMS, preference_loss, sequence_logps
+from jaxlm.training.preference_losses import METRIC_SUMS, preference_loss, sequence_logps
 
 
 def log_sigmoid(x: float) -> float:

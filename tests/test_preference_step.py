@@ -15,16 +15,16 @@ import pytest
 
 from jaxlm.config import OptimConfig, PreferenceConfig
 from jaxlm.data.packing import add_targets_and_mask
-from jaxlm.optim import learning_rate_schedule, make_optimizer
 from jaxlm.presets import get_preset
 from jaxlm.sharding import host_batch_to_global, make_mesh
-from jaxlm.steps import jit_train_step
-from jaxlm.steps_preference import (
+from jaxlm.training.optim import learning_rate_schedule, make_optimizer
+from jaxlm.training.preference_steps import (
     make_preference_eval_step,
     make_preference_step,
     make_reference_logps,
 )
-from jaxlm.train_state import TrainState, abstract_model, init_params, train_state_shardings
+from jaxlm.training.state import TrainState, abstract_model, init_params, train_state_shardings
+from jaxlm.training.steps import jit_train_step
 
 CFG = get_preset("tiny")
 OPTIM = OptimConfig(lr=3e-3, schedule="constant", warmup_steps=1)

@@ -20,14 +20,14 @@ from helpers.checkpoint_damage import swap_state_with, truncate_largest_chunk
 from test_train_loop import SMALL
 
 from jaxlm import cli
-from jaxlm.checkpoint_shapes import CheckpointMismatchError
+from jaxlm.checkpointing.params_io import load_init_params, restore_latest_params
+from jaxlm.checkpointing.resume_rules import check_resume_config
+from jaxlm.checkpointing.shapes import CheckpointMismatchError
 from jaxlm.config import Config, ConfigError, apply_overrides, config_from_dict
 from jaxlm.data.corpus import read_text, stdlib_files
 from jaxlm.data.tokenizer import train_tokenizer
 from jaxlm.errors import InputError
-from jaxlm.params_checkpoint import load_init_params, restore_latest_params
-from jaxlm.resume_config import check_resume_config
-from jaxlm.train import train
+from jaxlm.training.loop import train
 
 HELPER = Path(__file__).parent / "helpers" / "train_in_new_process.py"
 REPO = Path(__file__).resolve().parents[1]
@@ -249,7 +249,7 @@ def test_init_from_a_workdir_or_its_bfloat16_export_starts_from_its_params(
 def test_records_carry_tokens_flops_and_a_clock_that_resumes(straight, tmp_path):
     """The progress axes `jaxlm compare` plots: exact tokens and FLOPs per step, and a
     wall clock that a resumed run continues instead of restarting at 0."""
-    from jaxlm.flops import flops_per_token
+    from jaxlm.models.flops import flops_per_token
 
     _, config_file, reference = straight
     cfg = config_from_dict(json.loads(config_file.read_text()))

@@ -10,8 +10,8 @@ from test_train_loop import SMALL
 from jaxlm.config import Config, apply_overrides
 from jaxlm.data.corpus import read_text, stdlib_files
 from jaxlm.errors import InputError
-from jaxlm.metrics import read_metrics
-from jaxlm.train import train
+from jaxlm.training.loop import train
+from jaxlm.training.metrics import read_metrics
 
 
 @pytest.fixture

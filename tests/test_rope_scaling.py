@@ -20,6 +20,7 @@ import numpy as np
 import pytest
 from flax import nnx
 
+from jaxlm.checkpointing.params_io import _refuse_other_model
 from jaxlm.config import Config, ConfigError, ModelConfig, apply_overrides
 from jaxlm.errors import InputError
 from jaxlm.models.rope import (
@@ -31,7 +32,6 @@ from jaxlm.models.rope import (
     yarn_ramp,
 )
 from jaxlm.models.transformer import Transformer
-from jaxlm.params_checkpoint import _refuse_other_model
 from jaxlm.presets import get_preset
 
 THETA = 10_000.0

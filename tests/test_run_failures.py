@@ -42,10 +42,10 @@ from helpers.runs import (
     wait_until,
 )
 
-from jaxlm.distributed import peer_loss_message
 from jaxlm.errors import StorageError
-from jaxlm.metrics import MetricsWriter
-from jaxlm.preemption import StopNow, StopRequest
+from jaxlm.runtime.distributed import peer_loss_message
+from jaxlm.runtime.preemption import StopNow, StopRequest
+from jaxlm.training.metrics import MetricsWriter
 
 SAVE_FAILED = 74  # cli.py: a checkpoint or metrics file could not be written
 RUN_STOPPED = 3  # cli.py: the run stopped itself (non-finite loss, loss spikes)

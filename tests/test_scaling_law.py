@@ -6,18 +6,18 @@ import numpy as np
 import pytest
 
 from jaxlm import cli
-from jaxlm.config import Config, DataConfig, ModelConfig
-from jaxlm.errors import InputError
-from jaxlm.flops import flops_per_token
-from jaxlm.metrics import MetricsWriter
-from jaxlm.models import count_params
-from jaxlm.scaling_law import (
+from jaxlm.analysis.scaling_law import (
     LossNDFit,
     bootstrap,
     fit_loss_nd,
     fit_power_law,
     isoflop_optimum,
 )
+from jaxlm.config import Config, DataConfig, ModelConfig
+from jaxlm.errors import InputError
+from jaxlm.models import count_params
+from jaxlm.models.flops import flops_per_token
+from jaxlm.training.metrics import MetricsWriter
 
 E, A, ALPHA = 1.7, 400.0, 0.34
 CHINCHILLA = LossNDFit(E=1.69, A=406.4, alpha=0.34, B=410.7, beta=0.28, rmse_log=0, n_points=0)

@@ -10,8 +10,8 @@ from helpers.runs import TINY, make_tokenizer
 from jaxlm import cli
 from jaxlm.cli import load_experiment
 from jaxlm.config import ConfigError
-from jaxlm.sweep import run_sweep
-from jaxlm.train import RunResult
+from jaxlm.training.loop import RunResult
+from jaxlm.training.sweep import run_sweep
 
 EXPERIMENT = '''
 """A test sweep over two widths."""

@@ -6,7 +6,7 @@ import json
 import pytest
 
 from jaxlm.config import Config, apply_overrides
-from jaxlm.train import LossSpikeError, NonFiniteError, train
+from jaxlm.training.loop import LossSpikeError, NonFiniteError, train
 
 SMALL = [
     "model.d_model=32",

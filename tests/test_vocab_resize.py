@@ -16,17 +16,17 @@ import pytest
 from flax import nnx
 
 from jaxlm import cli
-from jaxlm.checkpoint import Checkpointer
+from jaxlm.checkpointing.manager import Checkpointer
+from jaxlm.checkpointing.params_io import load_params
 from jaxlm.config import Config, DataConfig, OptimConfig
 from jaxlm.data.tokenizer import Tokenizer, train_tokenizer
 from jaxlm.data.tokenizer_extend import extend_tokenizer
 from jaxlm.errors import InputError
 from jaxlm.models.vocab_resize import grow_vocab
-from jaxlm.optim import make_optimizer
-from jaxlm.params_checkpoint import load_params
 from jaxlm.presets import get_preset
 from jaxlm.sharding import make_mesh
-from jaxlm.train_state import abstract_model, create_train_state, init_params, param_shardings
+from jaxlm.training.optim import make_optimizer
+from jaxlm.training.state import abstract_model, create_train_state, init_params, param_shardings
 
 V, V_NEW = 320, 400
 UNTIED = dataclasses.replace(get_preset("tiny"), vocab_size=V)
@@ -235,9 +235,9 @@ def test_grow_vocab_refusals_exit_2_naming_the_problem(
 
 def test_a_run_continues_from_grown_params(src_run, tokenizers, tmp_path):
     """`train.init_from`: step 0 starts from the grown params (lr 0 keeps them exactly)."""
+    from jaxlm.checkpointing.params_io import restore_latest_params
     from jaxlm.config import apply_overrides
-    from jaxlm.params_checkpoint import restore_latest_params
-    from jaxlm.train import train
+    from jaxlm.training.loop import train
 
     workdir, params = src_run
     _, ext, _ = tokenizers

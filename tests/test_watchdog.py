@@ -10,7 +10,7 @@ import time
 import pytest
 from helpers.runs import REPO, TINY, environment, make_tokenizer, records, run, tail
 
-from jaxlm.watchdog import EXIT_CODE, StepWatchdog
+from jaxlm.runtime.watchdog import EXIT_CODE, StepWatchdog
 
 
 class Exits:

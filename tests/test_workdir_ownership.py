@@ -25,7 +25,7 @@ from jaxlm.data.run_inputs import check_fingerprint, data_fingerprint, ensure_to
 from jaxlm.data.tokenizer import Tokenizer, train_tokenizer
 from jaxlm.errors import InputError
 from jaxlm.inference.loading import load_model
-from jaxlm.train import train
+from jaxlm.training.loop import train
 
 FAST = [*SMALL, "train.peak_flops=1e12"]  # a number for MFU instead of measuring the CPU
 ONE_STEP = [*FAST, "train.steps=1", "data.eval_max_docs=1"]
@@ -225,7 +225,7 @@ def test_a_checkpoint_from_before_content_fingerprints_resumes_on_counts(tmp_pat
 def test_a_precomputed_reference_table_is_refused_for_changed_pairs(tmp_path, tokenizers):
     from jaxlm.data.posttrain_inputs import lines_per_file
     from jaxlm.data.run_inputs import jsonl_content
-    from jaxlm.reference_logps import FILE, reference_table, save_table
+    from jaxlm.training.reference_logps import FILE, reference_table, save_table
 
     texts = [f"pair {i}: " + "some words " * (i % 5 + 1) for i in range(20)]
     written = _write_kind("preference", tmp_path / "d", texts, tokenizers[0])

@@ -7,7 +7,7 @@ Reads the params of the newest checkpoint in SRC_WORKDIR (no optimizer state, no
 shardings needed), grows the embedding and, when untied, the output head to
 --vocab-size with jaxlm.models.vocab_resize.grow_vocab (old rows bit for bit, new
 rows the mean of the old), and writes a params directory DST_DIR (layout in
-jaxlm.params_checkpoint; read it back with `load_params`). Its config.json is the
+jaxlm.checkpointing.params_io; read it back with `load_params`). Its config.json is the
 source run's config with model.vocab_size set, and data.tokenizer pointing at the
 copy of --tokenizer in DST_DIR.
 
@@ -44,12 +44,12 @@ def run(args: argparse.Namespace) -> int:
 
     import jax
 
+    from jaxlm.checkpointing.params_io import TOKENIZER_FILE, restore_latest_params, save_params
+    from jaxlm.checkpointing.workdir_tokenizer import owned_tokenizer
     from jaxlm.config import config_from_dict
     from jaxlm.data.tokenizer import Tokenizer
     from jaxlm.errors import InputError
     from jaxlm.models.vocab_resize import grow_vocab
-    from jaxlm.owned_tokenizer import owned_tokenizer
-    from jaxlm.params_checkpoint import TOKENIZER_FILE, restore_latest_params, save_params
 
     if args.noise_std < 0:
         raise InputError(f"--noise-std must be >= 0, got {args.noise_std}")

@@ -15,7 +15,7 @@ Reads each RUN_DIR's metrics.jsonl (and config.json) and writes to --out:
 
 Runs that are still going (a last line being written, no summary yet) and runs whose
 loss went NaN (drawn up to it, flagged in the table) are fine; runs logged before
-tokens/FLOPs/wall time were recorded get them derived from config.json (jaxlm.compare).
+tokens/FLOPs/wall time were recorded get them derived from config.json (jaxlm.analysis.compare).
 """
 
 from __future__ import annotations
@@ -46,8 +46,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 def run(args: argparse.Namespace) -> int:
     from pathlib import Path
 
-    from jaxlm.compare import load_runs, smooth, table_markdown, write_tables
-    from jaxlm.compare_plots import plot_comparison
+    from jaxlm.analysis.compare import load_runs, smooth, table_markdown, write_tables
+    from jaxlm.analysis.compare_plots import plot_comparison
 
     labels = [s.strip() for s in args.labels.split(",")] if args.labels else None
     smooth([1.0], args.smooth)  # a bad --smooth fails before any work

@@ -7,7 +7,7 @@
 --from-hf reads a transformers checkpoint directory (config.json and safetensors,
 sharded index supported; pickle .bin files are refused) of model type llama,
 mistral, qwen2 or qwen3, and writes a params directory in the layout `jaxlm export`
-writes (jaxlm.params_checkpoint), so `train.init_from=OUT`, `jaxlm generate OUT` and
+writes (jaxlm.checkpointing.params_io), so `train.init_from=OUT`, `jaxlm generate OUT` and
 `jaxlm eval OUT` use it. Tensors load straight into their shardings on the --mesh
 (data,fsdp,tensor; default all devices on fsdp). The tokenizer: HF_DIR/tokenizer.model
 when it is a SentencePiece model with jaxlm's pinned ids (pad 0, <s> 1, </s> 2,
@@ -96,10 +96,10 @@ def _from_hf(args, src, out) -> int:
     import tempfile
     from pathlib import Path
 
+    from jaxlm.checkpointing.params_io import TOKENIZER_FILE, save_params
     from jaxlm.config import Config, DataConfig
     from jaxlm.data.tokenizer import save_tokenizer
     from jaxlm.hf.import_hf import import_params, read_hf_config
-    from jaxlm.params_checkpoint import TOKENIZER_FILE, save_params
     from jaxlm.sharding import mesh_from_flag
 
     imported = read_hf_config(src)
@@ -162,17 +162,17 @@ def _tokenizer_proto(args, src, model) -> bytes:
 
 
 def _to_hf(args, src, out) -> int:
-    from jaxlm.data.tokenizer import Tokenizer
-    from jaxlm.errors import InputError
-    from jaxlm.hf.export_hf import export_to_hf
-    from jaxlm.owned_tokenizer import owned_tokenizer
-    from jaxlm.params_checkpoint import (
+    from jaxlm.checkpointing.params_io import (
         PARAMS_DIR,
         TOKENIZER_FILE,
         load_params,
         read_params_config,
         restore_params,
     )
+    from jaxlm.checkpointing.workdir_tokenizer import owned_tokenizer
+    from jaxlm.data.tokenizer import Tokenizer
+    from jaxlm.errors import InputError
+    from jaxlm.hf.export_hf import export_to_hf
 
     max_shard_bytes = parse_size(args.max_shard_size)
     if (src / PARAMS_DIR).is_dir():

@@ -5,7 +5,7 @@
 
 Reads the params of WORKDIR's newest good checkpoint (or --step N; no optimizer state,
 checksums verified, a damaged newer step skipped with a warning) and writes a params
-directory OUT (layout in jaxlm.params_checkpoint): OUT/params, OUT/config.json (the
+directory OUT (layout in jaxlm.checkpointing.params_io): OUT/params, OUT/config.json (the
 run's config, data.tokenizer pointing at OUT/tokenizer.model) and the tokenizer with
 its .json sidecar. That is the layout `train.init_from` and `load_params` read.
 
@@ -53,10 +53,10 @@ def run(args: argparse.Namespace) -> int:
     import jax.numpy as jnp
     import numpy as np
 
+    from jaxlm.checkpointing.params_io import TOKENIZER_FILE, restore_params, save_params
+    from jaxlm.checkpointing.workdir_tokenizer import require_owned_tokenizer
     from jaxlm.config import config_from_dict
     from jaxlm.errors import InputError
-    from jaxlm.owned_tokenizer import require_owned_tokenizer
-    from jaxlm.params_checkpoint import TOKENIZER_FILE, restore_params, save_params
 
     workdir, out = Path(args.workdir).absolute(), Path(args.out).absolute()
     if out.exists() and any(out.iterdir()):
@@ -85,7 +85,7 @@ def run(args: argparse.Namespace) -> int:
 
 def _restore_adapters(workdir, step):
     """(adapters, the run's Config, step) of a LoRA run's checkpoint."""
-    from jaxlm.checkpoint import Checkpointer
+    from jaxlm.checkpointing.manager import Checkpointer
     from jaxlm.config import config_from_dict
     from jaxlm.errors import InputError
     from jaxlm.models.lora import abstract_lora

@@ -1,6 +1,6 @@
 """`jaxlm launch -n N [--port P] -- COMMAND ...`: a multi-process job on this machine.
 
-See jaxlm.launch for what the launcher does with output, signals and failures.
+See jaxlm.runtime.launch for what the launcher does with output, signals and failures.
 """
 
 from __future__ import annotations
@@ -27,7 +27,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from jaxlm.launch import launch
+    from jaxlm.runtime.launch import launch
 
     command = args.command[1:] if args.command[:1] == ["--"] else args.command
     if not command:

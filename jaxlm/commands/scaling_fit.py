@@ -5,8 +5,8 @@
 Per RUN_DIR it takes N = non-embedding parameters (jaxlm.models.count_params with
 include_embedding=False: every parameter but the token embedding; an untied output
 head counts, norms count), the run's final eval loss (--loss train: the final train
-loss), its model FLOPs C (logged, or derived from config.json; jaxlm.compare) and its
-tokens D. It fits, with bootstrap uncertainty (jaxlm.scaling_law):
+loss), its model FLOPs C (logged, or derived from config.json; jaxlm.analysis.compare) and its
+tokens D. It fits, with bootstrap uncertainty (jaxlm.analysis.scaling_law):
 
     L(N) = E + A / N^alpha     to the lowest loss of each model size
     L(C) = E + B / C^beta      to the compute frontier (runs with a lower loss than
@@ -72,7 +72,7 @@ def _points(paths, which: str, include_unfinished: bool):
     """(runs as dicts with name, N, C, D, loss) and notes on the runs left out."""
     import json
 
-    from jaxlm.compare import load_run, model_config
+    from jaxlm.analysis.compare import load_run, model_config
     from jaxlm.errors import InputError
     from jaxlm.models import count_params
 
@@ -129,7 +129,7 @@ def _points(paths, which: str, include_unfinished: bool):
 def _fit(points, args, notes):
     import numpy as np
 
-    from jaxlm import scaling_law as sl
+    from jaxlm.analysis import scaling_law as sl
     from jaxlm.errors import InputError
 
     loss_kw = {"loss": "huber", "huber_delta": args.huber} if args.huber else {}
@@ -218,10 +218,10 @@ def _fit(points, args, notes):
             else f"Huber loss (delta={args.huber}) on log losses"
         )
         + "; grid over exponents + non-negative linear least squares, refined by "
-        "Levenberg-Marquardt; bootstrap over runs (jaxlm.scaling_law)",
+        "Levenberg-Marquardt; bootstrap over runs (jaxlm.analysis.scaling_law)",
         "N": "non-embedding parameters: count_params(model, include_embedding=False)",
         "loss": f"final {args.loss} loss (nats/token)",
-        "C": "model FLOPs, 6N' + 12·L·T·d per token (jaxlm.flops; N' = matmul params)",
+        "C": "model FLOPs, 6N' + 12·L·T·d per token (jaxlm.models.flops; N' = matmul params)",
         "runs": points,
         "fits": js,
         "compute_optimal": optimal,
@@ -367,7 +367,7 @@ def _jsonable(value):
 def _plot(points, report, stem):
     import numpy as np
 
-    from jaxlm.compare_plots import plot_scaling_fit
+    from jaxlm.analysis.compare_plots import plot_scaling_fit
 
     fits, boots = report["fits"], report["boots"]
     names = [p["run"] for p in points]

@@ -7,7 +7,7 @@
 
 Each point runs in ROOT/NAME (ROOT defaults to runs/EXPERIMENT-sweep); ROOT/index.json
 and index.md list the points, their status and final numbers. Running it again skips
-finished points and resumes the rest. See jaxlm/sweep.py.
+finished points and resumes the rest. See jaxlm/training/sweep.py.
 """
 
 from __future__ import annotations
@@ -29,7 +29,7 @@ def run(args: argparse.Namespace) -> int:
     from pathlib import Path
 
     from jaxlm.cli import load_experiment
-    from jaxlm.sweep import point_config, run_sweep, sweep_points, train_command
+    from jaxlm.training.sweep import point_config, run_sweep, sweep_points, train_command
 
     module = load_experiment(args.experiment)
     name = Path(args.experiment).stem

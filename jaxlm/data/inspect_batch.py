@@ -91,7 +91,7 @@ def token_table(
 
 def plot_batch(batch: dict[str, np.ndarray], out_png: Path) -> Path:
     """[B, T] picture: colour = segment (white = padding), grey overlay = no loss."""
-    from jaxlm.plotting import new_figure
+    from jaxlm.analysis.plotting import new_figure
 
     segments = batch["segment_ids"].astype(float)
     shown = np.ma.masked_where(segments == 0, segments)

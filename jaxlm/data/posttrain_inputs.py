@@ -162,7 +162,7 @@ def posttrain_eval_batches(
 def all_pairs(
     cfg: Config, tokenizer, specs: str, key: str, process_index, process_count, batch_size
 ):
-    """Every pair of `specs` (no split) once, with "_where": for jaxlm.reference_logps."""
+    """Every pair of `specs` (no split) once, with "_where": for jaxlm.training.reference_logps."""
     data = _dataset(
         cfg,
         tokenizer,

@@ -96,7 +96,7 @@ def encode_pair(
 ) -> dict[str, np.ndarray] | None:
     """Stage: `(where, record)` -> `{"tokens", "train_token"}` of shape [2, T], or None.
 
-    With `reference_logps` (jaxlm.reference_logps: "file:line" -> the reference
+    With `reference_logps` (jaxlm.training.reference_logps: "file:line" -> the reference
     model's [chosen, rejected] log-probs), the pair also carries `ref_logps` [2].
     """
     where, record = item
@@ -133,7 +133,7 @@ def stack_pairs(pairs: Sequence[dict[str, np.ndarray]], *, batch_size: int, pad_
     empty pairs."""
     seq_len = pairs[0]["tokens"].shape[-1]
     ref = [p.pop("ref_logps") for p in pairs if "ref_logps" in p]
-    # Which line each pair came from (for jaxlm.reference_logps); not a model input.
+    # Which line each pair came from (for jaxlm.training.reference_logps); not a model input.
     wheres = [p.pop("where") for p in pairs]
     batch = {k: np.zeros((batch_size, 2, seq_len), np.int32) for k in pairs[0]}
     batch["tokens"][:] = pad_id

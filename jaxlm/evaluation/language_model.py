@@ -9,8 +9,8 @@ A source is read, tokenized and packed exactly as a training run's held-out eval
 reads its own (jaxlm.data.run_inputs.eval_batches, or posttrain_inputs for chat data):
 every document once, in file order, as `[BOS] + text + [EOS]`, cut into pieces of at
 most `seq_len` tokens, packed with the run's packer. It is scored by the training
-run's eval step (jaxlm.steps.make_eval_step) and summed the same way
-(jaxlm.run_objective.next_token_summary), so for the same data, seq_len and max_docs
+run's eval step (jaxlm.training.steps.make_eval_step) and summed the same way
+(jaxlm.training.run_objective.next_token_summary), so for the same data, seq_len and max_docs
 the numbers equal the `eval` records of the run's metrics.jsonl.
 
     tokens         scored (target) tokens: every token but the first of each piece,
@@ -83,7 +83,7 @@ class SourceResult:
 
     @property
     def bits_per_byte(self) -> float:
-        from jaxlm.metrics import bits_per_byte
+        from jaxlm.training.metrics import bits_per_byte
 
         return bits_per_byte(self.nats, self.bytes)
 
@@ -210,8 +210,8 @@ def evaluate_sources(
 
     `max_docs` > 0 reads only the first that many documents of each source.
     """
-    from jaxlm.run_objective import next_token_summary
-    from jaxlm.steps import make_eval_step
+    from jaxlm.training.run_objective import next_token_summary
+    from jaxlm.training.steps import make_eval_step
 
     if seq_len > model.cfg.model.max_seq_len:
         raise InputError(

@@ -195,8 +195,8 @@ def pack_rows(rows: Sequence[_Row], batch_size: int, length: int, pad_id: int) -
 
 def choice_logprob_fn(graphdef):
     """jit of (params, batch) -> [B] summed log p(target) over each row's loss_mask."""
-    from jaxlm.losses import token_nll
-    from jaxlm.steps import forward
+    from jaxlm.training.losses import token_nll
+    from jaxlm.training.steps import forward
 
     def choice_logprobs(params, batch):
         nll_BT, _ = token_nll(forward(graphdef, params, batch), batch["targets"])

@@ -30,7 +30,7 @@ import numpy as np
 from flax import nnx
 
 from jaxlm.config import Config, ModelConfig
-from jaxlm.losses import token_nll
+from jaxlm.training.losses import token_nll
 
 
 class PositionLoss(NamedTuple):

@@ -31,7 +31,7 @@ from jaxlm.errors import InputError
 from jaxlm.hf.config_map import ImportedConfig, model_config_from_hf
 from jaxlm.hf.safetensors_io import SafetensorsCheckpoint
 from jaxlm.hf.tensor_map import IGNORED_SUFFIXES, TensorMapping, tensor_mappings
-from jaxlm.train_state import abstract_model, param_shardings
+from jaxlm.training.state import abstract_model, param_shardings
 
 HF_CONFIG = "config.json"
 

@@ -27,8 +27,8 @@ from pathlib import Path
 import ml_dtypes
 import numpy as np
 
+from jaxlm.data.file_names import contained_file
 from jaxlm.errors import InputError
-from jaxlm.file_names import contained_file
 
 SINGLE_FILE = "model.safetensors"
 INDEX_FILE = "model.safetensors.index.json"

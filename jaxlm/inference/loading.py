@@ -10,7 +10,7 @@ Overrides may change only model settings that leave the parameters' shapes alone
 else would not fit the saved weights and is refused with the key named. With a
 `mesh`, params are restored straight into their shardings (jaxlm.sharding's logical
 rules), so a model larger than one device loads without passing through one.
-The tokenizer is the directory's own tokenizer.model (jaxlm.owned_tokenizer), found
+The tokenizer is the directory's own tokenizer.model (jaxlm.checkpointing.workdir_tokenizer), found
 from the directory, never from the current one.
 """
 
@@ -22,17 +22,17 @@ from pathlib import Path
 from flax import nnx
 from jax.sharding import Mesh
 
-from jaxlm.config import Config, apply_overrides, config_differences
-from jaxlm.data.tokenizer import Tokenizer
-from jaxlm.errors import InputError
-from jaxlm.owned_tokenizer import require_owned_tokenizer
-from jaxlm.params_checkpoint import (
+from jaxlm.checkpointing.params_io import (
     PARAMS_DIR,
     load_params,
     read_params_config,
     restore_params,
 )
-from jaxlm.train_state import abstract_model, param_shardings
+from jaxlm.checkpointing.workdir_tokenizer import require_owned_tokenizer
+from jaxlm.config import Config, apply_overrides, config_differences
+from jaxlm.data.tokenizer import Tokenizer
+from jaxlm.errors import InputError
+from jaxlm.training.state import abstract_model, param_shardings
 
 # Model keys an inference override may change: none of them changes a weight's shape.
 _INFERENCE_KEYS = ("compute_dtype", "attention_impl", "max_seq_len", "remat", "scan_layers")

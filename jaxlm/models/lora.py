@@ -62,14 +62,14 @@ import jax.numpy as jnp
 from flax import nnx
 
 from jaxlm.config import ConfigError, ModelConfig
-from jaxlm.param_views import ParamViews, States
+from jaxlm.training.param_views import ParamViews, States
 
 if TYPE_CHECKING:  # training types, imported lazily below: models/ stays below train_state
     import optax
     from jax.sharding import Mesh
 
     from jaxlm.config import Config
-    from jaxlm.train_state import TrainState
+    from jaxlm.training.state import TrainState
 
 # Projection weights that can carry adapters -> how many of their dimensions after the
 # layers axis are inputs (the rest are outputs).
@@ -337,7 +337,7 @@ def lora_from_base(
 
 
 # ------------------------------------------------------------ the training state
-# These build a TrainState, a training concept: jaxlm.run_state calls them. Their
+# These build a TrainState, a training concept: jaxlm.training.run_state calls them. Their
 # imports are local so that models/ does not depend on training modules at import.
 
 
@@ -347,7 +347,7 @@ def lora_state_shardings(
     """Shardings of a LoRA TrainState: params = adapters, frozen = base, moments follow
     the adapters; all from the logical axes each variable was declared with."""
     from jaxlm.sharding import replicated
-    from jaxlm.train_state import TrainState, opt_state_shardings, param_shardings
+    from jaxlm.training.state import TrainState, opt_state_shardings, param_shardings
 
     _, adapters, base = abstract_lora(cfg)
     adapter_shardings = param_shardings(adapters, mesh)
@@ -376,7 +376,7 @@ def create_lora_train_state(
     whole on one device: each part is jitted straight into its shardings.
     """
     from jaxlm.models.transformer import Transformer
-    from jaxlm.train_state import TrainState
+    from jaxlm.training.state import TrainState
 
     shardings = lora_state_shardings(cfg, optimizer, mesh)
 
@@ -413,7 +413,7 @@ def initial_lora_state(
     *,
     log: Callable[[str], None],
 ) -> tuple[TrainState, TrainState, nnx.GraphDef, ParamViews]:
-    """(state, shardings, graphdef, views) of a LoRA run, for jaxlm.run_state.
+    """(state, shardings, graphdef, views) of a LoRA run, for jaxlm.training.run_state.
 
     `train.init_from` names the base: plain params (a params directory or a plain
     run's workdir), loaded straight into the frozen shardings. Without it the base is
@@ -423,7 +423,7 @@ def initial_lora_state(
     graphdef, _, _ = abstract_lora(model)
     base = None
     if cfg.train.init_from:
-        from jaxlm.params_checkpoint import load_init_params
+        from jaxlm.checkpointing.params_io import load_init_params
 
         frozen_shardings = lora_state_shardings(model, optimizer, mesh).frozen
         base, source = load_init_params(

@@ -4,7 +4,7 @@ The NNX module only declares and initialises parameters, each tagged with logica
 axis names (see jaxlm/sharding.py). The forward pass reads them as plain arrays and
 runs the layers with `jax.lax.scan` over a leading "layers" axis, so compile time
 stays flat with depth. `logits = model(tokens, positions=..., segment_ids=...)` is
-the one signature every objective uses; losses live in jaxlm/losses.py. With
+the one signature every objective uses; losses live in jaxlm/training/losses.py. With
 `model.lora_rank` > 0, `Layers` also holds LoRA adapters and each targeted projection
 adds their low-rank branch (jaxlm/models/lora.py).
 

@@ -19,7 +19,7 @@ import numpy as np
 from jaxlm.cli import load_experiment, resolve_config
 from jaxlm.data import posttrain_inputs, run_inputs
 from jaxlm.data.counters import COUNTS_KEY
-from jaxlm.train import train
+from jaxlm.training.loop import train
 
 
 class BothShards:

@@ -13,7 +13,7 @@ import threading
 
 from jaxlm.cli import load_experiment, resolve_config
 from jaxlm.data import run_inputs
-from jaxlm.train import train
+from jaxlm.training.loop import train
 
 
 class HangsAfter:

@@ -21,13 +21,13 @@ jax.config.update("jax_num_cpu_devices", 2)
 
 import numpy as np  # noqa: E402
 
-from jaxlm import distributed  # noqa: E402
-from jaxlm.checkpoint import Checkpointer, abstract_like  # noqa: E402
+from jaxlm.checkpointing.manager import Checkpointer, abstract_like  # noqa: E402
 from jaxlm.config import Config, OptimConfig  # noqa: E402
-from jaxlm.optim import make_optimizer  # noqa: E402
 from jaxlm.presets import get_preset  # noqa: E402
+from jaxlm.runtime import distributed  # noqa: E402
 from jaxlm.sharding import make_mesh  # noqa: E402
-from jaxlm.train_state import create_train_state, train_state_shardings  # noqa: E402
+from jaxlm.training.optim import make_optimizer  # noqa: E402
+from jaxlm.training.state import create_train_state, train_state_shardings  # noqa: E402
 
 
 def main() -> None:

@@ -2,7 +2,7 @@
 
 Usage: python multihost_data.py COORDINATOR NUM_PROCESSES PROCESS_ID CONFIG_JSON OUT_JSON
 
-Builds the run's training stream and evaluation batches exactly as jaxlm.train does
+Builds the run's training stream and evaluation batches exactly as jaxlm.training.loop does
 (run_inputs, with the cross-process max over batch counts) and writes which documents
 this process saw: every document's text starts with "doc NNN:".
 """
@@ -18,11 +18,11 @@ os.environ["JAX_PLATFORMS"] = "cpu"
 import jax
 import numpy as np
 
-from jaxlm import distributed
 from jaxlm.config import config_from_dict
 from jaxlm.data import run_inputs
 from jaxlm.data.tokenizer import Tokenizer
-from jaxlm.train import _allgather_max
+from jaxlm.runtime import distributed
+from jaxlm.training.loop import _allgather_max
 
 DOC_ID = re.compile(r"doc (\d+):")
 

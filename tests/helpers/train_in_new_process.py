@@ -1,4 +1,4 @@
-"""Run `jaxlm.train.train` in a process of its own; optionally die during an async save.
+"""Run `jaxlm.training.loop.train` in a process of its own; optionally die during an async save.
 
 Usage: python train_in_new_process.py CONFIG_JSON WORKDIR DEVICES [KILL_AT_STEP]
 
@@ -26,9 +26,9 @@ import jax
 
 jax.config.update("jax_num_cpu_devices", int(sys.argv[3]))
 
-from jaxlm import checkpoint  # noqa: E402
+from jaxlm.checkpointing import manager as checkpoint  # noqa: E402
 from jaxlm.config import config_from_dict  # noqa: E402
-from jaxlm.train import train  # noqa: E402
+from jaxlm.training.loop import train  # noqa: E402
 
 
 def die_during_save(step_to_kill: int) -> None:

@@ -33,11 +33,11 @@ from typing import Any
 
 import numpy as np
 
+from jaxlm.data.file_names import contained_file
 from jaxlm.data.sources.documents import ConcatDocuments
 from jaxlm.data.sources.paths import matching_paths
 from jaxlm.data.sources.record_checks import RecordChecks
 from jaxlm.errors import InputError
-from jaxlm.file_names import contained_file
 
 FORMAT = "jaxlm-token-shards"
 VERSION = 1

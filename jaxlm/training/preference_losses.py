@@ -50,7 +50,7 @@ import jax
 import jax.numpy as jnp
 
 from jaxlm.config import PreferenceConfig
-from jaxlm.losses import token_nll
+from jaxlm.training.losses import token_nll
 
 Sums = dict[str, jax.Array]
 

@@ -114,8 +114,8 @@ def train_command(experiment: str, workdir: Path, point: SweepPoint, extra: list
 
 
 def _results(cfg: Config, result) -> dict[str, Any]:
-    from jaxlm.flops import flops_per_token
     from jaxlm.models import count_params
+    from jaxlm.models.flops import flops_per_token
 
     ev = result.final_eval or {}
     tokens = result.steps * cfg.data.batch_size * cfg.data.seq_len
@@ -142,7 +142,7 @@ def run_sweep(
 ) -> dict[str, Any]:
     """Run the points not yet done (all, or those named in `only`); returns the index."""
     if train_fn is None:
-        from jaxlm.train import train as train_fn
+        from jaxlm.training.loop import train as train_fn
     points = sweep_points(module)
     if only:
         unknown = sorted(set(only) - {p.name for p in points})

@@ -22,10 +22,10 @@ from flax import nnx
 from jax.sharding import Mesh
 
 from jaxlm.config import Config
-from jaxlm.metrics import bits_per_byte
-from jaxlm.param_views import ParamViews
 from jaxlm.sharding import replicated
-from jaxlm.steps import jit_eval_step, jit_train_step, make_eval_step, make_lm_step
+from jaxlm.training.metrics import bits_per_byte
+from jaxlm.training.param_views import ParamViews
+from jaxlm.training.steps import jit_eval_step, jit_train_step, make_eval_step, make_lm_step
 
 
 @dataclasses.dataclass
@@ -90,7 +90,7 @@ def next_token_summary(results: list[dict[str, Any]]) -> dict[str, float]:
 
 def _preference(cfg, graphdef, optimizer, schedule, state_shardings, mesh, views):
     from jaxlm.sharding import batch_sharding
-    from jaxlm.steps_preference import make_preference_eval_step, make_preference_step
+    from jaxlm.training.preference_steps import make_preference_eval_step, make_preference_step
 
     step = make_preference_step(
         graphdef,

@@ -31,12 +31,12 @@ import optax
 from flax import nnx
 
 from jaxlm.config import PreferenceConfig
-from jaxlm.losses import safe_mean
-from jaxlm.param_views import FULL, ParamViews, States
-from jaxlm.preference_losses import METRIC_SUMS, Sums, preference_loss, sequence_logps
 from jaxlm.sharding import constrain
-from jaxlm.steps import forward, guarded_update, split_microbatches
-from jaxlm.train_state import TrainState
+from jaxlm.training.losses import safe_mean
+from jaxlm.training.param_views import FULL, ParamViews, States
+from jaxlm.training.preference_losses import METRIC_SUMS, Sums, preference_loss, sequence_logps
+from jaxlm.training.state import TrainState
+from jaxlm.training.steps import forward, guarded_update, split_microbatches
 
 Batch = dict[str, jax.Array]
 Metrics = dict[str, jax.Array]

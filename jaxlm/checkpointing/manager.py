@@ -8,7 +8,7 @@ Each step directory `<workdir>/checkpoints/<step>` holds four items:
             instead of re-reading or skipping data
   config    the run's Config as JSON, compared with the new run's on resume
   checksum  a fingerprint of every state array and digests of the JSON items
-            (jaxlm.checkpoint_integrity), verified on every restore
+            (jaxlm.checkpointing.integrity), verified on every restore
 
 Saves are asynchronous: `save` returns once the arrays are off the devices and the
 files are written in the background. Orbax writes into `<step>.orbax-checkpoint-tmp-*`
@@ -40,7 +40,7 @@ missing checksum item) is reported by a warning naming the step and the reason, 
 aside to `<step>.corrupt`, and the step before it is tried. Only a step whose own
 Orbax record (`_CHECKPOINT_METADATA`) lists its items without a checksum was written
 before jaxlm recorded checksums; it restores unverified, with a warning
-(jaxlm.checkpoint_integrity explains the rule). If no step can be restored,
+(jaxlm.checkpointing.integrity explains the rule). If no step can be restored,
 NoRestorableCheckpointError lists every step and reason: a run never silently
 starts over. A checkpoint that does not fit the model
 (CheckpointMismatchError) or the run's config (the caller's `check_config`) is refused
@@ -66,7 +66,7 @@ import jax
 import numpy as np
 import orbax.checkpoint as ocp
 
-from jaxlm.checkpoint_integrity import (
+from jaxlm.checkpointing.integrity import (
     describe_mismatch,
     device_fingerprints,
     fingerprints,
@@ -75,7 +75,7 @@ from jaxlm.checkpoint_integrity import (
     mismatched,
     step_metadata,
 )
-from jaxlm.checkpoint_shapes import check_fits, saved_dtypes, saved_shapes
+from jaxlm.checkpointing.shapes import check_fits, saved_dtypes, saved_shapes
 from jaxlm.errors import InputError, StorageError
 
 CHECKSUM_VERSION = 1
@@ -576,7 +576,7 @@ def _predates_checksums(step_dir: Path) -> bool:
     """True when Orbax's record of the step's items shows it was saved without checksums.
 
     jaxlm has saved a `checksum` item in every step since it recorded checksums; a
-    step whose record is gone proves nothing (jaxlm.checkpoint_integrity).
+    step whose record is gone proves nothing (jaxlm.checkpointing.integrity).
     """
     record = step_metadata(step_dir) or {}
     items = record.get("item_handlers")

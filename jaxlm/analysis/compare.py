@@ -1,13 +1,13 @@
 """Reading runs for comparison: loss series on four x axes and a table of final metrics.
 
-A run is a workdir with `metrics.jsonl` (jaxlm.metrics) and usually `config.json`. Each
+A run is a workdir with `metrics.jsonl` (jaxlm.training.metrics) and usually `config.json`. Each
 train and eval record is placed on four x axes: `step`, `tokens` (trained so far),
-`flops` (model FLOPs so far, the MFU convention of jaxlm.flops) and `elapsed_s` (wall
+`flops` (model FLOPs so far, the MFU convention of jaxlm.models.flops) and `elapsed_s` (wall
 seconds of the run so far). Runs written before those fields existed get them derived,
 and the run's notes say so:
 
     tokens     = step * data.batch_size * data.seq_len (* 2 for preference pairs)
-    flops      = tokens * jaxlm.flops.flops_per_token(model, data.seq_len)
+    flops      = tokens * jaxlm.models.flops.flops_per_token(model, data.seq_len)
     elapsed_s  = cumulative step_time_s * steps per log window, plus eval_s of the
                  evals so far (startup, compilation and checkpoint waits not counted)
 
@@ -351,7 +351,7 @@ def _fill_progress(records: list[dict], config: dict | None, workdir: Path, note
             derived.add("tokens")
         if "flops" not in r and "tokens" in r:
             if per_token is None and per_step is not None:
-                from jaxlm.flops import flops_per_token
+                from jaxlm.models.flops import flops_per_token
 
                 seq_len = int(config["data"]["seq_len"])
                 per_token = flops_per_token(model_config(config, workdir / "config.json"), seq_len)
@@ -376,7 +376,7 @@ def _fill_progress(records: list[dict], config: dict | None, workdir: Path, note
     if "tokens" in derived or "flops" in derived:
         notes.append(
             "tokens/FLOPs derived from config.json (step × batch_size × seq_len; "
-            "FLOPs/token from jaxlm.flops), not logged by this run"
+            "FLOPs/token from jaxlm.models.flops), not logged by this run"
         )
     if "elapsed_s" in derived:
         notes.append(

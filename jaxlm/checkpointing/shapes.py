@@ -21,7 +21,7 @@ from typing import Any
 import jax
 import numpy as np
 
-from jaxlm.checkpoint_integrity import display_name, leaf_names
+from jaxlm.checkpointing.integrity import display_name, leaf_names
 from jaxlm.errors import InputError
 
 _SHOWN = 8  # differences listed in the message; the rest are counted

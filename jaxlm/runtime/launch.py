@@ -3,7 +3,7 @@
     jaxlm launch -n 2 -- jaxlm train quickstart --set train.steps=100
 
 Each copy gets JAXLM_COORDINATOR=127.0.0.1:PORT, JAXLM_NUM_PROCESSES=N and
-JAXLM_PROCESS_ID=i (read by jaxlm.distributed); a leading `jaxlm` runs as
+JAXLM_PROCESS_ID=i (read by jaxlm.runtime.distributed); a leading `jaxlm` runs as
 `python -m jaxlm.cli` under this interpreter, any other command runs as given. This is
 how to try multi-host behaviour (sharded data, collectives, preemption, failures) on
 one machine; on a real cluster the scheduler starts one process per host instead.

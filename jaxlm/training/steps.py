@@ -23,10 +23,10 @@ import optax
 from flax import nnx
 from jax.sharding import Mesh
 
-from jaxlm.losses import LossSums, next_token_loss_sums, safe_mean
-from jaxlm.param_views import FULL, ParamViews, States
 from jaxlm.sharding import batch_sharding, constrain, replicated
-from jaxlm.train_state import TrainState
+from jaxlm.training.losses import LossSums, next_token_loss_sums, safe_mean
+from jaxlm.training.param_views import FULL, ParamViews, States
+from jaxlm.training.state import TrainState
 
 Batch = dict[str, jax.Array]
 Metrics = dict[str, jax.Array]

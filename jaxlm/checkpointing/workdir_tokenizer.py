@@ -23,9 +23,9 @@ import shutil
 import sys
 from pathlib import Path
 
+from jaxlm.checkpointing.params_io import TOKENIZER_FILE
 from jaxlm.data.tokenizer_metadata import sidecar_path
 from jaxlm.errors import InputError
-from jaxlm.params_checkpoint import TOKENIZER_FILE
 
 
 def file_sha256(path: Path) -> str:

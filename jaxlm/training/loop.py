@@ -32,24 +32,29 @@ from typing import Any
 import jax
 import numpy as np
 
-from jaxlm import compilation_cache, distributed
-from jaxlm.checkpoint import Checkpointer, CheckpointSaveError, abstract_like, from_jsonable
+from jaxlm.analysis.plotting import plot_loss_curves
+from jaxlm.checkpointing.manager import (
+    Checkpointer,
+    CheckpointSaveError,
+    abstract_like,
+    from_jsonable,
+)
 from jaxlm.config import Config
 from jaxlm.data import posttrain_inputs, run_inputs
 from jaxlm.data.counters import DataTotals
 from jaxlm.errors import InputError, RunStoppedError
-from jaxlm.flops import device_peak_flops, flops_per_token, measure_cpu_matmul_flops
-from jaxlm.goodput import TimeLedger
 from jaxlm.inference.decode import Generator
-from jaxlm.metrics import MetricsWriter, gzip_bits_per_byte
-from jaxlm.optim import learning_rate_schedule, make_optimizer
-from jaxlm.plotting import plot_loss_curves
-from jaxlm.preemption import StopNow, StopRequest
-from jaxlm.reference_logps import reference_table
-from jaxlm.run_objective import build_objective
-from jaxlm.run_state import initial_state, needs_reference
+from jaxlm.models.flops import device_peak_flops, flops_per_token, measure_cpu_matmul_flops
+from jaxlm.runtime import compilation_cache, distributed
+from jaxlm.runtime.goodput import TimeLedger
+from jaxlm.runtime.preemption import StopNow, StopRequest
+from jaxlm.runtime.watchdog import StepWatchdog
 from jaxlm.sharding import host_batch_to_global, training_mesh
-from jaxlm.watchdog import StepWatchdog
+from jaxlm.training.metrics import MetricsWriter, gzip_bits_per_byte
+from jaxlm.training.optim import learning_rate_schedule, make_optimizer
+from jaxlm.training.reference_logps import reference_table
+from jaxlm.training.run_objective import build_objective
+from jaxlm.training.run_state import initial_state, needs_reference
 
 
 class NonFiniteError(RunStoppedError):
@@ -282,7 +287,7 @@ def train(cfg: Config, workdir: Path | str) -> RunResult:
         keep_every=cfg.train.keep_every,
     )
     start_step = 0
-    from jaxlm.resume_config import check_resume_config
+    from jaxlm.checkpointing.resume_rules import check_resume_config
 
     accepted: list[str] = []  # config differences train.allow_config_change allowed
 

@@ -16,7 +16,7 @@ jaxlm uses HEARTBEAT_TIMEOUT_S (15 s; measured on 2 CPU processes: the survivor 
 a SIGKILLed peer exits ~15 s later, against ~100 s by default). Heartbeats come from
 a C++ thread that Python's GIL, a long compile or a slow step do not block, so a
 short timeout does not misfire on slow steps. A peer that hangs while staying alive
-keeps sending heartbeats: that is the step-time watchdog's job (jaxlm.watchdog).
+keeps sending heartbeats: that is the step-time watchdog's job (jaxlm.runtime.watchdog).
 
 JAX's own report of a lost peer is hundreds of characters of gRPC/glog text ending in
 an abort, with no word on what to do. So every process also runs a peer watch (a

@@ -9,11 +9,11 @@ from pathlib import Path
 
 import numpy as np
 
-from jaxlm.compare import X_AXES, X_LABELS, Run, smooth
+from jaxlm.analysis.compare import X_AXES, X_LABELS, Run, smooth
 
 
 def _figure(**kwargs):
-    from jaxlm.plotting import new_figure
+    from jaxlm.analysis.plotting import new_figure
 
     return new_figure(**kwargs)
 

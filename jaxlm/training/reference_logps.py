@@ -79,7 +79,7 @@ def reference_table(
     from jax.experimental import multihost_utils
 
     from jaxlm.sharding import BATCH_AXES, batch_sharding, host_batch_to_global
-    from jaxlm.steps_preference import make_reference_logps
+    from jaxlm.training.preference_steps import make_reference_logps
 
     frozen = state.frozen if state.frozen is not None else state.params
     score = jax.jit(make_reference_logps(graphdef, views), out_shardings=batch_sharding(mesh))

@@ -1,7 +1,7 @@
 """Model parameters without optimizer state: read from a run, written for a new one.
 
 `restore_params(workdir)` reads the params of a training run's newest good
-checkpoint (jaxlm.checkpoint layout; a damaged newer step is skipped with a
+checkpoint (jaxlm.checkpointing.manager layout; a damaged newer step is skipped with a
 warning) without reading the optimizer state, verified against the checkpoint's
 checksums: into host memory as numpy, or with `shardings` straight into them.
 
@@ -12,7 +12,7 @@ point of a later run (`train.init_from`) or the result of `jaxlm export`:
                          TrainState.params, e.g. {"embed": {"value": [V, D]}, ...}
     DIR/config.json      the run Config it belongs to (model.vocab_size included)
     DIR/checksum.json    a fingerprint of every array as stored and the digest of the
-                         config (jaxlm.checkpoint_integrity), verified on every load
+                         config (jaxlm.checkpointing.integrity), verified on every load
     DIR/tokenizer.model  the matching tokenizer, with its tokenizer.json sidecar,
                          when one was given; config.json's data.tokenizer points here
 
@@ -48,7 +48,14 @@ import jax
 import orbax.checkpoint as ocp
 from flax import nnx
 
-from jaxlm.checkpoint import (
+from jaxlm.checkpointing.integrity import (
+    describe_mismatch,
+    fingerprints,
+    json_digest,
+    mismatched,
+    step_metadata,
+)
+from jaxlm.checkpointing.manager import (
     CHECKSUM_VERSION,
     Checkpointer,
     _reason,
@@ -57,18 +64,11 @@ from jaxlm.checkpoint import (
     cast_like,
     restore_args_for,
 )
-from jaxlm.checkpoint_integrity import (
-    describe_mismatch,
-    fingerprints,
-    json_digest,
-    mismatched,
-    step_metadata,
-)
-from jaxlm.checkpoint_shapes import check_fits, saved_shapes
+from jaxlm.checkpointing.shapes import check_fits, saved_shapes
 from jaxlm.config import Config, ModelConfig, config_differences, config_from_dict
 from jaxlm.data.tokenizer_metadata import sidecar_path
 from jaxlm.errors import InputError
-from jaxlm.train_state import abstract_model
+from jaxlm.training.state import abstract_model
 
 PARAMS_DIR = "params"
 CONFIG_FILE = "config.json"

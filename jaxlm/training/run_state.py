@@ -23,8 +23,8 @@ from flax import nnx
 from jax.sharding import Mesh
 
 from jaxlm.config import Config
-from jaxlm.param_views import FULL, ParamViews
-from jaxlm.train_state import TrainState, abstract_model, create_train_state
+from jaxlm.training.param_views import FULL, ParamViews
+from jaxlm.training.state import TrainState, abstract_model, create_train_state
 
 
 @dataclasses.dataclass
@@ -68,7 +68,7 @@ def needs_reference(cfg: Config) -> bool:
 def init_params_from(cfg: Config, shardings: Any, log: Callable[[str], None]):
     """Params from `train.init_from` (a params directory, or a workdir's newest good
     checkpoint; see params_checkpoint.load_init_params), placed with `shardings`."""
-    from jaxlm.params_checkpoint import load_init_params
+    from jaxlm.checkpointing.params_io import load_init_params
 
     params, source = load_init_params(cfg.train.init_from, cfg.model, shardings=shardings)
     log(f"params initialised from {source}")

@@ -5,7 +5,7 @@ from __future__ import annotations
 from collections.abc import Sequence
 from pathlib import Path
 
-from jaxlm.compare import load_run
+from jaxlm.analysis.compare import load_run
 
 
 def new_figure(**kwargs):
@@ -29,9 +29,9 @@ def plot_loss_curves(
 ) -> Path:
     """Train loss (lines) and eval loss (markers) of one or more runs on one figure.
 
-    Read as `jaxlm compare` reads runs (jaxlm.compare.load_run): steps logged again by a
+    Read as `jaxlm compare` reads runs (jaxlm.analysis.compare.load_run): steps logged again by a
     resumed run replace the earlier ones, a torn last line is skipped, a NaN ends the
-    curve. `x_axis` is one of jaxlm.compare.X_AXES (step, tokens, flops, elapsed_s)."""
+    curve. `x_axis` is one of jaxlm.analysis.compare.X_AXES (step, tokens, flops, elapsed_s)."""
     labels = list(labels) if labels else [Path(p).parent.name for p in metrics_paths]
     fig = new_figure(figsize=(7, 4.5), dpi=120)
     ax = fig.subplots()

@@ -1,0 +1,1 @@
+"""Analysis: run comparison tables and plots, scaling-law fits (reads run files)."""

@@ -1,0 +1,2 @@
+"""Runtime: distributed start, launcher, preemption, watchdog, goodput, compile cache,
+CPU tuning."""
