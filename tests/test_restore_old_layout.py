@@ -15,20 +15,23 @@ existing runs and exports would be read:
 The fixture is copied once per module and the commands run in the copy (the runs
 recorded their paths relative to it); nothing is written into tests/fixtures.
 
-The old run used one device, this process has eight (tests/conftest.py): the resumed
-run restores its state resharded over them and reduces in another order, and XLA may
-pick other kernels on another CPU or jax version, so losses agree to 1e-5 relative as
-the golden losses do off their recorded stack. Arrays that are only stored and read
-back must agree bit for bit.
+The resumed run is a `jaxlm train` process on one CPU device, as the old run was
+(this process has eight, tests/conftest.py, and would compute another reduction
+order); the other commands run here. XLA may pick other kernels on another CPU or jax
+version, so losses agree to 1e-5 relative, as the golden losses do off their recorded
+stack (on the stack that wrote the fixture they are bitwise equal). Arrays that are
+only stored and read back must agree bit for bit.
 """
 
 import json
 import shutil
+import subprocess
 from pathlib import Path
 
 import numpy as np
 import orbax.checkpoint as ocp
 import pytest
+from helpers import runs
 
 from jaxlm import cli
 
@@ -89,12 +92,21 @@ def assert_same_arrays(new: Path, old: Path) -> None:
         assert a[name].tobytes() == b[name].tobytes(), f"{name} differs"
 
 
-def test_the_old_run_resumes_from_its_checkpoint_to_the_old_losses(old, capsys):
+def test_the_old_run_resumes_from_its_checkpoint_to_the_old_losses(old):
     workdir = old / "resumed"
     shutil.copytree(old / "run", workdir)
     sets = EXPECTED["train_overrides"] + EXPECTED["resume_overrides"]
-    jaxlm("train", EXPERIMENT, "--workdir", workdir, *(a for s in sets for a in ("--set", s)))
-    assert f"resumed from {workdir / 'checkpoints' / '2'}" in capsys.readouterr().out
+    log = old / "resumed.log"
+    cmd = runs.jaxlm("train", str(EXPERIMENT), "--workdir", "resumed")
+    cmd += [arg for item in sets for arg in ("--set", item)]
+    with log.open("wb") as out:  # in the copy: the run's data source is relative to it
+        status = subprocess.run(
+            cmd, cwd=old, env=runs.environment(1), stdout=out, stderr=subprocess.STDOUT,
+            timeout=600, check=False,
+        ).returncode  # fmt: skip
+    assert status == 0, runs.tail(log)
+    resumed_from = f"resumed from {workdir.resolve() / 'checkpoints' / '2'}"
+    assert resumed_from in log.read_text(), runs.tail(log)
     losses = train_losses(workdir)
     # Steps 1 and 2 stay the old run's records, logged once: nothing was retrained.
     assert {s: losses[s] for s in ("1", "2")} == {s: [v] for s, v in EXPECTED["losses"].items()}
