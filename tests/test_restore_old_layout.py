@@ -28,6 +28,7 @@ import shutil
 import subprocess
 from pathlib import Path
 
+import jax
 import numpy as np
 import orbax.checkpoint as ocp
 import pytest
@@ -57,30 +58,22 @@ def jaxlm(*args) -> None:
 
 
 def train_losses(workdir: Path) -> dict[str, list[float]]:
-    """{step: [loss of every train record of that step]}, in the file's order."""
+    """{step: [loss of every train record of that step]}, in the file's order (a
+    retrained step would show twice)."""
     losses: dict[str, list[float]] = {}
-    for line in (workdir / "metrics.jsonl").read_text().splitlines():
-        record = json.loads(line)
-        if record["split"] == "train":
-            losses.setdefault(str(record["step"]), []).append(record["loss"])
+    for record in runs.records(workdir):
+        losses.setdefault(str(record["step"]), []).append(record["loss"])
     return losses
 
 
 def stored_params(directory: Path) -> dict[str, np.ndarray]:
     """The arrays of a params directory as stored, read by Orbax alone (no jaxlm code,
-    so what is compared does not depend on how jaxlm reads it), by '/'-joined path."""
+    so what is compared does not depend on how jaxlm reads it), by tree path."""
     tree = ocp.PyTreeCheckpointer().restore(directory.resolve() / "params")
-    flat = {}
-
-    def walk(node, prefix):
-        if isinstance(node, dict):
-            for key, value in node.items():
-                walk(value, f"{prefix}/{key}" if prefix else str(key))
-        else:
-            flat[prefix] = np.asarray(node)
-
-    walk(tree, "")
-    return flat
+    return {
+        jax.tree_util.keystr(path): np.asarray(leaf)
+        for path, leaf in jax.tree_util.tree_leaves_with_path(tree)
+    }
 
 
 def assert_same_arrays(new: Path, old: Path) -> None:
