@@ -32,9 +32,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from jaxlm.data.source_spec import parse_sources
     from jaxlm.data.sources.tokenize import tokenize_sources
     from jaxlm.data.tokenizer import Tokenizer
+    from jaxlm.source_spec import parse_sources
 
     specs = parse_sources(args.sources, key="SOURCES")
     tokenizer = Tokenizer.load(args.tokenizer)

@@ -8,7 +8,7 @@
     jaxlm eval MODEL --set model.max_seq_len=1024 --set model.rope_scaling=yarn ...
 
 MODEL is an export directory (`jaxlm export`) or a training workdir (its newest good
-checkpoint). Each --data SPEC (jaxlm.data.source_spec syntax; commas give several
+checkpoint). Each --data SPEC (jaxlm.source_spec syntax; commas give several
 sources) is read whole (--split all) or as the held-out part a run training on it
 left out (--split validation), packed as the training run's eval packs its own, and
 each source is reported separately: scored tokens, loss (nats/token), perplexity =
@@ -115,7 +115,7 @@ def run(args: argparse.Namespace) -> int:
 
     if args.data or not args.multiple_choice:
         if args.data:
-            from jaxlm.data.source_spec import parse_sources
+            from jaxlm.source_spec import parse_sources
 
             sources = [
                 lm.EvalSource(str(spec), args.split, args.format)

@@ -29,8 +29,8 @@ from __future__ import annotations
 import hashlib
 from pathlib import Path
 
-from jaxlm.data.source_spec import SourceSpec
 from jaxlm.data.sources.paths import matching_files, matching_paths, relative_names
+from jaxlm.source_spec import SourceSpec
 
 SAMPLE_BLOCKS = 16
 BLOCK_BYTES = 4096

@@ -36,9 +36,9 @@ from jaxlm.config import Config
 from jaxlm.data.counters import DataCounters
 from jaxlm.data.packing import padding_batch
 from jaxlm.data.pipeline import dataset_from_specs
-from jaxlm.data.source_spec import parse_sources
 from jaxlm.data.tokenizer import Tokenizer, train_tokenizer
 from jaxlm.errors import InputError
+from jaxlm.source_spec import parse_sources
 
 
 def train_split(cfg: Config) -> str:

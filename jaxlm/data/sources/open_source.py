@@ -12,11 +12,11 @@ checkpointed by index, and it pickles without open files (each process opens laz
 from __future__ import annotations
 
 from jaxlm.data.counters import DataCounters
-from jaxlm.data.source_spec import SourceSpec
 from jaxlm.data.sources.documents import DocumentSource, SelectedDocuments
 from jaxlm.data.sources.record_checks import OnError, RecordChecks
 from jaxlm.data.sources.split import check_split, kept_indices
 from jaxlm.errors import InputError
+from jaxlm.source_spec import SourceSpec
 
 
 def open_source(
