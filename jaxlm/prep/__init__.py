@@ -8,7 +8,6 @@
     hashing.py     64-bit hashes that are the same in every process (unlike hash())
     minhash.py     MinHash signatures of word shingles (vectorised numpy)
     dedup.py       exact and near-duplicate removal, keeping the first occurrence
-    atomic.py      write a file under a temporary name, rename when complete
     report.py      what each stage removed: counts, characters, examples
     clean.py       the streaming pipeline that ties them together
 

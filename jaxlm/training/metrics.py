@@ -2,7 +2,8 @@
 
 Each record is `{"step": n, "split": "train"|"eval"|..., <name>: <number>, ...}` in
 `<workdir>/metrics.jsonl`; the same scalars go to TensorBoard event files under
-`<workdir>/tensorboard/` as `<split>/<name>`. Only process 0 writes.
+`<workdir>/tensorboard/` as `<split>/<name>`. Only process 0 writes. The file is read
+back by jaxlm.analysis.metrics_file, its one parser.
 
 Both files are written synchronously, unbuffered, one record per write call. A
 background writer (tensorboardX's SummaryWriter) dies on a full disk and leaves the
@@ -147,20 +148,6 @@ def _to_json_number(value: Any) -> Any:
     if isinstance(value, float) and not math.isfinite(value):
         return str(value)  # JSON has no NaN/Infinity; keep it visible rather than dropping it
     return value
-
-
-def read_metrics(path: Path) -> list[dict[str, Any]]:
-    """All records of a metrics.jsonl file; errors name the file and line."""
-    records = []
-    with Path(path).open(encoding="utf-8") as f:
-        for lineno, line in enumerate(f, start=1):
-            if not line.strip():
-                continue
-            try:
-                records.append(json.loads(line))
-            except json.JSONDecodeError as e:
-                raise ValueError(f"{path}:{lineno}: not valid JSON ({e.msg})") from None
-    return records
 
 
 def bits_per_byte(nats: float, num_bytes: float) -> float:

@@ -32,7 +32,7 @@ from types import ModuleType
 from typing import Any
 
 from jaxlm.config import Config, ConfigError, apply_overrides
-from jaxlm.prep.atomic import atomic_text_writer
+from jaxlm.data.atomic import atomic_text_writer
 
 INDEX_FILE = "index.json"
 
