@@ -28,6 +28,11 @@ unless --include-unfinished (their last loss is not a final one).
 from __future__ import annotations
 
 import argparse
+import json
+import math
+from pathlib import Path
+
+from jaxlm.errors import InputError
 
 HELP = "fit L(N), L(C) and L(N, D) scaling laws to runs; compute-optimal size for a budget"
 
@@ -46,11 +51,6 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    import json
-    from pathlib import Path
-
-    from jaxlm.errors import InputError
-
     if args.bootstrap < 0:
         raise InputError(f"--bootstrap must be >= 0, got {args.bootstrap}")
     if args.budget is not None and not args.budget > 0:
@@ -70,10 +70,8 @@ def run(args: argparse.Namespace) -> int:
 
 def _points(paths, which: str, include_unfinished: bool):
     """(runs as dicts with name, N, C, D, loss) and notes on the runs left out."""
-    import json
 
     from jaxlm.analysis.compare import load_run, model_config
-    from jaxlm.errors import InputError
     from jaxlm.models import count_params
 
     points, notes, formats, sources = [], [], {}, {}
@@ -130,7 +128,6 @@ def _fit(points, args, notes):
     import numpy as np
 
     from jaxlm.analysis import scaling_law as sl
-    from jaxlm.errors import InputError
 
     loss_kw = {"loss": "huber", "huber_delta": args.huber} if args.huber else {}
     N = np.array([p["N"] for p in points], dtype=float)
@@ -274,8 +271,6 @@ def _at_budget(budget, fits, boots, optimal, iso):
 
 
 def _markdown(js) -> str:
-    import math
-
     def g(v):
         return "–" if v is None or (isinstance(v, float) and math.isnan(v)) else f"{v:.4g}"
 
@@ -349,8 +344,6 @@ def _markdown(js) -> str:
 
 
 def _jsonable(value):
-    import math
-
     import numpy as np
 
     if isinstance(value, dict):
