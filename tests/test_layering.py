@@ -14,7 +14,7 @@ Checked:
   - an import inside a function is allowed only where it avoids a heavy optional
     dependency or keeps start-up fast: an import of a jaxlm module must be listed in
     LAZY_JAXLM_IMPORTS with its reason, any other import needs a comment giving its
-    reason on its line or the line above.
+    reason on its line or above it in its block of imports.
 """
 
 from __future__ import annotations
@@ -82,7 +82,7 @@ class Import:
     imported: str  # dotted module name (a jaxlm module) or top-level name (third party)
     where: str  # path:line
     in_function: bool
-    has_reason: bool  # a comment on its line or the line above
+    has_reason: bool  # a comment on its line or above it in its block of imports
 
 
 def _module_name(path: Path) -> str:
@@ -107,9 +107,16 @@ def _imports(module: str, path: Path, modules: dict[str, Path]) -> list[Import]:
     found = []
 
     def commented(node: ast.stmt) -> bool:
-        own = lines[node.lineno - 1 : node.end_lineno]
-        above = lines[node.lineno - 2].strip() if node.lineno > 1 else ""
-        return any("#" in line for line in own) or above.startswith("#")
+        """A comment on the import's lines, or above it within its block of imports."""
+        if any("#" in line for line in lines[node.lineno - 1 : node.end_lineno]):
+            return True
+        for line in reversed(lines[: node.lineno - 1]):
+            text = line.strip()
+            if text.startswith("#"):
+                return True
+            if not text.startswith(("import ", "from ")):
+                return False
+        return False
 
     def visit(node: ast.AST, in_function: bool) -> None:
         for child in ast.iter_child_nodes(node):
@@ -268,7 +275,7 @@ def test_imports_inside_functions_have_a_reason():
             broken.append(
                 f"{i.where}: {i.importer} -> {i.imported}: imported inside a function "
                 "without a comment saying why; import it at module level, or say on its "
-                "line or the line above what the delay avoids (a heavy optional dependency)"
+                "line or above its block of imports what the delay avoids (a heavy dependency)"
             )
     assert not broken, "imports inside functions:\n" + "\n".join(broken)
 

@@ -44,7 +44,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    import jax
+    import jax  # when the command runs: `jaxlm --help` imports every command module
 
     from jaxlm.checkpointing.params_io import restore_latest_params, save_params
     from jaxlm.data.tokenizer import Tokenizer

@@ -51,6 +51,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
+    # JAX and numpy load when the command runs: `jaxlm --help` imports every command module.
     import jax
     import jax.numpy as jnp
     import numpy as np

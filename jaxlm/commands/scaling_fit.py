@@ -125,7 +125,7 @@ def _points(paths, which: str, include_unfinished: bool):
 
 
 def _fit(points, args, notes):
-    import numpy as np
+    import numpy as np  # when the command runs: `jaxlm --help` imports every command
 
     from jaxlm.analysis import scaling_law as sl
 
@@ -248,7 +248,7 @@ def _compute_frontier(C, y):
 
 
 def _at_budget(budget, fits, boots, optimal, iso):
-    import numpy as np
+    import numpy as np  # when the command runs: `jaxlm --help` imports every command
 
     out: dict = {"flops": budget}
     k = optimal["flops_per_param_token"]
@@ -344,7 +344,7 @@ def _markdown(js) -> str:
 
 
 def _jsonable(value):
-    import numpy as np
+    import numpy as np  # when the command runs: `jaxlm --help` imports every command
 
     if isinstance(value, dict):
         return {k: _jsonable(v) for k, v in value.items()}
@@ -358,7 +358,7 @@ def _jsonable(value):
 
 
 def _plot(points, report, stem):
-    import numpy as np
+    import numpy as np  # when the command runs: `jaxlm --help` imports every command
 
     from jaxlm.analysis.compare_plots import plot_scaling_fit
 
