@@ -30,6 +30,7 @@ from typing import Any, Literal
 
 import numpy as np
 
+from jaxlm.data.usable import RequireUsable, any_usable
 from jaxlm.errors import InputError
 
 OnError = Literal["raise", "skip"]
@@ -300,7 +301,6 @@ def record_stream(
     `validate` raises the InputError of a record that `encode` would refuse; with it,
     such an error names the first bad record in file order (see FirstErrorInFileOrder).
     """
-    from jaxlm.data.usable import RequireUsable, any_usable
 
     bad_lines = bad_lines if bad_lines is not None else BadLineCounter()
     records = record_source(

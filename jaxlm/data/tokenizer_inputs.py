@@ -22,6 +22,7 @@ from __future__ import annotations
 
 from collections.abc import Iterator, Sequence
 
+from jaxlm.data.sources import open_documents
 from jaxlm.errors import InputError
 from jaxlm.source_spec import SOURCE_KINDS, SourceSpec
 
@@ -53,7 +54,6 @@ def open_inputs(
     val_fraction: float = 0.02,
 ) -> list[tuple[SourceSpec, object]]:
     """(spec, random-access documents) of every input, all opened up front."""
-    from jaxlm.data.sources import open_documents
 
     if split not in SPLIT_CHOICES:
         raise InputError(f"split must be one of {SPLIT_CHOICES}, got {split!r}")
