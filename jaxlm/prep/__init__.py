@@ -11,6 +11,9 @@
     report.py      what each stage removed: counts, characters, examples
     clean.py       the streaming pipeline that ties them together
 
-The modules use numpy and the standard library, no JAX device. (Reusing JsonlError and
-BadLineCounter from jaxlm.data.jsonl does import Grain, and with it JAX: about 0.7 s.)
+May import: the root modules and data (the JSON-lines reader and its bad-line
+accounting, and atomic file writes). The modules use numpy and the standard library;
+importing them loads neither Grain nor JAX.
+
+The import rule is enforced by tests/test_layering.py (ALLOWED there).
 """
