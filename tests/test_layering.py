@@ -77,11 +77,6 @@ LAZY_JAXLM_IMPORTS: dict[tuple[str, str], str] = {
         "`jaxlm generate` and `jaxlm chat` add these options while `jaxlm --help` builds "
         "its parser; the model loader and sampler (JAX) load only when a command runs"
     ),
-    ("jaxlm.data.jsonl", "jaxlm.data.sources.*"): (
-        "jaxlm.data.sources opens jsonl sources with this module's line reader, so "
-        "importing it here at module level would be circular; the record pipelines "
-        "that need sources' document views could move into jaxlm.data.sources"
-    ),
 }
 
 

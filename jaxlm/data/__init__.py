@@ -3,6 +3,7 @@
     corpus.py          the embedded corpus (the running interpreter's standard library)
     sources/           every `kind:pattern` source as random-access documents
     jsonl.py           random-access JSON lines whose errors name file:line
+    jsonl_records.py   JSON-lines files as shuffled, sharded record streams (SFT, preference)
     tokenizer*.py      train, load, evaluate and extend lossless SentencePiece tokenizers
     workdir_tokenizer.py  the tokenizer a workdir or params directory owns
     packing.py         documents -> packed [B, T] batches; the batch schema is defined there
