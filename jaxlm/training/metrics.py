@@ -80,6 +80,8 @@ class _EventFile:
         with _storage_errors(self.path):
             directory.mkdir(parents=True, exist_ok=True)
             self._file = self.path.open("ab", buffering=0)
+        # tensorboardX imports torch when it is installed (seconds): only the process
+        # that writes events loads it, and only once it writes.
         from tensorboardX.proto import event_pb2
 
         self._write_event(event_pb2.Event(wall_time=time.time(), file_version="brain.Event:2"))
@@ -87,6 +89,7 @@ class _EventFile:
     def write(self, step: int, scalars: dict[str, float]) -> None:
         if not scalars:
             return
+        # tensorboardX loads on first use (see __init__)
         from tensorboardX.proto import event_pb2, summary_pb2
         from tensorboardX.summary import scalar
 
@@ -95,7 +98,7 @@ class _EventFile:
         self._write_event(event_pb2.Event(wall_time=time.time(), step=step, summary=summary))
 
     def _write_event(self, event) -> None:
-        from tensorboardX.record_writer import masked_crc32c
+        from tensorboardX.record_writer import masked_crc32c  # on first use (see __init__)
 
         data = event.SerializeToString()
         header = struct.pack("<Q", len(data))
