@@ -322,7 +322,7 @@ def _fill_progress(records: list[dict], config: dict | None, workdir: Path, note
     for r in records:
         if r["split"] not in ("train", "eval"):
             continue
-        # Training progress is "tokens_seen" (train.py); an eval record's own "tokens" is
+        # Training progress is "tokens_seen" (jaxlm.training.loop); an eval record's own "tokens" is
         # its held-out token count, and a train record's "tokens" (none are written now)
         # is not trusted either.
         r.pop("tokens", None)
