@@ -39,10 +39,10 @@ from absl import flags
 
 from jaxlm.data.corpus import read_text, stdlib_files
 from jaxlm.data.packing import document_tokens, packed_batches
-from jaxlm.data.source_spec import SourceSpec
 from jaxlm.data.sources import open_source
 from jaxlm.data.sources.tokenize import tokenize_sources
 from jaxlm.data.tokenizer import Tokenizer, train_tokenizer
+from jaxlm.source_spec import SourceSpec
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -32,62 +32,22 @@ a traceback means a bug in jaxlm):
 from __future__ import annotations
 
 import argparse
-import difflib
-import importlib.util
 import os
 import sys
 from pathlib import Path
 from types import ModuleType
 
-from jaxlm.config import Config, ConfigError, apply_overrides
+from jaxlm.commands import GROUP_HELP, discover
 from jaxlm.errors import InputError, RunStoppedError, StorageError
+from jaxlm.presets import PRESETS
 from jaxlm.runtime import compilation_cache
 from jaxlm.runtime.cpu import configure_cpu
-
-
-def load_experiment(name: str) -> ModuleType:
-    """Import an experiment by name (./experiments/NAME.py) or by file path."""
-    path = Path(name)
-    if path.suffix != ".py":
-        path = Path.cwd() / "experiments" / f"{name}.py"
-    if not path.is_file():
-        available = sorted(p.stem for p in (Path.cwd() / "experiments").glob("[!_]*.py"))
-        close = difflib.get_close_matches(name, available, n=1)
-        hint = f"; did you mean '{close[0]}'?" if close else ""
-        raise ConfigError(
-            f"no experiment '{name}' (looked for {path}); available: {available}{hint}"
-        )
-    _make_siblings_importable(path)
-    spec = importlib.util.spec_from_file_location(f"experiments.{path.stem}", path)
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    if not hasattr(module, "get_config"):
-        raise ConfigError(f"{path}: an experiment must define get_config()")
-    return module
-
-
-def _make_siblings_importable(path: Path) -> None:
-    """Experiments import each other (`from experiments.quickstart import ...`): put the
-    directory that holds the experiments package on sys.path, as `python -m` would from
-    the project root; the `jaxlm` console script does not add the working directory."""
-    package = path.resolve().parent
-    if (package / "__init__.py").is_file():
-        root = str(package.parent)
-        if root not in sys.path:
-            sys.path.insert(0, root)
-
-
-def resolve_config(module: ModuleType, overrides: list[str], name: str) -> Config:
-    cfg = module.get_config()
-    if not isinstance(cfg, Config):
-        raise ConfigError(f"{module.__file__}: get_config() must return jaxlm.config.Config")
-    return apply_overrides(cfg, overrides)
+from jaxlm.runtime.goodput import format_summary
+from jaxlm.training.experiment import load_experiment, resolve_config
 
 
 def print_result(result) -> None:
     """What a finished (or preempted) run produced, where it is, and where the time went."""
-    from jaxlm.runtime.goodput import format_summary
-
     ev = result.final_eval
     print()
     if result.preempted:
@@ -154,7 +114,7 @@ def _end_now(status: int) -> None:
 
 
 def _train(module: ModuleType, overrides: list[str], workdir: str | None) -> int:
-    from jaxlm.training.loop import train
+    from jaxlm.training.loop import train  # JAX, Orbax, Grain: only once a run starts
 
     name = Path(module.__file__).stem
     cfg = resolve_config(module, overrides, name)
@@ -166,12 +126,12 @@ def _train(module: ModuleType, overrides: list[str], workdir: str | None) -> int
     except StorageError as e:
         _end_now(_fail(e, EXIT_STORAGE))
     except KeyboardInterrupt as e:
-        from jaxlm.runtime.preemption import StopNow
+        from jaxlm.runtime.preemption import StopNow  # imports JAX (already loaded by now)
 
         if not isinstance(e, StopNow):
             raise
         _end_now(_fail(e, e.exit_status))
-    import jax
+    import jax  # loaded by the run already; not at start-up, so `jaxlm --help` stays fast
 
     if jax.process_index() == 0:  # one report per job, not one per process
         print_result(result)
@@ -203,8 +163,7 @@ def main(argv: list[str] | None = None) -> int:
         if hasattr(args, "run"):  # a `jaxlm GROUP NAME` command from jaxlm.commands
             return args.run(args)
         if args.command == "presets":
-            from jaxlm.models import count_params
-            from jaxlm.presets import PRESETS
+            from jaxlm.models import count_params  # JAX and Flax: only for this command
 
             for name, model_cfg in PRESETS.items():
                 print(f"{name:14s} {count_params(model_cfg):>15,d} parameters")
@@ -220,8 +179,6 @@ def main(argv: list[str] | None = None) -> int:
 
 def _add_command_groups(sub) -> None:
     """`jaxlm GROUP NAME`, for every command module in jaxlm.commands."""
-    from jaxlm.commands import GROUP_HELP, discover
-
     groups, top_level = discover()
     for name, module in top_level.items():
         parser = sub.add_parser(name, help=module.HELP, description=module.HELP)

@@ -17,8 +17,8 @@ import types
 import typing
 from typing import Any, Literal
 
-from jaxlm.data.source_spec import parse_sources
 from jaxlm.errors import InputError
+from jaxlm.source_spec import parse_sources
 
 Dtype = Literal["float32", "bfloat16", "float16"]
 
@@ -122,7 +122,7 @@ class ModelConfig:
 class DataConfig:
     """Where tokens come from and how they are packed.
 
-    `sources` and `eval_sources` use the syntax of jaxlm.data.source_spec, e.g.
+    `sources` and `eval_sources` use the syntax of jaxlm.source_spec, e.g.
     "stdlib", "jsonl:data/*.jsonl@3,text:books/**/*.txt@1" or "tokens:shards/web".
     With `eval_sources` empty, a `val_fraction` of every source's documents (chosen by
     a stable hash) is held out for evaluation and never trained on.

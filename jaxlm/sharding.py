@@ -21,6 +21,7 @@ import numpy as np
 from jax.sharding import AxisType, Mesh, NamedSharding, PartitionSpec
 
 from jaxlm.config import Config, ConfigError
+from jaxlm.errors import InputError
 
 MESH_AXES = ("data", "fsdp", "tensor")
 BATCH_AXES = ("data", "fsdp")  # the batch dimension is split over both
@@ -110,8 +111,6 @@ def check_batch_fits_mesh(batch_size: int, mesh: Mesh) -> None:
 
 def mesh_from_flag(text: str) -> Mesh:
     """The mesh of a `--mesh data,fsdp,tensor` command-line flag (e.g. 1,-1,1)."""
-    from jaxlm.errors import InputError
-
     try:
         shape = [int(x) for x in text.split(",")]
     except ValueError:

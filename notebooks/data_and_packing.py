@@ -39,11 +39,11 @@ import matplotlib.pyplot as plt
 import numpy as np
 from IPython.display import Image, display
 
+from jaxlm.analysis.inspect_batch import plot_batch, render_batch, token_table
 from jaxlm.config import Config, apply_overrides
 from jaxlm.data import run_inputs
 from jaxlm.data.corpus import read_text, stdlib_files, stdlib_root
 from jaxlm.data.counters import COUNTS_KEY
-from jaxlm.data.inspect_batch import plot_batch, render_batch, token_table
 from jaxlm.data.packing import real_token_fraction
 from jaxlm.data.pipeline import mixture_dataset
 from jaxlm.data.tokenizer import train_tokenizer

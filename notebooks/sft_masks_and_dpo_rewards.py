@@ -43,10 +43,10 @@ import optax
 from flax import nnx
 from IPython.display import HTML, display
 
+from jaxlm.analysis.inspect_batch import render_batch
 from jaxlm.config import ModelConfig, PreferenceConfig
 from jaxlm.data.chat import encode_conversation, parse_conversation
 from jaxlm.data.corpus import read_text, stdlib_files
-from jaxlm.data.inspect_batch import render_batch
 from jaxlm.data.posttrain.functions import FunctionLimits
 from jaxlm.data.preference import PreferenceStats, encode_pair, parse_preference, stack_pairs
 from jaxlm.data.sft import sft_dataset

@@ -35,13 +35,13 @@ import jax
 import matplotlib.pyplot as plt
 import numpy as np
 
+from jaxlm.analysis.metrics_file import read_metrics
 from jaxlm.config import Config, apply_overrides
 from jaxlm.inference.decode import Generator
 from jaxlm.inference.loading import load_model
 from jaxlm.inference.sampling import SamplingConfig
 from jaxlm.models import count_params
 from jaxlm.training.loop import train
-from jaxlm.training.metrics import read_metrics
 
 WORKDIR = Path(tempfile.mkdtemp(prefix="jaxlm-train-tiny-")) / "run"
 print("workdir:", WORKDIR)

@@ -7,8 +7,8 @@ import pytest
 
 from jaxlm import cli
 from jaxlm.commands import data_clean
+from jaxlm.data.atomic import atomic_text_writer
 from jaxlm.errors import InputError
-from jaxlm.prep.atomic import atomic_text_writer
 from jaxlm.prep.clean import STAGE_NAMES, CleanSettings, clean_corpus, report_path
 from jaxlm.prep.filters import QUALITY_FILTER_NAMES, FilterSettings, parse_ngram_thresholds
 from jaxlm.prep.minhash import MinHasher, estimated_jaccard, tokens

@@ -8,9 +8,9 @@ from helpers.runs import TINY, make_tokenizer
 
 import jaxlm.training.loop
 import jaxlm.training.run_objective
+from jaxlm.analysis.metrics_file import read_metrics
 from jaxlm.config import Config, apply_overrides
 from jaxlm.runtime.goodput import TimeLedger, format_summary
-from jaxlm.training.metrics import read_metrics
 
 PARTS = (
     "startup_s",

@@ -3,7 +3,7 @@
 import numpy as np
 from helpers.batches import ByteTokenizer, byte_decode
 
-from jaxlm.data.inspect_batch import plot_batch, predicted, render_batch, token_table
+from jaxlm.analysis.inspect_batch import plot_batch, predicted, render_batch, token_table
 from jaxlm.data.packing import add_targets_and_mask, padding_rows
 
 

@@ -51,7 +51,7 @@ def test_missing_file_names_the_path(tmp_path):
 
 
 def test_record_stream_needs_files():
-    from jaxlm.data.jsonl import record_stream
+    from jaxlm.data.jsonl_records import record_stream
 
     with pytest.raises(ValueError, match="at least one file"):
         record_stream([], seed=0, shuffle=False, repeat=False, process_index=0, process_count=1)

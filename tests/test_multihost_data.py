@@ -7,9 +7,9 @@ import pytest
 from test_multihost import launch
 
 from jaxlm.config import Config, DataConfig
-from jaxlm.data.source_spec import parse_source
 from jaxlm.data.sources import open_source
 from jaxlm.data.tokenizer import train_tokenizer
+from jaxlm.source_spec import parse_source
 
 WORKER = "tests/helpers/multihost_data.py"
 

@@ -7,11 +7,11 @@ import re
 import pytest
 from test_train_loop import SMALL
 
+from jaxlm.analysis.metrics_file import read_metrics
 from jaxlm.config import Config, apply_overrides
 from jaxlm.data.corpus import read_text, stdlib_files
 from jaxlm.errors import InputError
 from jaxlm.training.loop import train
-from jaxlm.training.metrics import read_metrics
 
 
 @pytest.fixture

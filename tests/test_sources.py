@@ -15,11 +15,11 @@ from array_record.python.array_record_module import ArrayRecordWriter
 
 from jaxlm.data import corpus
 from jaxlm.data.counters import DataCounters
-from jaxlm.data.source_spec import SourceSpec, parse_source
 from jaxlm.data.sources import TokenShards, open_documents, open_source
 from jaxlm.data.sources.split import record_keys
 from jaxlm.data.sources.token_shard_writer import TokenShardWriter
 from jaxlm.errors import InputError
+from jaxlm.source_spec import SourceSpec, parse_source
 
 TEXTS = [f"document {i}: " + "word " * (i % 7) + "\n" for i in range(40)]
 

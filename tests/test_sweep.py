@@ -8,8 +8,8 @@ import pytest
 from helpers.runs import TINY, make_tokenizer
 
 from jaxlm import cli
-from jaxlm.cli import load_experiment
 from jaxlm.config import ConfigError
+from jaxlm.training.experiment import load_experiment
 from jaxlm.training.loop import RunResult
 from jaxlm.training.sweep import run_sweep
 

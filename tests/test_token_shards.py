@@ -10,13 +10,13 @@ import pytest
 from jaxlm.cli import main
 from jaxlm.data import corpus
 from jaxlm.data.packing import document_tokens
-from jaxlm.data.source_spec import SourceSpec, parse_sources
 from jaxlm.data.sources import TokenShards, TokenShardsError, open_source
 from jaxlm.data.sources.token_shard_writer import TokenShardWriter
 from jaxlm.data.sources.token_shards import file_sha256, token_dtype
 from jaxlm.data.sources.tokenize import tokenize_sources
 from jaxlm.data.tokenizer import train_tokenizer
 from jaxlm.errors import InputError
+from jaxlm.source_spec import SourceSpec, parse_sources
 
 TEXTS = [f"def f{i}(x):\n    return x * {i} + {'y' * (i % 5)}\n" * (1 + i % 9) for i in range(60)]
 TEXTS[3], TEXTS[17] = "", "  \n\t "  # blank: dropped and counted

@@ -172,8 +172,8 @@ def _write_kind(kind, root, texts, tokenizer):
         pq.write_table(pa.table({"text": texts}), root / "docs.parquet")
         return [f"data.sources=parquet:{root}/docs.parquet"]
     if kind == "tokens":
-        from jaxlm.data.source_spec import parse_sources
         from jaxlm.data.sources.tokenize import tokenize_sources
+        from jaxlm.source_spec import parse_sources
 
         text_dir = root.with_name(root.name + "_text")
         _write_kind("text", text_dir, texts, tokenizer)

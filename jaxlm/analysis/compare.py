@@ -1,10 +1,10 @@
 """Reading runs for comparison: loss series on four x axes and a table of final metrics.
 
-A run is a workdir with `metrics.jsonl` (jaxlm.training.metrics) and usually `config.json`. Each
-train and eval record is placed on four x axes: `step`, `tokens` (trained so far),
-`flops` (model FLOPs so far, the MFU convention of jaxlm.models.flops) and `elapsed_s` (wall
-seconds of the run so far). Runs written before those fields existed get them derived,
-and the run's notes say so:
+A run is a workdir with `metrics.jsonl` (read by jaxlm.analysis.metrics_file) and usually
+`config.json`. Each train and eval record is placed on four x axes: `step`, `tokens`
+(trained so far), `flops` (model FLOPs so far, the MFU convention of jaxlm.models.flops)
+and `elapsed_s` (wall seconds of the run so far). Runs written before those fields
+existed get them derived, and the run's notes say so:
 
     tokens     = step * data.batch_size * data.seq_len (* 2 for preference pairs)
     flops      = tokens * jaxlm.models.flops.flops_per_token(model, data.seq_len)
@@ -38,7 +38,10 @@ from typing import Any
 
 import numpy as np
 
+from jaxlm.analysis.metrics_file import numbered_metrics
+from jaxlm.config import ModelConfig
 from jaxlm.errors import InputError
+from jaxlm.models.flops import flops_per_token
 
 X_AXES = ("step", "tokens", "flops", "elapsed_s")
 X_LABELS = {
@@ -248,25 +251,8 @@ def _locate(path: Path) -> tuple[Path, Path]:
 
 def _read_records(path: Path, notes: list[str]) -> tuple[list[dict], dict[int, int]]:
     """Parsed records (each with `_line`) and their file order, tolerating damage."""
-    text = path.read_text(encoding="utf-8", errors="replace")
-    lines = text.split("\n")
     records = []
-    for lineno, line in enumerate(lines, start=1):
-        if not line.strip():
-            continue
-        try:
-            record = json.loads(line)
-            if not isinstance(record, dict) or "step" not in record or "split" not in record:
-                raise ValueError("not a record")
-            record["step"] = int(record["step"])
-        except (ValueError, TypeError):
-            if lineno == len(lines):  # no newline after it: still being written
-                notes.append(
-                    f"{path}:{lineno}: last line incomplete (still being written), ignored"
-                )
-            else:
-                notes.append(f"{path}:{lineno}: unreadable line skipped")
-            continue
+    for lineno, record in numbered_metrics(path, notes=notes):
         record["_line"] = lineno
         records.append(record)
     if not records:
@@ -310,8 +296,6 @@ def _read_config(path: Path) -> dict | None:
 
 def model_config(config: dict, path: Path):
     """The ModelConfig of a config.json dict; keys this version does not know are ignored."""
-    from jaxlm.config import ModelConfig
-
     fields = {f.name for f in dataclasses.fields(ModelConfig)}
     model = config.get("model")
     if not isinstance(model, dict):
@@ -338,7 +322,7 @@ def _fill_progress(records: list[dict], config: dict | None, workdir: Path, note
     for r in records:
         if r["split"] not in ("train", "eval"):
             continue
-        # Training progress is "tokens_seen" (train.py); an eval record's own "tokens" is
+        # Training progress is "tokens_seen" (jaxlm.training.loop); an eval record's own "tokens" is
         # its held-out token count, and a train record's "tokens" (none are written now)
         # is not trusted either.
         r.pop("tokens", None)
@@ -351,8 +335,6 @@ def _fill_progress(records: list[dict], config: dict | None, workdir: Path, note
             derived.add("tokens")
         if "flops" not in r and "tokens" in r:
             if per_token is None and per_step is not None:
-                from jaxlm.models.flops import flops_per_token
-
                 seq_len = int(config["data"]["seq_len"])
                 per_token = flops_per_token(model_config(config, workdir / "config.json"), seq_len)
             if per_token is not None:

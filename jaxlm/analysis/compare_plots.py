@@ -1,21 +1,21 @@
 """Figures for comparing runs: loss curves on four x axes, and scaling-law fits.
 
-Both write a PNG and an SVG with the same stem; matplotlib runs headless (Agg).
+Both write a PNG and an SVG with the same stem; matplotlib runs headless (Agg). Only
+code about to draw imports this module (`jaxlm compare`, `jaxlm scaling fit`), so it
+imports matplotlib at once.
 """
 
 from __future__ import annotations
 
 from pathlib import Path
 
+import matplotlib
 import numpy as np
+from matplotlib.lines import Line2D
+from matplotlib.ticker import FormatStrFormatter
 
 from jaxlm.analysis.compare import X_AXES, X_LABELS, Run, smooth
-
-
-def _figure(**kwargs):
-    from jaxlm.analysis.plotting import new_figure
-
-    return new_figure(**kwargs)
+from jaxlm.analysis.plotting import new_figure
 
 
 def _save(fig, stem: Path) -> list[Path]:
@@ -38,10 +38,7 @@ def plot_comparison(
     """A 2×2 grid: train loss (lines) and eval loss (markers) of every run against step,
     tokens, FLOPs and wall time. With `smoothing`, train losses are smoothed (the raw
     curve stays, faint). A run that went NaN is drawn up to the NaN, ending in an ×."""
-    import matplotlib
-    from matplotlib.lines import Line2D
-
-    fig = _figure(figsize=(12, 8), dpi=110)
+    fig = new_figure(figsize=(12, 8), dpi=110)
     axes = fig.subplots(2, 2)
     colors = matplotlib.rcParams["axes.prop_cycle"].by_key()["color"]
     for ax, axis in zip(axes.ravel(), X_AXES, strict=True):
@@ -69,8 +66,6 @@ def plot_comparison(
         if log_x:
             ax.set_xscale("log")
         if log_y:
-            from matplotlib.ticker import FormatStrFormatter
-
             ax.set_yscale("log")
             ax.yaxis.set_major_formatter(FormatStrFormatter("%g"))
             ax.yaxis.set_minor_formatter(FormatStrFormatter("%g"))
@@ -114,9 +109,7 @@ def plot_scaling_fit(
     band_samples (callables from bootstrap fits; may be empty), xlabel, title, and
     optionally ylabel, names (point labels), fit_label, data_label, and x_other /
     y_other: runs shown (grey) but not fitted."""
-    from matplotlib.ticker import FormatStrFormatter
-
-    fig = _figure(figsize=(5.5 * len(panels), 4.5), dpi=110)
+    fig = new_figure(figsize=(5.5 * len(panels), 4.5), dpi=110)
     axes = fig.subplots(1, len(panels))
     axes = np.atleast_1d(axes)
     for ax, p in zip(axes, panels, strict=True):

@@ -15,6 +15,8 @@ def new_figure(**kwargs):
     for the whole process: in a notebook, plots made afterwards would stop showing.
     A bare Figure needs neither, and `fig.savefig` still writes PNG, SVG or PDF.
     """
+    # matplotlib loads on the first figure, not with this module: the training loop and
+    # `jaxlm data inspect` import it at start-up and draw only at the end, or never.
     from matplotlib.figure import Figure
 
     return Figure(**kwargs)

@@ -65,6 +65,7 @@ from typing import Any
 import jax
 import numpy as np
 import orbax.checkpoint as ocp
+from jax.experimental import multihost_utils
 
 from jaxlm.checkpointing.integrity import (
     describe_mismatch,
@@ -190,8 +191,6 @@ def _everywhere(ok: bool) -> bool:
     """True only if `ok` on every process: all processes must pick the same step."""
     if jax.process_count() == 1:
         return ok
-    from jax.experimental import multihost_utils
-
     return bool(np.all(multihost_utils.process_allgather(np.int32(ok))))
 
 
@@ -565,8 +564,6 @@ class Checkpointer:
                 source.rename(dest)
             moved.append(str(dest))
         if jax.process_count() > 1:
-            from jax.experimental import multihost_utils
-
             multihost_utils.sync_global_devices("jaxlm_checkpoint_set_aside")
         self.manager.reload()
         return moved
@@ -591,8 +588,6 @@ def _every_process(mine: Any) -> dict[str, Any]:
     """
     if jax.process_count() == 1:
         return {"process_0": mine}
-    from jax.experimental import multihost_utils
-
     text = np.frombuffer(json.dumps(mine).encode("utf-8"), np.uint8)
     lengths = np.asarray(multihost_utils.process_allgather(np.int32(text.size)))
     padded = np.zeros(int(lengths.max()), np.uint8)

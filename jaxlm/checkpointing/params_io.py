@@ -67,13 +67,13 @@ from jaxlm.checkpointing.manager import (
 from jaxlm.checkpointing.shapes import check_fits, saved_shapes
 from jaxlm.config import Config, ModelConfig, config_differences, config_from_dict
 from jaxlm.data.tokenizer_metadata import sidecar_path
+from jaxlm.data.workdir_tokenizer import TOKENIZER_FILE
 from jaxlm.errors import InputError
 from jaxlm.training.state import abstract_model
 
 PARAMS_DIR = "params"
 CONFIG_FILE = "config.json"
 CHECKSUM_FILE = "checksum.json"
-TOKENIZER_FILE = "tokenizer.model"
 # Key of jaxlm's marker in params/_CHECKPOINT_METADATA's custom metadata.
 _MARKER = "jaxlm_checksum_file"
 

@@ -11,6 +11,10 @@ automatically. It defines
 and keeps heavy imports (jax, grain) inside `run`, so `jaxlm --help` stays fast.
 Bad input is reported by raising jaxlm.errors.InputError (or FileNotFoundError) with
 a message naming the file, line, key or path; the CLI prints it and exits 2.
+
+May import: every package of jaxlm (commands are the top layer, with jaxlm.cli, which
+imports them); never jaxlm.cli itself. Imports of jaxlm modules may wait inside `run`
+for the reason above. The import rule is enforced by tests/test_layering.py.
 """
 
 from __future__ import annotations

@@ -22,6 +22,10 @@ with train.allow_tokenizer_change=true (it is not the tokenizer DST_DIR names).
 from __future__ import annotations
 
 import argparse
+from pathlib import Path
+
+from jaxlm.config import config_from_dict
+from jaxlm.errors import InputError
 
 HELP = "grow a checkpoint's embedding and output matrices to a larger vocabulary"
 
@@ -40,15 +44,11 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from pathlib import Path
+    import jax  # when the command runs: `jaxlm --help` imports every command module
 
-    import jax
-
-    from jaxlm.checkpointing.params_io import TOKENIZER_FILE, restore_latest_params, save_params
-    from jaxlm.checkpointing.workdir_tokenizer import owned_tokenizer
-    from jaxlm.config import config_from_dict
+    from jaxlm.checkpointing.params_io import restore_latest_params, save_params
     from jaxlm.data.tokenizer import Tokenizer
-    from jaxlm.errors import InputError
+    from jaxlm.data.workdir_tokenizer import TOKENIZER_FILE, owned_tokenizer
     from jaxlm.models.vocab_resize import grow_vocab
 
     if args.noise_std < 0:
@@ -95,7 +95,6 @@ def run(args: argparse.Namespace) -> int:
 def check_extends(tokenizer, source_tokenizer, old_size: int) -> None:
     """Refuses a tokenizer whose first `old_size` ids differ from the source run's."""
     from jaxlm.data.tokenizer import Tokenizer
-    from jaxlm.errors import InputError
 
     extended_from = tokenizer.metadata.extended_from or {}
     if extended_from.get("vocab_size", old_size) != old_size:

@@ -21,6 +21,7 @@ tokens/FLOPs/wall time were recorded get them derived from config.json (jaxlm.an
 from __future__ import annotations
 
 import argparse
+from pathlib import Path
 
 HELP = "plot loss curves of runs against steps, tokens, FLOPs and time; tabulate final metrics"
 
@@ -44,8 +45,6 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from pathlib import Path
-
     from jaxlm.analysis.compare import load_runs, smooth, table_markdown, write_tables
     from jaxlm.analysis.compare_plots import plot_comparison
 

@@ -24,7 +24,13 @@ load with no custom code (jaxlm.hf.export_hf, jaxlm.hf.tokenizer_export).
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import re
+import tempfile
+from pathlib import Path
+
+from jaxlm.config import Config, DataConfig
+from jaxlm.errors import InputError
 
 HELP = "import a Hugging Face Llama/Mistral/Qwen2/Qwen3 checkpoint, or export one"
 
@@ -69,7 +75,6 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 def parse_size(text: str) -> int:
     """Bytes of '5GB' (10^9), '2GiB' (2^30), '1000' ...; InputError otherwise."""
-    from jaxlm.errors import InputError
 
     match = re.fullmatch(r"\s*(\d+(?:\.\d+)?)\s*([A-Za-z]*)\s*", text)
     unit = match.group(2).upper() if match else None
@@ -79,10 +84,6 @@ def parse_size(text: str) -> int:
 
 
 def run(args: argparse.Namespace) -> int:
-    from pathlib import Path
-
-    from jaxlm.errors import InputError
-
     out = Path(args.out).absolute()
     if out.exists() and any(out.iterdir()):
         raise InputError(f"{out} exists and is not empty; choose a new directory")
@@ -92,13 +93,9 @@ def run(args: argparse.Namespace) -> int:
 
 
 def _from_hf(args, src, out) -> int:
-    import dataclasses
-    import tempfile
-    from pathlib import Path
-
-    from jaxlm.checkpointing.params_io import TOKENIZER_FILE, save_params
-    from jaxlm.config import Config, DataConfig
+    from jaxlm.checkpointing.params_io import save_params
     from jaxlm.data.tokenizer import save_tokenizer
+    from jaxlm.data.workdir_tokenizer import TOKENIZER_FILE
     from jaxlm.hf.import_hf import import_params, read_hf_config
     from jaxlm.sharding import mesh_from_flag
 
@@ -132,10 +129,8 @@ def _from_hf(args, src, out) -> int:
 
 def _tokenizer_proto(args, src, model) -> bytes:
     """The SentencePiece model bytes to import, checked to be usable by jaxlm."""
-    from pathlib import Path
 
     from jaxlm.data.tokenizer import Tokenizer
-    from jaxlm.errors import InputError
 
     path = Path(args.tokenizer) if args.tokenizer else src / "tokenizer.model"
     if not path.is_file():
@@ -164,14 +159,12 @@ def _tokenizer_proto(args, src, model) -> bytes:
 def _to_hf(args, src, out) -> int:
     from jaxlm.checkpointing.params_io import (
         PARAMS_DIR,
-        TOKENIZER_FILE,
         load_params,
         read_params_config,
         restore_params,
     )
-    from jaxlm.checkpointing.workdir_tokenizer import owned_tokenizer
     from jaxlm.data.tokenizer import Tokenizer
-    from jaxlm.errors import InputError
+    from jaxlm.data.workdir_tokenizer import TOKENIZER_FILE, owned_tokenizer
     from jaxlm.hf.export_hf import export_to_hf
 
     max_shard_bytes = parse_size(args.max_shard_size)

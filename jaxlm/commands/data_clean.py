@@ -10,6 +10,9 @@ removed. The pipeline is jaxlm.prep.clean; this module only maps flags onto it.
 from __future__ import annotations
 
 import argparse
+from pathlib import Path
+
+from jaxlm.errors import InputError
 
 HELP = "normalise, quality-filter, deduplicate (exact + MinHash) and optionally scrub PII"
 
@@ -152,8 +155,6 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from pathlib import Path
-
     from jaxlm.prep.clean import clean_corpus, report_path
     from jaxlm.prep.sources import expand_inputs
 
@@ -168,7 +169,6 @@ def run(args: argparse.Namespace) -> int:
 
 def _settings(args: argparse.Namespace):
     """The flags as a jaxlm.prep.clean.CleanSettings; InputError names a bad flag."""
-    from jaxlm.errors import InputError
     from jaxlm.prep.clean import CleanSettings
     from jaxlm.prep.filters import FilterSettings, parse_ngram_thresholds
     from jaxlm.prep.normalize import check_form

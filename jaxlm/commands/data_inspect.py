@@ -26,10 +26,10 @@ def add_arguments(parser) -> None:
 
 
 def run(args) -> int:
-    from jaxlm.cli import load_experiment, resolve_config
+    from jaxlm.analysis.inspect_batch import plot_batch, render_batch, token_table
     from jaxlm.data import run_inputs
     from jaxlm.data.counters import DataTotals
-    from jaxlm.data.inspect_batch import plot_batch, render_batch, token_table
+    from jaxlm.training.experiment import load_experiment, resolve_config
 
     cfg = resolve_config(load_experiment(args.experiment), args.overrides, args.experiment)
     workdir = Path(args.workdir or Path("runs") / cfg.name)

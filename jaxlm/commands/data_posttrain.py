@@ -15,6 +15,8 @@ from __future__ import annotations
 import argparse
 import time
 
+from jaxlm.errors import InputError
+
 HELP = "SFT chats and preference pairs from the stdlib's documented functions (no download)"
 
 
@@ -62,7 +64,6 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 def run(args: argparse.Namespace) -> int:
     from jaxlm.data.stdlib_tasks import FunctionLimits, write_posttrain_sets
-    from jaxlm.errors import InputError
 
     try:
         limits = FunctionLimits(

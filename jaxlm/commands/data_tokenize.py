@@ -11,6 +11,8 @@ from __future__ import annotations
 
 import argparse
 
+from jaxlm.source_spec import parse_sources
+
 HELP = "tokenize text sources into pre-tokenized shards (read back as tokens:DIR)"
 
 
@@ -32,7 +34,6 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from jaxlm.data.source_spec import parse_sources
     from jaxlm.data.sources.tokenize import tokenize_sources
     from jaxlm.data.tokenizer import Tokenizer
 

@@ -8,7 +8,7 @@
     jaxlm eval MODEL --set model.max_seq_len=1024 --set model.rope_scaling=yarn ...
 
 MODEL is an export directory (`jaxlm export`) or a training workdir (its newest good
-checkpoint). Each --data SPEC (jaxlm.data.source_spec syntax; commas give several
+checkpoint). Each --data SPEC (jaxlm.source_spec syntax; commas give several
 sources) is read whole (--split all) or as the held-out part a run training on it
 left out (--split validation), packed as the training run's eval packs its own, and
 each source is reported separately: scored tokens, loss (nats/token), perplexity =
@@ -26,6 +26,12 @@ length-normalised accuracy and the count; --json adds every example's scores.
 from __future__ import annotations
 
 import argparse
+import json
+import time
+from pathlib import Path
+
+from jaxlm.errors import InputError
+from jaxlm.source_spec import parse_sources
 
 HELP = "loss / perplexity / bits per byte on data sources, or multiple-choice accuracy"
 
@@ -95,10 +101,6 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    import json
-    from pathlib import Path
-
-    from jaxlm.errors import InputError
     from jaxlm.evaluation import language_model as lm
     from jaxlm.inference.loading import load_model
 
@@ -115,8 +117,6 @@ def run(args: argparse.Namespace) -> int:
 
     if args.data or not args.multiple_choice:
         if args.data:
-            from jaxlm.data.source_spec import parse_sources
-
             sources = [
                 lm.EvalSource(str(spec), args.split, args.format)
                 for text in args.data
@@ -166,9 +166,6 @@ def _print_loss_table(rows) -> None:
 
 
 def _multiple_choice(model, args, batch_size: int) -> list[dict]:
-    import time
-
-    from jaxlm.errors import InputError
     from jaxlm.evaluation import multiple_choice as mc
 
     max_len = args.seq_len or model.cfg.model.max_seq_len

@@ -23,6 +23,10 @@ values.
 from __future__ import annotations
 
 import argparse
+from pathlib import Path
+
+from jaxlm.config import config_from_dict
+from jaxlm.errors import InputError
 
 HELP = "write a run's params (optionally as bfloat16), tokenizer and config to a directory"
 
@@ -47,16 +51,13 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from pathlib import Path
-
+    # JAX and numpy load when the command runs: `jaxlm --help` imports every command module.
     import jax
     import jax.numpy as jnp
     import numpy as np
 
-    from jaxlm.checkpointing.params_io import TOKENIZER_FILE, restore_params, save_params
-    from jaxlm.checkpointing.workdir_tokenizer import require_owned_tokenizer
-    from jaxlm.config import config_from_dict
-    from jaxlm.errors import InputError
+    from jaxlm.checkpointing.params_io import restore_params, save_params
+    from jaxlm.data.workdir_tokenizer import TOKENIZER_FILE, require_owned_tokenizer
 
     workdir, out = Path(args.workdir).absolute(), Path(args.out).absolute()
     if out.exists() and any(out.iterdir()):
@@ -86,8 +87,6 @@ def run(args: argparse.Namespace) -> int:
 def _restore_adapters(workdir, step):
     """(adapters, the run's Config, step) of a LoRA run's checkpoint."""
     from jaxlm.checkpointing.manager import Checkpointer
-    from jaxlm.config import config_from_dict
-    from jaxlm.errors import InputError
     from jaxlm.models.lora import abstract_lora
 
     checkpointer = Checkpointer(workdir / "checkpoints", read_only=True)

@@ -16,6 +16,11 @@ stops at EOS (unless --ignore-eos), at any --stop token, or after --max-new-toke
 from __future__ import annotations
 
 import argparse
+import json
+import sys
+from pathlib import Path
+
+from jaxlm.errors import InputError
 
 HELP = "generate text from prompts with a trained model (KV cache, sampling, streaming)"
 
@@ -42,10 +47,6 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 def read_prompts(path: str) -> list[str]:
     """Prompts of a .txt file (one per non-empty line) or a .jsonl file ({"prompt": ...})."""
-    import json
-    from pathlib import Path
-
-    from jaxlm.errors import InputError
 
     file = Path(path)
     if not file.is_file():
@@ -68,8 +69,6 @@ def read_prompts(path: str) -> list[str]:
 
 
 def stop_ids(tokenizer, pieces: list[str], *, eos: bool) -> list[int]:
-    from jaxlm.errors import InputError
-
     ids = [tokenizer.eos_id] if eos else []
     for piece in pieces:
         token_id = tokenizer.piece_to_id(piece)
@@ -80,10 +79,6 @@ def stop_ids(tokenizer, pieces: list[str], *, eos: bool) -> list[int]:
 
 
 def run(args: argparse.Namespace) -> int:
-    import json
-    import sys
-
-    from jaxlm.errors import InputError
     from jaxlm.inference.cli_options import load, sampling_config
     from jaxlm.inference.streaming import TextStream
 

@@ -28,6 +28,11 @@ unless --include-unfinished (their last loss is not a final one).
 from __future__ import annotations
 
 import argparse
+import json
+import math
+from pathlib import Path
+
+from jaxlm.errors import InputError
 
 HELP = "fit L(N), L(C) and L(N, D) scaling laws to runs; compute-optimal size for a budget"
 
@@ -46,11 +51,6 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    import json
-    from pathlib import Path
-
-    from jaxlm.errors import InputError
-
     if args.bootstrap < 0:
         raise InputError(f"--bootstrap must be >= 0, got {args.bootstrap}")
     if args.budget is not None and not args.budget > 0:
@@ -70,10 +70,8 @@ def run(args: argparse.Namespace) -> int:
 
 def _points(paths, which: str, include_unfinished: bool):
     """(runs as dicts with name, N, C, D, loss) and notes on the runs left out."""
-    import json
 
     from jaxlm.analysis.compare import load_run, model_config
-    from jaxlm.errors import InputError
     from jaxlm.models import count_params
 
     points, notes, formats, sources = [], [], {}, {}
@@ -127,10 +125,9 @@ def _points(paths, which: str, include_unfinished: bool):
 
 
 def _fit(points, args, notes):
-    import numpy as np
+    import numpy as np  # when the command runs: `jaxlm --help` imports every command
 
     from jaxlm.analysis import scaling_law as sl
-    from jaxlm.errors import InputError
 
     loss_kw = {"loss": "huber", "huber_delta": args.huber} if args.huber else {}
     N = np.array([p["N"] for p in points], dtype=float)
@@ -251,7 +248,7 @@ def _compute_frontier(C, y):
 
 
 def _at_budget(budget, fits, boots, optimal, iso):
-    import numpy as np
+    import numpy as np  # when the command runs: `jaxlm --help` imports every command
 
     out: dict = {"flops": budget}
     k = optimal["flops_per_param_token"]
@@ -274,8 +271,6 @@ def _at_budget(budget, fits, boots, optimal, iso):
 
 
 def _markdown(js) -> str:
-    import math
-
     def g(v):
         return "–" if v is None or (isinstance(v, float) and math.isnan(v)) else f"{v:.4g}"
 
@@ -349,9 +344,7 @@ def _markdown(js) -> str:
 
 
 def _jsonable(value):
-    import math
-
-    import numpy as np
+    import numpy as np  # when the command runs: `jaxlm --help` imports every command
 
     if isinstance(value, dict):
         return {k: _jsonable(v) for k, v in value.items()}
@@ -365,7 +358,7 @@ def _jsonable(value):
 
 
 def _plot(points, report, stem):
-    import numpy as np
+    import numpy as np  # when the command runs: `jaxlm --help` imports every command
 
     from jaxlm.analysis.compare_plots import plot_scaling_fit
 

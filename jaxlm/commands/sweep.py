@@ -13,6 +13,7 @@ finished points and resumes the rest. See jaxlm/training/sweep.py.
 from __future__ import annotations
 
 import argparse
+from pathlib import Path
 
 HELP = "run an experiment's sweep points, each in its own workdir, with an index of runs"
 
@@ -26,9 +27,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from pathlib import Path
-
-    from jaxlm.cli import load_experiment
+    from jaxlm.training.experiment import load_experiment
     from jaxlm.training.sweep import point_config, run_sweep, sweep_points, train_command
 
     module = load_experiment(args.experiment)

@@ -14,8 +14,10 @@ fallback off are accepted (their <unk> rate is the point of comparing them).
 from __future__ import annotations
 
 import argparse
+import json
 
 from jaxlm.commands.tokenizer_train import add_input_arguments
+from jaxlm.errors import InputError
 
 HELP = "measure bytes/token, chars/token and encode speed of tokenizers on held-out text"
 
@@ -39,12 +41,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    import json
-
     from jaxlm.data.tokenizer import Tokenizer
     from jaxlm.data.tokenizer_eval import evaluate_tokenizer, format_reports
     from jaxlm.data.tokenizer_inputs import open_inputs, read_texts
-    from jaxlm.errors import InputError
 
     if args.max_chars <= 0 or args.repeats <= 0:
         raise InputError("--max-chars and --repeats must be positive")

@@ -20,6 +20,7 @@ from __future__ import annotations
 import argparse
 
 from jaxlm.commands.tokenizer_train import add_input_arguments
+from jaxlm.errors import InputError
 
 HELP = "add pieces learned on new text to a tokenizer, keeping every existing id"
 
@@ -60,7 +61,6 @@ def run(args: argparse.Namespace) -> int:
     from jaxlm.data.tokenizer_extend import extend_tokenizer
     from jaxlm.data.tokenizer_inputs import iter_texts, open_inputs, read_texts
     from jaxlm.data.tokenizer_metadata import sidecar_path
-    from jaxlm.errors import InputError
 
     if args.max_chars <= 0 or args.domain_vocab_size < 0:
         raise InputError("--max-chars must be positive and --domain-vocab-size >= 0")

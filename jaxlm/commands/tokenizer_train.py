@@ -15,6 +15,9 @@ checked after training. Inputs are read as described in jaxlm.data.tokenizer_inp
 from __future__ import annotations
 
 import argparse
+import time
+
+from jaxlm.errors import InputError
 
 HELP = "train a SentencePiece tokenizer (BPE or unigram) with pinned special ids"
 
@@ -66,12 +69,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    import time
-
     from jaxlm.data.tokenizer import train_tokenizer
     from jaxlm.data.tokenizer_inputs import iter_texts, open_inputs
     from jaxlm.data.tokenizer_metadata import sidecar_path
-    from jaxlm.errors import InputError
 
     if args.vocab_size <= 0 or args.max_chars <= 0:
         raise InputError("--vocab-size and --max-chars must be positive")

@@ -29,8 +29,10 @@ from __future__ import annotations
 import hashlib
 from pathlib import Path
 
-from jaxlm.data.source_spec import SourceSpec
+from jaxlm.data.corpus import stdlib_files, stdlib_root
 from jaxlm.data.sources.paths import matching_files, matching_paths, relative_names
+from jaxlm.data.sources.token_shards import MANIFEST
+from jaxlm.source_spec import SourceSpec
 
 SAMPLE_BLOCKS = 16
 BLOCK_BYTES = 4096
@@ -67,8 +69,6 @@ def files_digest(paths: list[Path], names: list[str]) -> str:
 def source_files(spec: SourceSpec) -> tuple[list[Path], list[str]]:
     """The files `spec` reads (a token-shard directory: every file in it), with names."""
     if spec.kind == "stdlib":
-        from jaxlm.data.corpus import stdlib_files, stdlib_root
-
         # Both splits, whatever the fraction: every file the corpus has.
         paths = [
             p for split in ("train", "validation") for p in stdlib_files(split, val_fraction=0.5)
@@ -76,8 +76,6 @@ def source_files(spec: SourceSpec) -> tuple[list[Path], list[str]]:
         root = stdlib_root()
         return paths, [path.relative_to(root).as_posix() for path in paths]
     if spec.kind == "tokens":
-        from jaxlm.data.sources.token_shards import MANIFEST
-
         # The directories open_token_shards reads: those matched, or a matched manifest's.
         matches = matching_paths(spec.pattern)
         directories = {p for p in matches if p.is_dir()}

@@ -36,9 +36,11 @@ from jaxlm.data.packing import (
     packed_batches,
     real_token_fraction,
 )
+from jaxlm.data.sources import open_source
 from jaxlm.data.sources.documents import is_blank_text
 from jaxlm.data.usable import RequireUsable, any_usable
 from jaxlm.errors import InputError
+from jaxlm.source_spec import parse_sources
 
 __all__ = [
     "dataset_from_specs",
@@ -238,14 +240,12 @@ def dataset_from_specs(
     max_documents: int = 0,
     **kwargs,
 ) -> grain.IterDataset:
-    """`mixture_dataset` over sources written as in jaxlm.data.source_spec.
+    """`mixture_dataset` over sources written as in jaxlm.source_spec.
 
     `split` picks the training or validation documents of every source (or "all");
     `max_documents` > 0 keeps only the first that many of each source (evaluation on
     a budget). Pre-tokenized sources must have been made with `tokenizer`.
     """
-    from jaxlm.data.source_spec import parse_sources
-    from jaxlm.data.sources import open_source
 
     counters = counters if counters is not None else DataCounters()
     parsed = parse_sources(specs)

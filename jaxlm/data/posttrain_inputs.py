@@ -26,9 +26,9 @@ from jaxlm.data.counters import COUNTS_KEY
 from jaxlm.data.jsonl import BadLineCounter
 from jaxlm.data.preference import WHERE_KEY, PreferenceStats, preference_dataset
 from jaxlm.data.sft import sft_dataset
-from jaxlm.data.source_spec import parse_sources
 from jaxlm.data.sources.paths import matching_files, relative_names
 from jaxlm.errors import InputError
+from jaxlm.source_spec import parse_sources
 
 
 def jsonl_files(specs: str, key: str) -> tuple[list[Path], list[str]]:

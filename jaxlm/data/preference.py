@@ -32,7 +32,8 @@ from jaxlm.data.chat import (
     encode_conversation,
     parse_conversation,
 )
-from jaxlm.data.jsonl import BadLineCounter, OnError, record_stream
+from jaxlm.data.jsonl import BadLineCounter, OnError
+from jaxlm.data.jsonl_records import record_stream
 from jaxlm.data.packing import add_targets_and_mask
 from jaxlm.errors import InputError
 

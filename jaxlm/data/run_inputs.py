@@ -25,20 +25,20 @@ from typing import Any
 import grain
 import numpy as np
 
-from jaxlm.checkpointing.workdir_tokenizer import (
+from jaxlm.config import Config
+from jaxlm.data.counters import DataCounters
+from jaxlm.data.packing import padding_batch
+from jaxlm.data.pipeline import dataset_from_specs
+from jaxlm.data.tokenizer import Tokenizer, train_tokenizer
+from jaxlm.data.workdir_tokenizer import (
     TOKENIZER_FILE,
     adopt_tokenizer,
     file_sha256,
     owned_tokenizer,
     same_tokenizer,
 )
-from jaxlm.config import Config
-from jaxlm.data.counters import DataCounters
-from jaxlm.data.packing import padding_batch
-from jaxlm.data.pipeline import dataset_from_specs
-from jaxlm.data.source_spec import parse_sources
-from jaxlm.data.tokenizer import Tokenizer, train_tokenizer
 from jaxlm.errors import InputError
+from jaxlm.source_spec import parse_sources
 
 
 def train_split(cfg: Config) -> str:
@@ -83,7 +83,7 @@ def ensure_tokenizer(
     the start of the run, from data.tokenizer, else from the tokenizer.model inside
     `train.init_from` (a run that continues a model reads text the way that model
     learnt it: never a newly trained tokenizer, same size with other pieces). Every
-    later reader uses the copy (jaxlm.checkpointing.workdir_tokenizer), whatever
+    later reader uses the copy (jaxlm.data.workdir_tokenizer), whatever
     directory it runs in.
     A caller that only looks at the data before any run created the workdir (`jaxlm
     data inspect`) gets the given tokenizer, and nothing is written.

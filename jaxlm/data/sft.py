@@ -19,7 +19,8 @@ from pathlib import Path
 import grain
 
 from jaxlm.data.chat import ChatEncoder, ChatStats, encode_conversation, parse_conversation
-from jaxlm.data.jsonl import BadLineCounter, OnError, record_stream
+from jaxlm.data.jsonl import BadLineCounter, OnError
+from jaxlm.data.jsonl_records import record_stream
 from jaxlm.data.packing import PackerName, packed_batches
 
 NOTHING_TO_LEARN = (

@@ -59,6 +59,7 @@ from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any, Literal
 
+from jaxlm.data.atomic import refuse_overwrite
 from jaxlm.data.chat import Message
 from jaxlm.data.chat_template import CHATML
 from jaxlm.data.corpus import Split
@@ -73,7 +74,6 @@ from jaxlm.data.posttrain.output import write_jsonl
 from jaxlm.data.posttrain.prompts import request, stable_int
 from jaxlm.data.stdlib_tasks import DEFAULT_LIMITS, build_posttrain_sets
 from jaxlm.errors import InputError
-from jaxlm.prep.atomic import refuse_overwrite
 
 Style = Literal["chat", "completion"]
 STYLES: tuple[str, ...] = ("chat", "completion")

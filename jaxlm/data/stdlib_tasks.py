@@ -39,13 +39,13 @@ from collections.abc import Iterable, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
+from jaxlm.data.atomic import atomic_text_writer, refuse_overwrite
 from jaxlm.data.corpus import Split, read_text, stdlib_files, stdlib_root
 from jaxlm.data.posttrain.corruptions import corrupt, donor_pools
 from jaxlm.data.posttrain.functions import Function, FunctionLimits, extract_functions
 from jaxlm.data.posttrain.output import record_stats, write_jsonl
 from jaxlm.data.posttrain.prompts import Record, preference_record, sft_record, stable_int
 from jaxlm.errors import InputError
-from jaxlm.prep.atomic import atomic_text_writer, refuse_overwrite
 
 SPLITS: tuple[Split, ...] = ("train", "validation")
 FILE_NAMES = {

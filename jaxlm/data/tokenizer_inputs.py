@@ -1,6 +1,6 @@
 """The text that `jaxlm tokenizer train|eval|extend` read, named on the command line.
 
-Each input is a data source as configs write them (jaxlm.data.source_spec):
+Each input is a data source as configs write them (jaxlm.source_spec):
 
     stdlib              the embedded corpus
     text:GLOB           text files, one document per file
@@ -22,8 +22,9 @@ from __future__ import annotations
 
 from collections.abc import Iterator, Sequence
 
-from jaxlm.data.source_spec import SOURCE_KINDS, SourceSpec
+from jaxlm.data.sources import open_documents
 from jaxlm.errors import InputError
+from jaxlm.source_spec import SOURCE_KINDS, SourceSpec
 
 SPLIT_CHOICES = ("auto", "all", "train", "validation")
 _SUFFIX_KINDS = {".jsonl": "jsonl", ".parquet": "parquet"}
@@ -53,7 +54,6 @@ def open_inputs(
     val_fraction: float = 0.02,
 ) -> list[tuple[SourceSpec, object]]:
     """(spec, random-access documents) of every input, all opened up front."""
-    from jaxlm.data.sources import open_documents
 
     if split not in SPLIT_CHOICES:
         raise InputError(f"split must be one of {SPLIT_CHOICES}, got {split!r}")

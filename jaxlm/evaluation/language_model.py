@@ -40,9 +40,9 @@ import jax
 import numpy as np
 
 from jaxlm.config import Config
-from jaxlm.data.source_spec import parse_sources
 from jaxlm.errors import InputError
 from jaxlm.inference.loading import LoadedModel
+from jaxlm.source_spec import parse_sources
 
 EvalSplit = Literal["all", "validation"]
 EvalFormat = Literal["text", "chat"]
@@ -52,7 +52,7 @@ EvalFormat = Literal["text", "chat"]
 class EvalSource:
     """One source to evaluate on.
 
-    `spec` is in jaxlm.data.source_spec syntax (`stdlib`, `jsonl:data/*.jsonl`, ...).
+    `spec` is in jaxlm.source_spec syntax (`stdlib`, `jsonl:data/*.jsonl`, ...).
     split "all" reads every document; "validation" the held-out part that a run
     training on this source left out (data.val_fraction's stable split). format "chat"
     reads conversations and scores only assistant tokens, as an SFT run's eval does.

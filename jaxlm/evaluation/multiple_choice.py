@@ -57,6 +57,9 @@ import jax.numpy as jnp
 import numpy as np
 
 from jaxlm.errors import InputError
+from jaxlm.evaluation.language_model import mesh_context, place_batch
+from jaxlm.training.losses import token_nll
+from jaxlm.training.steps import forward
 
 _MIN_BUCKET = 16
 
@@ -195,8 +198,6 @@ def pack_rows(rows: Sequence[_Row], batch_size: int, length: int, pad_id: int) -
 
 def choice_logprob_fn(graphdef):
     """jit of (params, batch) -> [B] summed log p(target) over each row's loss_mask."""
-    from jaxlm.training.losses import token_nll
-    from jaxlm.training.steps import forward
 
     def choice_logprobs(params, batch):
         nll_BT, _ = token_nll(forward(graphdef, params, batch), batch["targets"])
@@ -221,7 +222,6 @@ def score_examples(
     over it (batch_size must divide by its data-parallel size) and params must be
     placed on it already.
     """
-    from jaxlm.evaluation.language_model import mesh_context, place_batch
 
     if max_len < 1 or batch_size < 1:
         raise InputError(f"max_len and batch_size must be positive, got {max_len}, {batch_size}")

@@ -9,4 +9,8 @@ One concept per file: `safetensors_io` (own reader and writer, never unpickles),
 sharding), `export_hf` (tensor by tensor into safetensors shards) and
 `tokenizer_export` (tokenizer.model, tokenizer.json and a Jinja chat template).
 transformers itself is never imported here: only tests use it, as the reference.
+
+May import: the root modules, models (the model to fill), data (tokenizers) and
+checkpointing (params directories). Not training or inference: a converted model is
+built from the config alone. The import rule is enforced by tests/test_layering.py.
 """

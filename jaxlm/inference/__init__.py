@@ -1,7 +1,16 @@
 """Inference: load a trained model, generate with a KV cache, sample.
 
-loading.py    an export or a workdir -> (config, graphdef, params, tokenizer)
-kv_cache.py   the fixed-size key/value cache and the cached forward pass
-sampling.py   logits -> next token: temperature, top-k, top-p, min-p, penalties
-decode.py     prefill + incremental decode for a batch of prompts, streaming
+    loading.py       an export or a workdir -> (config, graphdef, params, tokenizer)
+    kv_cache.py      the fixed-size key/value cache and the cached forward pass
+    sampling.py      logits -> next token: temperature, top-k, top-p, min-p, penalties
+    decode.py        prefill + incremental decode for a batch of prompts (Generator)
+    streaming.py     token ids -> text as it becomes printable
+    chat_session.py  a multi-turn conversation over a Generator
+    cli_options.py   the options `jaxlm generate` and `jaxlm chat` share
+
+May import: the root modules, models, data (tokenizer, chat template) and
+checkpointing (to read params). Not training: the training loop uses the Generator
+for its end-of-run sample, so inference sits beside it, not above it.
+
+The import rule is enforced by tests/test_layering.py (ALLOWED there).
 """

@@ -10,7 +10,7 @@ Overrides may change only model settings that leave the parameters' shapes alone
 else would not fit the saved weights and is refused with the key named. With a
 `mesh`, params are restored straight into their shardings (jaxlm.sharding's logical
 rules), so a model larger than one device loads without passing through one.
-The tokenizer is the directory's own tokenizer.model (jaxlm.checkpointing.workdir_tokenizer), found
+The tokenizer is the directory's own tokenizer.model (jaxlm.data.workdir_tokenizer), found
 from the directory, never from the current one.
 """
 
@@ -28,9 +28,9 @@ from jaxlm.checkpointing.params_io import (
     read_params_config,
     restore_params,
 )
-from jaxlm.checkpointing.workdir_tokenizer import require_owned_tokenizer
 from jaxlm.config import Config, apply_overrides, config_differences
 from jaxlm.data.tokenizer import Tokenizer
+from jaxlm.data.workdir_tokenizer import require_owned_tokenizer
 from jaxlm.errors import InputError
 from jaxlm.training.state import abstract_model, param_shardings
 

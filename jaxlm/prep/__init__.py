@@ -8,10 +8,12 @@
     hashing.py     64-bit hashes that are the same in every process (unlike hash())
     minhash.py     MinHash signatures of word shingles (vectorised numpy)
     dedup.py       exact and near-duplicate removal, keeping the first occurrence
-    atomic.py      write a file under a temporary name, rename when complete
     report.py      what each stage removed: counts, characters, examples
     clean.py       the streaming pipeline that ties them together
 
-The modules use numpy and the standard library, no JAX device. (Reusing JsonlError and
-BadLineCounter from jaxlm.data.jsonl does import Grain, and with it JAX: about 0.7 s.)
+May import: the root modules and data (the JSON-lines reader and its bad-line
+accounting, and atomic file writes). The modules use numpy and the standard library;
+importing them loads neither Grain nor JAX.
+
+The import rule is enforced by tests/test_layering.py (ALLOWED there).
 """

@@ -26,9 +26,9 @@ import time
 from collections.abc import Sequence
 from pathlib import Path
 
+from jaxlm.data.atomic import atomic_text_writer, refuse_overwrite
 from jaxlm.data.jsonl import BadLineCounter
 from jaxlm.errors import InputError
-from jaxlm.prep.atomic import atomic_text_writer, refuse_overwrite
 from jaxlm.prep.dedup import ExactDuplicates, NearDuplicateIndex, lsh_midpoint
 from jaxlm.prep.filters import QUALITY_FILTER_NAMES, FilterSettings, quality_filters
 from jaxlm.prep.minhash import MinHasher

@@ -52,6 +52,7 @@ def enable(directory: Path | str | None = None) -> Path | None:
     both. When the directory cannot be created the run goes on without a cache, with a
     warning: a slower start is better than no start.
     """
+    # The CLI imports this module at start-up; JAX loads when a command runs, not for --help.
     import jax
 
     current = jax.config.jax_compilation_cache_dir

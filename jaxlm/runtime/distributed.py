@@ -50,6 +50,7 @@ import threading
 import time
 
 import jax
+from jax._src.distributed import global_state
 
 HEARTBEAT_TIMEOUT_S = 15
 SHUTDOWN_TIMEOUT_S = 60
@@ -120,8 +121,6 @@ def peer_loss_message(peer: int, silent_s: float) -> str:
 
 
 def _start_peer_watch(silent_s: float) -> None:
-    from jax._src.distributed import global_state
-
     client, count = global_state.client, jax.process_count()
     if client is None or count < 2:
         return

@@ -48,6 +48,7 @@ import threading
 from typing import Any
 
 import jax
+from jax.experimental import multihost_utils
 
 
 class StopNow(KeyboardInterrupt):
@@ -103,8 +104,6 @@ class StopRequest:
         if self._multi:
             if not jax.config.jax_enable_preemption_service:
                 return False
-            from jax.experimental import multihost_utils
-
             return multihost_utils.reached_preemption_sync_point(step)
         return bool(self.signal_name)
 

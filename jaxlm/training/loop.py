@@ -23,7 +23,6 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
-import json
 import sys
 import time
 from pathlib import Path
@@ -32,6 +31,7 @@ from typing import Any
 import jax
 import numpy as np
 
+from jaxlm.analysis.metrics_file import elapsed_before
 from jaxlm.analysis.plotting import plot_loss_curves
 from jaxlm.checkpointing.manager import (
     Checkpointer,
@@ -329,7 +329,7 @@ def train(cfg: Config, workdir: Path | str) -> RunResult:
     # MFU convention above) trained so far, and wall time. A resumed run's clock goes on
     # from its last record at or before the resumed step, so the time between a kill
     # and the restart is not counted.
-    elapsed_offset = _elapsed_before(writer.path, start_step)
+    elapsed_offset = elapsed_before(writer.path, start_step)
 
     def progress(step: int) -> dict[str, float]:
         return {
@@ -531,22 +531,6 @@ def train(cfg: Config, workdir: Path | str) -> RunResult:
     )
     writer.close()
     return result
-
-
-def _elapsed_before(metrics_path: Path, step: int) -> float:
-    """The largest `elapsed_s` logged at or before `step` (0 if none); a line cut short
-    by a kill is ignored."""
-    if step == 0 or not metrics_path.is_file():
-        return 0.0
-    best = 0.0
-    for line in metrics_path.read_text(encoding="utf-8").splitlines():
-        try:
-            record = json.loads(line)
-        except json.JSONDecodeError:
-            continue
-        if isinstance(record, dict) and record.get("step", step + 1) <= step:
-            best = max(best, float(record.get("elapsed_s", 0.0)))
-    return best
 
 
 def _finish(cfg: Config, result: RunResult, writer, graphdef, model_params, tokenizer) -> None:

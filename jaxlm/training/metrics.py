@@ -2,7 +2,8 @@
 
 Each record is `{"step": n, "split": "train"|"eval"|..., <name>: <number>, ...}` in
 `<workdir>/metrics.jsonl`; the same scalars go to TensorBoard event files under
-`<workdir>/tensorboard/` as `<split>/<name>`. Only process 0 writes.
+`<workdir>/tensorboard/` as `<split>/<name>`. Only process 0 writes. The file is read
+back by jaxlm.analysis.metrics_file, its one parser.
 
 Both files are written synchronously, unbuffered, one record per write call. A
 background writer (tensorboardX's SummaryWriter) dies on a full disk and leaves the
@@ -79,6 +80,8 @@ class _EventFile:
         with _storage_errors(self.path):
             directory.mkdir(parents=True, exist_ok=True)
             self._file = self.path.open("ab", buffering=0)
+        # tensorboardX imports torch when it is installed (seconds): only the process
+        # that writes events loads it, and only once it writes.
         from tensorboardX.proto import event_pb2
 
         self._write_event(event_pb2.Event(wall_time=time.time(), file_version="brain.Event:2"))
@@ -86,6 +89,7 @@ class _EventFile:
     def write(self, step: int, scalars: dict[str, float]) -> None:
         if not scalars:
             return
+        # tensorboardX loads on first use (see __init__)
         from tensorboardX.proto import event_pb2, summary_pb2
         from tensorboardX.summary import scalar
 
@@ -94,7 +98,7 @@ class _EventFile:
         self._write_event(event_pb2.Event(wall_time=time.time(), step=step, summary=summary))
 
     def _write_event(self, event) -> None:
-        from tensorboardX.record_writer import masked_crc32c
+        from tensorboardX.record_writer import masked_crc32c  # on first use (see __init__)
 
         data = event.SerializeToString()
         header = struct.pack("<Q", len(data))
@@ -147,20 +151,6 @@ def _to_json_number(value: Any) -> Any:
     if isinstance(value, float) and not math.isfinite(value):
         return str(value)  # JSON has no NaN/Infinity; keep it visible rather than dropping it
     return value
-
-
-def read_metrics(path: Path) -> list[dict[str, Any]]:
-    """All records of a metrics.jsonl file; errors name the file and line."""
-    records = []
-    with Path(path).open(encoding="utf-8") as f:
-        for lineno, line in enumerate(f, start=1):
-            if not line.strip():
-                continue
-            try:
-                records.append(json.loads(line))
-            except json.JSONDecodeError as e:
-                raise ValueError(f"{path}:{lineno}: not valid JSON ({e.msg})") from None
-    return records
 
 
 def bits_per_byte(nats: float, num_bytes: float) -> float:

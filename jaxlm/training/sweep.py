@@ -32,7 +32,10 @@ from types import ModuleType
 from typing import Any
 
 from jaxlm.config import Config, ConfigError, apply_overrides
-from jaxlm.prep.atomic import atomic_text_writer
+from jaxlm.data.atomic import atomic_text_writer
+from jaxlm.models import count_params
+from jaxlm.models.flops import flops_per_token
+from jaxlm.training.loop import train
 
 INDEX_FILE = "index.json"
 
@@ -114,9 +117,6 @@ def train_command(experiment: str, workdir: Path, point: SweepPoint, extra: list
 
 
 def _results(cfg: Config, result) -> dict[str, Any]:
-    from jaxlm.models import count_params
-    from jaxlm.models.flops import flops_per_token
-
     ev = result.final_eval or {}
     tokens = result.steps * cfg.data.batch_size * cfg.data.seq_len
     return {
@@ -141,8 +141,7 @@ def run_sweep(
     log=print,
 ) -> dict[str, Any]:
     """Run the points not yet done (all, or those named in `only`); returns the index."""
-    if train_fn is None:
-        from jaxlm.training.loop import train as train_fn
+    train_fn = train_fn or train
     points = sweep_points(module)
     if only:
         unknown = sorted(set(only) - {p.name for p in points})

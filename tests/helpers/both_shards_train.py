@@ -16,9 +16,9 @@ import sys
 
 import numpy as np
 
-from jaxlm.cli import load_experiment, resolve_config
 from jaxlm.data import posttrain_inputs, run_inputs
 from jaxlm.data.counters import COUNTS_KEY
+from jaxlm.training.experiment import load_experiment, resolve_config
 from jaxlm.training.loop import train
 
 

@@ -11,8 +11,8 @@ import argparse
 import sys
 import threading
 
-from jaxlm.cli import load_experiment, resolve_config
 from jaxlm.data import run_inputs
+from jaxlm.training.experiment import load_experiment, resolve_config
 from jaxlm.training.loop import train
 
 

@@ -8,9 +8,9 @@ from collections.abc import Iterable, Sequence
 from pathlib import Path
 from typing import Any, Literal
 
+from jaxlm.data.atomic import atomic_text_writer
 from jaxlm.data.posttrain.corruptions import KINDS
 from jaxlm.data.posttrain.prompts import Record
-from jaxlm.prep.atomic import atomic_text_writer
 
 
 def write_jsonl(path: Path, records: Iterable[Record]) -> dict[str, Any]:

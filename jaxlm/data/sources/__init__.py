@@ -1,4 +1,4 @@
-"""Data sources: every `kind:pattern` of source_spec.py as random-access documents.
+"""Data sources: every `kind:pattern` of jaxlm.source_spec as random-access documents.
 
 open_source.py         open_source(spec, ...) -> grain.MapDataset (the entry point)
 documents.py           DocumentSource protocol; concatenation and selection views

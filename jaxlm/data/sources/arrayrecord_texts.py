@@ -21,6 +21,7 @@ class ArrayRecordTexts:
     """Record i of one ArrayRecord file, decoded as UTF-8."""
 
     def __init__(self, path: Path, name: str, *, checks: RecordChecks):
+        # Grain (and with it JAX) loads only when an ArrayRecord source is opened.
         from grain.sources import ArrayRecordDataSource
 
         self.path = str(path)

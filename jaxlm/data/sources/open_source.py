@@ -12,11 +12,16 @@ checkpointed by index, and it pickles without open files (each process opens laz
 from __future__ import annotations
 
 from jaxlm.data.counters import DataCounters
-from jaxlm.data.source_spec import SourceSpec
+from jaxlm.data.sources.arrayrecord_texts import open_arrayrecord
 from jaxlm.data.sources.documents import DocumentSource, SelectedDocuments
+from jaxlm.data.sources.jsonl_texts import open_jsonl
+from jaxlm.data.sources.parquet_texts import open_parquet
 from jaxlm.data.sources.record_checks import OnError, RecordChecks
 from jaxlm.data.sources.split import check_split, kept_indices
+from jaxlm.data.sources.text_files import open_stdlib, open_text_files
+from jaxlm.data.sources.token_shards import open_token_shards
 from jaxlm.errors import InputError
+from jaxlm.source_spec import SourceSpec
 
 
 def open_source(
@@ -36,6 +41,7 @@ def open_source(
     `counters` (names in record_checks.py). Globs matching nothing raise
     FileNotFoundError naming the pattern; an empty split raises InputError.
     """
+    # Grain imports JAX (~0.7 s); tokenizer tools open documents without either.
     import grain
 
     documents = open_documents(
@@ -64,8 +70,6 @@ def open_documents(
     check_split(split, val_fraction)
     checks = RecordChecks(on_error, counters)
     if spec.kind == "stdlib":  # split by file, as jaxlm.data.corpus.stdlib_files does
-        from jaxlm.data.sources.text_files import open_stdlib
-
         return open_stdlib(split, val_fraction, checks)
     documents = _open_all(spec, text_field, checks, tokenizer_sha256)
     indices = kept_indices(documents.split_keys(), split, val_fraction)
@@ -81,25 +85,14 @@ def open_documents(
 
 
 def _open_all(spec: SourceSpec, text_field: str, checks: RecordChecks, tokenizer_sha256):
-    # Imported per kind: parquet needs pyarrow, arrayrecord needs array_record.
     if spec.kind == "text":
-        from jaxlm.data.sources.text_files import open_text_files
-
         return open_text_files(spec.pattern, checks)
     if spec.kind == "jsonl":
-        from jaxlm.data.sources.jsonl_texts import open_jsonl
-
         return open_jsonl(spec.pattern, text_field=text_field, checks=checks)
     if spec.kind == "parquet":
-        from jaxlm.data.sources.parquet_texts import open_parquet
-
         return open_parquet(spec.pattern, text_field=text_field, checks=checks)
     if spec.kind == "arrayrecord":
-        from jaxlm.data.sources.arrayrecord_texts import open_arrayrecord
-
         return open_arrayrecord(spec.pattern, checks=checks)
     if spec.kind == "tokens":
-        from jaxlm.data.sources.token_shards import open_token_shards
-
         return open_token_shards(spec.pattern, tokenizer_sha256=tokenizer_sha256, checks=checks)
     raise InputError(f"{spec}: unknown source kind {spec.kind!r}")

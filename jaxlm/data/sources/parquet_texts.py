@@ -35,7 +35,7 @@ class ParquetTexts:
     """Row i of one parquet file as the text in column `column`."""
 
     def __init__(self, path: Path, name: str, *, column: str, checks: RecordChecks):
-        import pyarrow.parquet as pq
+        import pyarrow.parquet as pq  # pyarrow loads only for parquet sources
 
         self.path = str(path)
         self.name = name
@@ -87,7 +87,7 @@ class ParquetTexts:
                 self._cache.move_to_end(group)
                 return column
             if self._file is None:
-                import pyarrow.parquet as pq
+                import pyarrow.parquet as pq  # pyarrow loads only for parquet sources
 
                 self._file = pq.ParquetFile(self.path)
             column = self._file.read_row_group(group, columns=[self.column]).column(0)
@@ -112,7 +112,7 @@ class ParquetTexts:
 
 def _text_column_is_binary(schema, path: str, column: str) -> bool:
     """Checks that `column` holds text; True when it is binary (to be decoded as UTF-8)."""
-    import pyarrow as pa
+    import pyarrow as pa  # pyarrow loads only for parquet sources
 
     if schema.get_field_index(column) < 0:
         raise InputError(f"{path}: no column '{column}' (columns: {schema.names})")

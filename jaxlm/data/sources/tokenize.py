@@ -20,13 +20,13 @@ from typing import Any
 import numpy as np
 
 from jaxlm.data.long_text import ENCODE_CHARS, encode_ids
-from jaxlm.data.source_spec import SourceSpec
 from jaxlm.data.sources.documents import DocumentSource, is_blank_text
 from jaxlm.data.sources.open_source import open_documents
 from jaxlm.data.sources.record_checks import OnError
 from jaxlm.data.sources.token_shard_writer import TokenShardWriter, refuse_existing_output
 from jaxlm.data.sources.token_shards import token_dtype
 from jaxlm.errors import InputError
+from jaxlm.source_spec import SourceSpec
 
 # Documents per task sent to a worker: enough to amortise the round trip, few enough
 # that the writer and the workers overlap.

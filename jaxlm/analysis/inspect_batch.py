@@ -18,6 +18,8 @@ from pathlib import Path
 
 import numpy as np
 
+from jaxlm.analysis.plotting import new_figure
+
 MASK_OPEN, MASK_CLOSE = "⟦", "⟧"
 
 
@@ -91,8 +93,6 @@ def token_table(
 
 def plot_batch(batch: dict[str, np.ndarray], out_png: Path) -> Path:
     """[B, T] picture: colour = segment (white = padding), grey overlay = no loss."""
-    from jaxlm.analysis.plotting import new_figure
-
     segments = batch["segment_ids"].astype(float)
     shown = np.ma.masked_where(segments == 0, segments)
     B, T = segments.shape

@@ -12,7 +12,9 @@
 
 Weights are relative shares of documents drawn from each source (default 1), e.g.
 `jsonl:web.jsonl@3,stdlib@1` draws three web documents for every stdlib file. This
-module only parses; it imports nothing heavy, so configs can validate early.
+module only parses; it imports nothing heavy, so configs can validate early. It sits at
+the package root, beside config, because `DataConfig` checks its sources with it; the
+readers behind each kind are in jaxlm.data.sources.
 """
 
 from __future__ import annotations

@@ -23,9 +23,11 @@ import shutil
 import sys
 from pathlib import Path
 
-from jaxlm.checkpointing.params_io import TOKENIZER_FILE
 from jaxlm.data.tokenizer_metadata import sidecar_path
 from jaxlm.errors import InputError
+
+# The tokenizer's file name in a workdir, an export or a params directory.
+TOKENIZER_FILE = "tokenizer.model"
 
 
 def file_sha256(path: Path) -> str:
