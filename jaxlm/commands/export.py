@@ -88,7 +88,7 @@ def _restore_adapters(workdir, step):
     from jaxlm.checkpointing.manager import Checkpointer
     from jaxlm.config import config_from_dict
     from jaxlm.errors import InputError
-    from jaxlm.models.lora import abstract_lora
+    from jaxlm.models.params import abstract_lora
 
     checkpointer = Checkpointer(workdir / "checkpoints", read_only=True)
     try:
