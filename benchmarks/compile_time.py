@@ -53,10 +53,11 @@ import jax
 import jax.numpy as jnp
 
 from jaxlm.config import ModelConfig, OptimConfig
+from jaxlm.models.params import abstract_model
 from jaxlm.presets import get_preset
 from jaxlm.sharding import make_mesh
 from jaxlm.training.optim import learning_rate_schedule, make_optimizer
-from jaxlm.training.state import abstract_model, init_train_state, train_state_shardings
+from jaxlm.training.state import init_train_state, train_state_shardings
 from jaxlm.training.steps import jit_train_step, make_lm_step
 
 BATCH_KEYS = ("tokens", "targets", "loss_mask", "segment_ids", "positions")

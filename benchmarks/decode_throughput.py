@@ -42,8 +42,8 @@ from flax import nnx
 
 from jaxlm.inference.decode import Generator
 from jaxlm.inference.kv_cache import forward_cached, init_cache
+from jaxlm.models.params import abstract_model, init_params
 from jaxlm.presets import get_preset
-from jaxlm.training.state import abstract_model, init_params
 
 
 def _median_time(fn, repeats: int) -> float:

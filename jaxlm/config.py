@@ -27,6 +27,19 @@ class ConfigError(InputError):
     """A bad configuration value or key; the message names the key."""
 
 
+# How a ModelConfig field relates to saved weights, as its field metadata under WEIGHTS.
+# An unmarked field defines the weights (their shapes, or what they compute), so saved
+# weights are refused by a model that differs there. jaxlm.models.params derives from
+# these marks the keys that train.init_from and inference overrides may change.
+WEIGHTS = "weights"
+# Numerics, implementation or context length only: neither a weight's shape nor the
+# param tree changes (dtypes are cast on load), so saved weights load under any value.
+KEEPS_WEIGHTS = {WEIGHTS: "kept"}
+# LoRA: adds adapters beside base weights it leaves unchanged. Plain saved weights load
+# as a LoRA model's base (train.init_from); a model loaded for inference is plain.
+ADDS_ADAPTERS = {WEIGHTS: "adapters"}
+
+
 @dataclasses.dataclass(frozen=True, kw_only=True)
 class ModelConfig:
     """Shape and numerics of a Llama-family decoder."""
@@ -39,40 +52,50 @@ class ModelConfig:
     head_dim: int = 0  # 0 means d_model // n_heads
     d_ff: int = 0  # 0 means the Llama rule: 8/3 * d_model rounded up to ffn_multiple_of
     ffn_multiple_of: int = 64
-    max_seq_len: int = 256
-    rope_theta: float = 10_000.0
+    max_seq_len: int = dataclasses.field(default=256, metadata=KEEPS_WEIGHTS)
+    rope_theta: float = dataclasses.field(default=10_000.0, metadata=KEEPS_WEIGHTS)
     # RoPE scaling for context extension (jaxlm.models.rope): "linear" (position
     # interpolation), "ntk" (NTK-aware base change), "yarn" or "llama3" (Llama 3.1's
     # frequency-banded interpolation), by rope_scaling_factor (new context / original
     # context, >= 1). rope_original_max_len is the context the model was trained at
     # before extension: yarn and llama3 need it (> 0); 0 means not given, which linear
     # and ntk, defined by the factor alone, do not read.
-    rope_scaling: Literal["none", "linear", "ntk", "yarn", "llama3"] = "none"
-    rope_scaling_factor: float = 1.0
-    rope_original_max_len: int = 0
-    rope_yarn_beta_fast: float = 32.0  # yarn: extrapolate dims turning > this often
-    rope_yarn_beta_slow: float = 1.0  # yarn: interpolate dims turning < this often
+    rope_scaling: Literal["none", "linear", "ntk", "yarn", "llama3"] = dataclasses.field(
+        default="none", metadata=KEEPS_WEIGHTS
+    )
+    rope_scaling_factor: float = dataclasses.field(default=1.0, metadata=KEEPS_WEIGHTS)
+    rope_original_max_len: int = dataclasses.field(default=0, metadata=KEEPS_WEIGHTS)
+    # yarn: extrapolate dims turning more often than beta_fast, interpolate those
+    # turning less often than beta_slow.
+    rope_yarn_beta_fast: float = dataclasses.field(default=32.0, metadata=KEEPS_WEIGHTS)
+    rope_yarn_beta_slow: float = dataclasses.field(default=1.0, metadata=KEEPS_WEIGHTS)
     # llama3: pairs whose wavelength is below original_max_len / high_freq_factor keep
     # their frequency, above original_max_len / low_freq_factor are interpolated.
-    rope_llama3_low_freq_factor: float = 1.0
-    rope_llama3_high_freq_factor: float = 4.0
+    rope_llama3_low_freq_factor: float = dataclasses.field(default=1.0, metadata=KEEPS_WEIGHTS)
+    rope_llama3_high_freq_factor: float = dataclasses.field(default=4.0, metadata=KEEPS_WEIGHTS)
     norm_eps: float = 1e-5
     qk_norm: bool = False
     # Biases on the q, k and v projections (Qwen2's attention; none on the output).
     attention_bias: bool = False
     tie_embeddings: bool = True
     init_std: float = 0.02
-    param_dtype: Dtype = "float32"
-    compute_dtype: Dtype = "float32"
-    attention_impl: Literal["xla", "cudnn", "naive"] = "xla"
-    scan_layers: bool = True
-    remat: Literal["none", "full", "dots"] = "none"
+    param_dtype: Dtype = dataclasses.field(default="float32", metadata=KEEPS_WEIGHTS)
+    compute_dtype: Dtype = dataclasses.field(default="float32", metadata=KEEPS_WEIGHTS)
+    attention_impl: Literal["xla", "cudnn", "naive"] = dataclasses.field(
+        default="xla", metadata=KEEPS_WEIGHTS
+    )
+    scan_layers: bool = dataclasses.field(default=True, metadata=KEEPS_WEIGHTS)
+    remat: Literal["none", "full", "dots"] = dataclasses.field(
+        default="none", metadata=KEEPS_WEIGHTS
+    )
     # LoRA (jaxlm.models.lora): rank > 0 adds low-rank adapters A [in, r] and B [r, out]
     # (B starts at zero) to the projections named in lora_targets; only they train,
     # the base weights stay frozen. The effective weight is W + (alpha / rank) A B.
-    lora_rank: int = 0
-    lora_alpha: float = 16.0
-    lora_targets: str = "wq,wk,wv,wo,w_gate,w_up,w_down"
+    lora_rank: int = dataclasses.field(default=0, metadata=ADDS_ADAPTERS)
+    lora_alpha: float = dataclasses.field(default=16.0, metadata=ADDS_ADAPTERS)
+    lora_targets: str = dataclasses.field(
+        default="wq,wk,wv,wo,w_gate,w_up,w_down", metadata=ADDS_ADAPTERS
+    )
 
     def __post_init__(self):
         _finite(self)

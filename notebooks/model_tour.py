@@ -45,10 +45,11 @@ import numpy as np
 from flax import nnx
 
 from jaxlm.models import count_params
+from jaxlm.models.params import abstract_model, init_params, param_shardings
 from jaxlm.presets import PRESETS, get_preset
 from jaxlm.sharding import LOGICAL_RULES, make_mesh
 from jaxlm.training.losses import token_nll
-from jaxlm.training.state import abstract_model, init_params, param_shardings, sharding_summary
+from jaxlm.training.state import sharding_summary
 
 # %% [markdown]
 # ## 1. Presets and exact parameter counts

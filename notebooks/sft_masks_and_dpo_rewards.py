@@ -52,12 +52,12 @@ from jaxlm.data.preference import PreferenceStats, encode_pair, parse_preference
 from jaxlm.data.sft import sft_dataset
 from jaxlm.data.stdlib_tasks import write_posttrain_sets
 from jaxlm.data.tokenizer import train_tokenizer
+from jaxlm.models.params import abstract_model, init_params
 from jaxlm.training.preference_losses import (
     pair_losses_and_rewards,
     preference_loss,
     sequence_logps,
 )
-from jaxlm.training.state import abstract_model, init_params
 
 WORKDIR = Path(tempfile.mkdtemp(prefix="jaxlm-posttrain-"))
 

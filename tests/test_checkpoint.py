@@ -24,10 +24,11 @@ from jaxlm.checkpointing.manager import (
 from jaxlm.checkpointing.shapes import CheckpointMismatchError
 from jaxlm.config import Config, OptimConfig
 from jaxlm.errors import InputError
+from jaxlm.models.params import abstract_model
 from jaxlm.presets import get_preset
 from jaxlm.sharding import make_mesh
 from jaxlm.training.optim import make_optimizer
-from jaxlm.training.state import abstract_model, create_train_state, train_state_shardings
+from jaxlm.training.state import create_train_state, train_state_shardings
 
 TINY = get_preset("tiny")
 OPTIM = make_optimizer(OptimConfig(), 10)

@@ -26,8 +26,8 @@ from jaxlm.errors import InputError
 from jaxlm.evaluation.language_model import run_sources
 from jaxlm.evaluation.multiple_choice import read_examples, score_examples
 from jaxlm.inference.loading import load_model
+from jaxlm.models.params import init_params
 from jaxlm.presets import get_preset
-from jaxlm.training.state import init_params
 
 V = 320
 MODEL = dataclasses.replace(get_preset("tiny"), vocab_size=V, max_seq_len=64)

@@ -17,9 +17,9 @@ from helpers.runs import make_tokenizer
 
 from jaxlm.checkpointing.params_io import save_params
 from jaxlm.config import Config, apply_overrides
+from jaxlm.models.params import init_params
 from jaxlm.training.experiment import load_experiment, resolve_config
 from jaxlm.training.loop import train
-from jaxlm.training.state import init_params
 from jaxlm.training.sweep import point_config, sweep_points
 
 REPO = Path(__file__).resolve().parents[1]

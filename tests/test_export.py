@@ -18,10 +18,11 @@ from jaxlm.checkpointing.manager import Checkpointer
 from jaxlm.checkpointing.params_io import load_params
 from jaxlm.config import Config, DataConfig, OptimConfig
 from jaxlm.data.tokenizer import Tokenizer, train_tokenizer
+from jaxlm.models.params import abstract_model, param_shardings
 from jaxlm.presets import get_preset
 from jaxlm.sharding import make_mesh
 from jaxlm.training.optim import make_optimizer
-from jaxlm.training.state import abstract_model, create_train_state, param_shardings
+from jaxlm.training.state import create_train_state
 
 V = 320
 MODEL = dataclasses.replace(get_preset("tiny"), vocab_size=V)

@@ -23,9 +23,9 @@ from jaxlm.inference.chat_session import ChatSession
 from jaxlm.inference.decode import Generator
 from jaxlm.inference.loading import load_model
 from jaxlm.inference.sampling import SamplingConfig
+from jaxlm.models.params import init_params
 from jaxlm.presets import get_preset
 from jaxlm.sharding import make_mesh
-from jaxlm.training.state import init_params
 
 V = 320
 MODEL = dataclasses.replace(get_preset("tiny"), vocab_size=V, max_seq_len=96)

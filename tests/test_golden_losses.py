@@ -23,10 +23,11 @@ import pytest
 from helpers.batches import packed_batch
 
 from jaxlm.config import OptimConfig
+from jaxlm.models.params import abstract_model
 from jaxlm.presets import get_preset
 from jaxlm.sharding import host_batch_to_global, make_mesh
 from jaxlm.training.optim import learning_rate_schedule, make_optimizer
-from jaxlm.training.state import abstract_model, create_train_state
+from jaxlm.training.state import create_train_state
 from jaxlm.training.steps import jit_train_step, make_lm_step
 
 GOLDEN = Path(__file__).parent / "golden" / "tiny_losses.json"

@@ -13,10 +13,11 @@ import pytest
 
 from jaxlm.config import OptimConfig
 from jaxlm.models.attention import attention
+from jaxlm.models.params import abstract_model
 from jaxlm.presets import get_preset
 from jaxlm.sharding import host_batch_to_global, make_mesh
 from jaxlm.training.optim import learning_rate_schedule, make_optimizer
-from jaxlm.training.state import abstract_model, create_train_state
+from jaxlm.training.state import create_train_state
 from jaxlm.training.steps import jit_train_step, make_lm_step
 
 pytestmark = pytest.mark.skipif(jax.default_backend() != "gpu", reason="needs a GPU")

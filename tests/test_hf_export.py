@@ -32,8 +32,8 @@ from jaxlm.data.chat import Message, encode_chat_prompt
 from jaxlm.data.tokenizer import Tokenizer, train_tokenizer
 from jaxlm.hf.import_hf import import_params
 from jaxlm.hf.safetensors_io import INDEX_FILE
+from jaxlm.models.params import abstract_model, init_params, param_shardings
 from jaxlm.sharding import make_mesh
-from jaxlm.training.state import abstract_model, init_params, param_shardings
 
 VOCAB = 384
 SAMPLE = (

@@ -24,7 +24,7 @@ from helpers import hf_models
 from jaxlm.checkpointing.params_io import load_params
 from jaxlm.cli import main
 from jaxlm.inference.decode import Generator
-from jaxlm.training.state import abstract_model
+from jaxlm.models.params import abstract_model
 
 TOLERANCE = 1e-4
 CASES = list(hf_models.CASES)

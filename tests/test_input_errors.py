@@ -206,8 +206,8 @@ def long_reply_export(tmp_path_factory):
     """A random tiny model with room for a long reply (Ctrl-C must land mid-stream)."""
     from jaxlm.checkpointing.params_io import save_params
     from jaxlm.data.tokenizer import train_tokenizer
+    from jaxlm.models.params import init_params
     from jaxlm.presets import get_preset
-    from jaxlm.training.state import init_params
 
     root = tmp_path_factory.mktemp("chat")
     vocab = 320

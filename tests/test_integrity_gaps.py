@@ -31,8 +31,8 @@ from jaxlm.config import Config, DataConfig
 from jaxlm.data.tokenizer import train_tokenizer
 from jaxlm.errors import InputError
 from jaxlm.inference.loading import load_model
+from jaxlm.models.params import init_params
 from jaxlm.presets import get_preset
-from jaxlm.training.state import init_params
 
 V = 320
 MODEL = dataclasses.replace(get_preset("tiny"), vocab_size=V)

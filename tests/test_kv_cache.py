@@ -17,8 +17,8 @@ from flax import nnx
 from jaxlm.inference.decode import Generator
 from jaxlm.inference.kv_cache import forward_cached, init_cache
 from jaxlm.inference.sampling import SamplingConfig
+from jaxlm.models.params import abstract_model, init_params
 from jaxlm.presets import get_preset
-from jaxlm.training.state import abstract_model, init_params
 
 CFG = dataclasses.replace(get_preset("tiny"), max_seq_len=128)
 QK_NORM_TIED = dataclasses.replace(CFG, qk_norm=True, tie_embeddings=True)

@@ -1,4 +1,4 @@
-"""LoRA adapters (jaxlm/models/lora.py) on the `tiny` preset, rank 5.
+"""LoRA adapters (jaxlm/models/lora.py, jaxlm/training/adapters.py) on the `tiny` preset, rank 5.
 
 Rank 5 differs from every tiny dimension (D=48, N=4, K=2, H=12, F=88, L=3), so a
 swapped adapter axis cannot hide. What a user relies on:
@@ -23,16 +23,24 @@ from helpers.batches import packed_batch
 
 from jaxlm.checkpointing.params_io import save_params
 from jaxlm.config import Config, ConfigError, DataConfig, OptimConfig, TrainConfig
-from jaxlm.models import Transformer, lora
+from jaxlm.models import build_model, lora
+from jaxlm.models.params import (
+    abstract_lora,
+    abstract_model,
+    count_lora,
+    init_adapters,
+    init_params,
+)
 from jaxlm.presets import get_preset
 from jaxlm.sharding import host_batch_to_global, make_mesh
-from jaxlm.training.optim import learning_rate_schedule, make_optimizer
-from jaxlm.training.state import (
-    abstract_model,
-    init_params,
-    sharding_summary,
-    train_state_shardings,
+from jaxlm.training.adapters import (
+    create_lora_train_state,
+    initial_lora_state,
+    lora_from_base,
+    lora_views,
 )
+from jaxlm.training.optim import learning_rate_schedule, make_optimizer
+from jaxlm.training.state import sharding_summary, train_state_shardings
 from jaxlm.training.steps import forward, jit_train_step, loss_sums, make_lm_step
 
 CFG = dataclasses.replace(get_preset("tiny"), lora_rank=5)
@@ -63,7 +71,7 @@ GOLDEN_ADAPTER_SPECS_222 = {
     "layers/w_down_lora_b": "P(None, None, 'fsdp')",
 }
 
-GRAPHDEF, _, _ = lora.abstract_lora(CFG)
+GRAPHDEF, _, _ = abstract_lora(CFG)
 PLAIN_GRAPHDEF, _ = abstract_model(PLAIN)
 BATCH = packed_batch(CFG.vocab_size, batch_size=8, seq_len=16, seed=0)
 logits_fn = jax.jit(forward, static_argnums=0)
@@ -100,7 +108,7 @@ def fresh():
     """(adapters, base) of the LoRA model from KEY, and the plain model's params."""
 
     def init(key):
-        _, adapters, base = lora.split_lora(Transformer(CFG, rngs=nnx.Rngs(params=key)))
+        _, adapters, base = lora.split_lora(build_model(CFG, nnx.Rngs(params=key)))
         return adapters, base, init_params(PLAIN, key)
 
     return jax.jit(init)(KEY)  # one compile instead of many small eager ops
@@ -111,10 +119,10 @@ def trained():
     """A LoRA TrainState after TRAIN_STEPS real train steps, and the initial one."""
     mesh = one_device_mesh()
     optimizer = make_optimizer(OPTIM, TOTAL_STEPS)
-    state, shardings = lora.create_lora_train_state(CFG, optimizer, mesh, KEY)
+    state, shardings = create_lora_train_state(CFG, optimizer, mesh, KEY)
     initial = jax.device_get(state)  # the step donates `state`
     step_fn = make_lm_step(
-        GRAPHDEF, optimizer, learning_rate_schedule(OPTIM, TOTAL_STEPS), views=lora.lora_views()
+        GRAPHDEF, optimizer, learning_rate_schedule(OPTIM, TOTAL_STEPS), views=lora_views()
     )
     step = jit_train_step(step_fn, shardings, mesh)
     losses = []
@@ -131,7 +139,7 @@ def trained():
 def test_adapters_are_their_own_variable_type(fresh):
     """nnx.Param filters never pick up adapters, and a Param-only split fails loudly."""
     adapters, _, plain = fresh
-    model = nnx.eval_shape(lambda: Transformer(CFG, rngs=nnx.Rngs(0)))
+    model = nnx.eval_shape(lambda: build_model(CFG, nnx.Rngs(0)))
     names = {f"layers/{t}_lora_{ab}" for t in TARGETS for ab in "ab"}
     assert set(flat(adapters)) == names
     assert set(flat_shapes(nnx.state(model, nnx.Param))) == set(flat(plain))
@@ -148,7 +156,7 @@ def test_adapters_are_their_own_variable_type(fresh):
 
 def test_only_listed_targets_get_adapters():
     cfg = dataclasses.replace(CFG, lora_targets=" wq , w_down,wq")
-    _, adapters, _ = lora.abstract_lora(cfg)
+    _, adapters, _ = abstract_lora(cfg)
     assert set(flat_shapes(adapters)) == {
         "layers/wq_lora_a",
         "layers/wq_lora_b",
@@ -162,7 +170,7 @@ def test_unknown_targets_are_config_errors_naming_them():
     with pytest.raises(ConfigError, match=r"w_in, attn_out.*valid: wq, wk"):
         lora.lora_targets(bad)
     with pytest.raises(ConfigError, match="w_in, attn_out"):
-        nnx.eval_shape(lambda: Transformer(bad, rngs=nnx.Rngs(0)))
+        nnx.eval_shape(lambda: build_model(bad, nnx.Rngs(0)))
     with pytest.raises(ConfigError, match="at least one"):
         lora.lora_targets(dataclasses.replace(CFG, lora_targets=" , "))
     assert lora.lora_targets(CFG) == TARGETS
@@ -225,7 +233,7 @@ def test_training_moves_adapters_and_never_the_base(trained):
     for name, before in flat(initial.params).items():
         assert not np.array_equal(moved[name], before), name
     # Adam's moments exist for the adapters alone: two per adapter element, no more.
-    n_adapters, n_base = lora.count_lora(CFG)
+    n_adapters, n_base = count_lora(CFG)
     moment_sizes = [x.size for x in jax.tree.leaves(state.opt_state) if x.ndim > 0]
     assert sum(moment_sizes) == 2 * n_adapters
     assert len(moment_sizes) == 2 * len(flat(state.params))
@@ -235,7 +243,7 @@ def test_training_moves_adapters_and_never_the_base(trained):
 
 def test_reference_view_is_the_base_model_after_training(trained):
     state = trained["state"]
-    views = lora.lora_views()
+    views = lora_views()
     reference = logits_fn(GRAPHDEF, views.reference(state.params, state.frozen), BATCH)
     base = logits_fn(PLAIN_GRAPHDEF, state.frozen, BATCH)
     np.testing.assert_array_equal(np.asarray(reference), np.asarray(base))
@@ -259,11 +267,11 @@ def test_plain_pretrained_params_become_the_base(tmp_path):
     mesh = one_device_mesh()
     optimizer = make_optimizer(OPTIM, TOTAL_STEPS)
     logs = []
-    state, shardings, graphdef, views = lora.initial_lora_state(
+    state, shardings, graphdef, views = initial_lora_state(
         cfg, optimizer, mesh, KEY, log=logs.append
     )
     assert_states_equal(state.frozen, pretrained)
-    assert_states_equal(state.params, lora.init_adapters(CFG, KEY))
+    assert_states_equal(state.params, init_adapters(CFG, KEY))
     assert jax.tree.structure(shardings.frozen) == jax.tree.structure(state.frozen)
     assert any("LoRA rank 5" in line for line in logs), logs
     # The reference view of this state is the pretrained model.
@@ -275,7 +283,7 @@ def test_plain_pretrained_params_become_the_base(tmp_path):
 def test_a_base_of_another_shape_is_refused():
     other = init_params(dataclasses.replace(PLAIN, d_ff=96), KEY)
     with pytest.raises(ConfigError, match="layers/w_down"):
-        lora.lora_from_base(CFG, other, KEY)
+        lora_from_base(CFG, other, KEY)
 
 
 # --------------------------------------------------------------------- sharding
@@ -284,7 +292,7 @@ def test_a_base_of_another_shape_is_refused():
 def test_lora_state_shards_on_2x2x2_and_computes_the_same_logits(trained):
     mesh = make_mesh((2, 2, 2), jax.devices()[:8])
     optimizer = make_optimizer(OPTIM, TOTAL_STEPS)
-    state, shardings = lora.create_lora_train_state(CFG, optimizer, mesh, KEY)
+    state, shardings = create_lora_train_state(CFG, optimizer, mesh, KEY)
 
     assert sharding_summary(shardings.params) == GOLDEN_ADAPTER_SPECS_222
     plain_specs = sharding_summary(train_state_shardings(PLAIN, optimizer, mesh).params)

@@ -18,8 +18,8 @@ from flax import nnx
 
 from jaxlm.config import ModelConfig
 from jaxlm.models import count_params, transformer
+from jaxlm.models.params import abstract_model
 from jaxlm.presets import PRESETS, get_preset
-from jaxlm.training.state import abstract_model
 from jaxlm.training.steps import forward, loss_sums
 
 CFG = get_preset("tiny")

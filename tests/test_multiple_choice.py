@@ -31,8 +31,8 @@ from jaxlm.evaluation.multiple_choice import (
     score_examples,
     summarize,
 )
+from jaxlm.models.params import abstract_model, init_params
 from jaxlm.presets import get_preset
-from jaxlm.training.state import abstract_model, init_params
 
 V = 320
 MODEL = dataclasses.replace(get_preset("tiny"), vocab_size=V, max_seq_len=64)

@@ -16,9 +16,9 @@ import pytest
 from flax import nnx
 
 from jaxlm.config import OptimConfig
+from jaxlm.models.params import abstract_model
 from jaxlm.presets import get_preset
 from jaxlm.training.optim import learning_rate_schedule, make_optimizer, weight_decay_mask
-from jaxlm.training.state import abstract_model
 
 LR, WARMUP, TOTAL, MIN_RATIO = 3e-3, 10, 100, 0.1
 

@@ -162,7 +162,7 @@ def test_lora_sft_then_lora_dpo_train_only_adapters_and_export_merged(pretrained
     like the adapted model; DPO with LoRA uses the base as its reference (no copy)."""
     from jaxlm import cli
     from jaxlm.checkpointing.params_io import load_params, restore_latest_params
-    from jaxlm.models.lora import count_lora
+    from jaxlm.models.params import count_lora
 
     chat = chat_file(tmp_path / "chat.jsonl")
     common = [*SMALL, "model.max_seq_len=64", "data.seq_len=64", "data.val_fraction=0.25"]

@@ -15,6 +15,7 @@ import pytest
 
 from jaxlm.config import OptimConfig, PreferenceConfig
 from jaxlm.data.packing import add_targets_and_mask
+from jaxlm.models.params import abstract_model, init_params
 from jaxlm.presets import get_preset
 from jaxlm.sharding import host_batch_to_global, make_mesh
 from jaxlm.training.optim import learning_rate_schedule, make_optimizer
@@ -23,7 +24,7 @@ from jaxlm.training.preference_steps import (
     make_preference_step,
     make_reference_logps,
 )
-from jaxlm.training.state import TrainState, abstract_model, init_params, train_state_shardings
+from jaxlm.training.state import TrainState, train_state_shardings
 from jaxlm.training.steps import jit_train_step
 
 CFG = get_preset("tiny")

@@ -17,15 +17,11 @@ from helpers.batches import packed_batch as synthetic_packed_batch
 from jax.sharding import PartitionSpec as P
 
 from jaxlm.config import OptimConfig
+from jaxlm.models.params import abstract_model
 from jaxlm.presets import get_preset
 from jaxlm.sharding import host_batch_to_global, logical_to_spec, make_mesh
 from jaxlm.training.optim import learning_rate_schedule, make_optimizer
-from jaxlm.training.state import (
-    abstract_model,
-    create_train_state,
-    sharding_summary,
-    train_state_shardings,
-)
+from jaxlm.training.state import create_train_state, sharding_summary, train_state_shardings
 from jaxlm.training.steps import jit_train_step, make_lm_step
 
 CFG = get_preset("tiny")

@@ -22,11 +22,12 @@ from jaxlm.config import Config, DataConfig, OptimConfig
 from jaxlm.data.tokenizer import Tokenizer, train_tokenizer
 from jaxlm.data.tokenizer_extend import extend_tokenizer
 from jaxlm.errors import InputError
+from jaxlm.models.params import abstract_model, init_params, param_shardings
 from jaxlm.models.vocab_resize import grow_vocab
 from jaxlm.presets import get_preset
 from jaxlm.sharding import make_mesh
 from jaxlm.training.optim import make_optimizer
-from jaxlm.training.state import abstract_model, create_train_state, init_params, param_shardings
+from jaxlm.training.state import create_train_state
 
 V, V_NEW = 320, 400
 UNTIED = dataclasses.replace(get_preset("tiny"), vocab_size=V)

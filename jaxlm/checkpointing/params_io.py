@@ -69,7 +69,8 @@ from jaxlm.config import Config, ModelConfig, config_differences, config_from_di
 from jaxlm.data.tokenizer_metadata import sidecar_path
 from jaxlm.data.workdir_tokenizer import TOKENIZER_FILE
 from jaxlm.errors import InputError
-from jaxlm.training.state import abstract_model
+from jaxlm.models.lora import merge_lora, plain_config
+from jaxlm.models.params import abstract_lora, abstract_model, keys_keeping_weights
 
 PARAMS_DIR = "params"
 CONFIG_FILE = "config.json"
@@ -87,29 +88,11 @@ class DamagedParamsError(InputError):
         )
 
 
-# Model fields that change numerics or implementation but not the parameter tree.
-# Model fields that do not change the plain params' shapes. LoRA fields among them:
-# a LoRA run's params are restored merged (restore_params), i.e. as the plain model's.
-_SAME_PARAMS = (
-    "param_dtype",
-    "compute_dtype",
-    "attention_impl",
-    "remat",
-    "lora_rank",
-    "lora_alpha",
-    "lora_targets",
-    # Positions carry no weights: a model trained at one context length (and RoPE
-    # setting) starts a run that extends it (jaxlm.models.rope).
-    "max_seq_len",
-    "rope_theta",
-    "rope_scaling",
-    "rope_scaling_factor",
-    "rope_original_max_len",
-    "rope_yarn_beta_fast",
-    "rope_yarn_beta_slow",
-    "rope_llama3_low_freq_factor",
-    "rope_llama3_high_freq_factor",
-)
+# Model keys a saved model may differ in and still give `train.init_from` its params:
+# those that keep the weights (jaxlm.config.KEEPS_WEIGHTS) and LoRA's, since a LoRA
+# run's params are restored merged (restore_params), i.e. as the plain model's, and
+# plain params become a LoRA run's base.
+_SAME_PARAMS = keys_keeping_weights(adapters=True)
 
 
 def _target(model: ModelConfig, shardings: nnx.State | None) -> nnx.State:
@@ -149,8 +132,6 @@ def restore_params(
         def target(saved: dict) -> dict:
             saved_model = config_from_dict(saved).model
             if saved_model.lora_rank:  # adapters (params) on a frozen base (frozen)
-                from jaxlm.models.lora import abstract_lora, plain_config
-
                 _, adapters, _ = abstract_lora(saved_model)
                 plain = plain_config(model or saved_model)
                 return {"params": adapters, "frozen": _target(plain, shardings)}
@@ -168,8 +149,6 @@ def restore_params(
         raise InputError(f"{checkpointer.directory} holds no finished checkpoint")
     cfg = config_from_dict(restored.config)
     if "frozen" in restored.state:  # a LoRA run: W + (alpha / r) A B, the plain model's params
-        from jaxlm.models.lora import merge_lora, plain_config
-
         params = merge_lora(cfg.model, restored.state["params"], restored.state["frozen"])
         cfg = dataclasses.replace(cfg, model=plain_config(cfg.model))
         return params, cfg, restored.step
@@ -272,8 +251,6 @@ def load_params(
     directory = Path(directory).absolute()
     cfg, checksum = _read_config(directory)
     if (model or cfg.model).lora_rank:
-        from jaxlm.models.lora import abstract_lora
-
         target = abstract_lora(model or cfg.model)[1]
     else:
         target = _target(model or cfg.model, shardings)

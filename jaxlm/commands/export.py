@@ -87,7 +87,7 @@ def run(args: argparse.Namespace) -> int:
 def _restore_adapters(workdir, step):
     """(adapters, the run's Config, step) of a LoRA run's checkpoint."""
     from jaxlm.checkpointing.manager import Checkpointer
-    from jaxlm.models.lora import abstract_lora
+    from jaxlm.models.params import abstract_lora
 
     checkpointer = Checkpointer(workdir / "checkpoints", read_only=True)
     try:

@@ -4,7 +4,7 @@
     params = import_params(hf_dir, imported.model, mesh)  # nnx.State of jax.Arrays
 
 The target shardings come from the same logical-axis rules as training
-(train_state.param_shardings), and every parameter is built with
+(jaxlm.models.params.param_shardings), and every parameter is built with
 `jax.make_array_from_callback`: the callback receives the index of one device's
 shard and reads only those rows and columns from the memory-mapped safetensors
 (for stacked layers, only the requested layers' tensors). No device and no host
@@ -22,6 +22,7 @@ import json
 from pathlib import Path
 
 import jax
+import ml_dtypes
 import numpy as np
 from flax import nnx
 from jax.sharding import Mesh
@@ -31,7 +32,7 @@ from jaxlm.errors import InputError
 from jaxlm.hf.config_map import ImportedConfig, model_config_from_hf
 from jaxlm.hf.safetensors_io import SafetensorsCheckpoint
 from jaxlm.hf.tensor_map import IGNORED_SUFFIXES, TensorMapping, tensor_mappings
-from jaxlm.training.state import abstract_model, param_shardings
+from jaxlm.models.params import abstract_model, param_shardings
 
 HF_CONFIG = "config.json"
 
@@ -111,8 +112,6 @@ def import_params(
     shardings = param_shardings(abstract, mesh)
     target = np.dtype(dtype or cfg.param_dtype)
     if target.name == "bfloat16":
-        import ml_dtypes
-
         target = np.dtype(ml_dtypes.bfloat16)
     arrays = {}
     for path, var in nnx.to_flat_state(abstract):

@@ -64,6 +64,7 @@ def chat_template_jinja(tokenizer: Tokenizer) -> str:
 
 def tokenizer_json(tokenizer: Tokenizer) -> str:
     """The serialized `tokenizers` pipeline that encodes exactly as `tokenizer` does."""
+    # Heavy and needed only to export a tokenizer: loaded here, not with jaxlm.hf.
     from sentencepiece import sentencepiece_model_pb2
     from tokenizers import AddedToken, Regex, decoders, models, normalizers, pre_tokenizers
     from tokenizers import Tokenizer as FastTokenizer

@@ -5,9 +5,10 @@
     model = load_model(path, overrides=["model.rope_scaling=yarn",
                                         "model.rope_scaling_factor=4"])
 
-Overrides may change only model settings that leave the parameters' shapes alone
-(compute dtype, attention implementation, maximum length, RoPE settings): anything
-else would not fit the saved weights and is refused with the key named. With a
+Overrides may change only model settings that leave the saved weights alone (those
+marked jaxlm.config.KEEPS_WEIGHTS: dtypes, attention implementation, layer scan and
+remat, maximum length, RoPE settings): anything else would not fit the saved weights
+and is refused with the key named. With a
 `mesh`, params are restored straight into their shardings (jaxlm.sharding's logical
 rules), so a model larger than one device loads without passing through one.
 The tokenizer is the directory's own tokenizer.model (jaxlm.data.workdir_tokenizer), found
@@ -19,6 +20,8 @@ from __future__ import annotations
 import dataclasses
 from pathlib import Path
 
+import jax
+import numpy as np
 from flax import nnx
 from jax.sharding import Mesh
 
@@ -32,10 +35,11 @@ from jaxlm.config import Config, apply_overrides, config_differences
 from jaxlm.data.tokenizer import Tokenizer
 from jaxlm.data.workdir_tokenizer import require_owned_tokenizer
 from jaxlm.errors import InputError
-from jaxlm.training.state import abstract_model, param_shardings
+from jaxlm.models.params import abstract_model, keys_keeping_weights, param_shardings
 
 # Model keys an inference override may change: none of them changes a weight's shape.
-_INFERENCE_KEYS = ("compute_dtype", "attention_impl", "max_seq_len", "remat", "scan_layers")
+# LoRA's keys are not among them: a model loaded here is always plain.
+_INFERENCE_KEYS = keys_keeping_weights(adapters=False)
 
 
 @dataclasses.dataclass
@@ -57,13 +61,12 @@ def _check_overrides(saved: Config, new: Config, source: str) -> None:
     for change in config_differences(saved.to_dict(), new.to_dict()):
         key = change.split(":")[0]
         name = key.removeprefix("model.")
-        allowed = key.startswith("model.") and (name in _INFERENCE_KEYS or name.startswith("rope_"))
-        if not allowed:
+        if not (key.startswith("model.") and name in _INFERENCE_KEYS):
             refused.append(change)
     if refused:
         raise InputError(
             f"{source}: overrides may only change model settings that keep the weights' "
-            f"shapes ({', '.join(_INFERENCE_KEYS)}, rope_*); refused: " + "; ".join(refused)
+            f"shapes ({', '.join(sorted(_INFERENCE_KEYS))}); refused: " + "; ".join(refused)
         )
 
 
@@ -114,9 +117,6 @@ def load_model(
 
 
 def _cast_and_place(params: nnx.State, cfg: Config, shardings: nnx.State | None) -> nnx.State:
-    import jax
-    import numpy as np
-
     dtypes = abstract_model(cfg.model)[1]
     cast = jax.tree.map(lambda x, a: np.asarray(x).astype(a.dtype), params, dtypes)
     if shardings is None:

@@ -1,15 +1,20 @@
 """The model: a Llama-style decoder as NNX modules over pure functions.
 
-    layers.py, attention.py, rope.py   the pieces; transformer.py puts them together
-    lora.py          low-rank adapters; vocab_resize.py grows the embedding
-    flops.py         model FLOPs per token and device peaks, for MFU
+    layers.py       RMSNorm, `project` (einsum + optional low-rank branch), SwiGLU
+    attention.py    segment-aware causal attention
+    rope.py         rotary embeddings and their context-extension scalings
+    transformer.py  the Llama-family decoder
+    lora.py         LoRA adapters on a param tree: declare, split, merge
+    params.py       build a model; abstract shapes, initial values, shardings, counts
+    vocab_resize.py grow a trained model's vocabulary
+    flops.py        FLOPs per token, for MFU
 
 May import: jaxlm.config, jaxlm.sharding and jaxlm.errors only. Nothing here knows
-about data, losses, checkpoints or training loops; everything else builds on it.
-
-The import rule is enforced by tests/test_layering.py (ALLOWED there).
+about data, losses, checkpoints or training loops; everything else builds on it. The
+rule is enforced by tests/test_layering.py (ALLOWED there).
 """
 
-from jaxlm.models.transformer import Transformer, count_params
+from jaxlm.models.params import build_model, count_params
+from jaxlm.models.transformer import Transformer
 
-__all__ = ["Transformer", "count_params"]
+__all__ = ["Transformer", "build_model", "count_params"]

@@ -54,14 +54,13 @@ from __future__ import annotations
 
 import dataclasses
 import math
-from typing import TYPE_CHECKING, Literal
+from typing import Literal
 
 import jax
 import jax.numpy as jnp
 import numpy as np
 
-if TYPE_CHECKING:
-    from jaxlm.config import ModelConfig
+from jaxlm.config import ModelConfig
 
 ScalingMethod = Literal["none", "linear", "ntk", "yarn", "llama3"]
 METHODS: tuple[str, ...] = ("none", "linear", "ntk", "yarn", "llama3")

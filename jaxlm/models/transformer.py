@@ -4,9 +4,10 @@ The NNX module only declares and initialises parameters, each tagged with logica
 axis names (see jaxlm/sharding.py). The forward pass reads them as plain arrays and
 runs the layers with `jax.lax.scan` over a leading "layers" axis, so compile time
 stays flat with depth. `logits = model(tokens, positions=..., segment_ids=...)` is
-the one signature every objective uses; losses live in jaxlm/training/losses.py. With
-`model.lora_rank` > 0, `Layers` also holds LoRA adapters and each targeted projection
-adds their low-rank branch (jaxlm/models/lora.py).
+the one signature every objective uses; losses live in jaxlm/training/losses.py.
+Every projection goes through `layers.project`, which also applies any low-rank
+factors stored beside a weight (LoRA adapters, added to a built model by
+jaxlm.models.params); this module declares only the plain model.
 
 `model.attention_bias` adds biases to the q, k and v projections (Qwen2), before the
 QK-norm and RoPE, as Hugging Face's Qwen2/Qwen3 attention adds them.
@@ -26,9 +27,8 @@ import jax.numpy as jnp
 from flax import nnx
 
 from jaxlm.config import ModelConfig
-from jaxlm.models import lora
 from jaxlm.models.attention import attention
-from jaxlm.models.layers import rms_norm, swiglu
+from jaxlm.models.layers import project, rms_norm, swiglu
 from jaxlm.models.rope import RopeScaling, apply_rope
 from jaxlm.sharding import constrain
 
@@ -81,17 +81,9 @@ class Layers(nnx.Module):
         self.w_down = _param(rngs, (L, F, D), out_std, dt, ("layers", "mlp", "embed"))
 
     def arrays(self) -> dict[str, jax.Array]:
-        """The stacked weights (and LoRA adapters, if any) as a dict of plain arrays: what
-        `scan` iterates over."""
-        weight_types = (nnx.Param, lora.LoRAParam)
-        return {name: var[...] for name, var in vars(self).items() if isinstance(var, weight_types)}
-
-
-def _project(cfg: ModelConfig, w: dict[str, jax.Array], spec: str, x: jax.Array, name: str):
-    """x @ w[name] by the einsum `spec`; with LoRA, plus the adapter branch (lora.py)."""
-    if cfg.lora_rank > 0:
-        return lora.project(spec, x, w, name, lora.lora_scale(cfg))
-    return jnp.einsum(spec, x, w[name])
+        """Every stacked variable (weights, and any low-rank factors added beside them) as
+        a dict of plain arrays: what `scan` iterates over."""
+        return {name: var[...] for name, var in vars(self).items() if isinstance(var, nnx.Variable)}
 
 
 def layer_weights(p: dict[str, jax.Array], dtype) -> dict[str, jax.Array]:
@@ -105,9 +97,9 @@ def attention_inputs(
 ) -> tuple[jax.Array, jax.Array, jax.Array]:
     """q, k, v of one block, normed and rotated: what attention (or a KV cache) takes."""
     h_BTD = rms_norm(x_BTD, w["attn_norm"], cfg.norm_eps)
-    q_BTNH = _project(cfg, w, "BTD,DNH->BTNH", h_BTD, "wq")
-    k_BTKH = _project(cfg, w, "BTD,DKH->BTKH", h_BTD, "wk")
-    v_BTKH = _project(cfg, w, "BTD,DKH->BTKH", h_BTD, "wv")
+    q_BTNH = project(cfg, w, "BTD,DNH->BTNH", h_BTD, "wq")
+    k_BTKH = project(cfg, w, "BTD,DKH->BTKH", h_BTD, "wk")
+    v_BTKH = project(cfg, w, "BTD,DKH->BTKH", h_BTD, "wv")
     if cfg.attention_bias:
         q_BTNH, k_BTKH, v_BTKH = q_BTNH + w["bq"], k_BTKH + w["bk"], v_BTKH + w["bv"]
     if cfg.qk_norm:
@@ -124,13 +116,10 @@ def finish_block(
     cfg: ModelConfig, w: dict[str, jax.Array], x_BTD: jax.Array, attn_BTNH: jax.Array
 ) -> jax.Array:
     """The rest of a block after attention: output projection, residual, MLP."""
-    x_BTD = x_BTD + _project(cfg, w, "BTNH,NHD->BTD", attn_BTNH, "wo")
+    x_BTD = x_BTD + project(cfg, w, "BTNH,NHD->BTD", attn_BTNH, "wo")
     x_BTD = constrain(x_BTD, "act_batch", "act_seq", "act_embed")
     h_BTD = rms_norm(x_BTD, w["mlp_norm"], cfg.norm_eps)
-    if cfg.lora_rank > 0:
-        x_BTD = x_BTD + lora.swiglu(h_BTD, w, lora.lora_scale(cfg))
-    else:
-        x_BTD = x_BTD + swiglu(h_BTD, w["w_gate"], w["w_up"], w["w_down"])
+    x_BTD = x_BTD + swiglu(cfg, w, h_BTD)
     return constrain(x_BTD, "act_batch", "act_seq", "act_embed")
 
 
@@ -181,10 +170,6 @@ class Transformer(nnx.Module):
         self.final_norm = _ones((D,), cfg.param_dtype, ("norm",))
         if not cfg.tie_embeddings:
             self.unembed = _param(rngs, (D, V), cfg.init_std, cfg.param_dtype, ("embed", "vocab"))
-        if cfg.lora_rank > 0:
-            # Last, after every base weight has drawn its key: the base of a LoRA model
-            # from a key is then exactly the plain model from that key.
-            lora.add_adapters(self.layers, cfg, rngs)
 
     def __call__(
         self,
@@ -224,12 +209,3 @@ class Transformer(nnx.Module):
             preferred_element_type=jnp.float32,
         )
         return constrain(logits_BTV, "act_batch", "act_seq", "act_vocab")
-
-
-def count_params(cfg: ModelConfig, *, include_embedding: bool = True) -> int:
-    """Exact parameter count from shapes alone (`eval_shape`: nothing is allocated)."""
-    abstract = nnx.eval_shape(lambda: Transformer(cfg, rngs=nnx.Rngs(0)))
-    total = sum(math.prod(x.shape) for x in jax.tree.leaves(nnx.state(abstract, nnx.Param)))
-    if not include_embedding:
-        total -= cfg.vocab_size * cfg.d_model
-    return total

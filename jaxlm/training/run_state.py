@@ -23,8 +23,9 @@ from flax import nnx
 from jax.sharding import Mesh
 
 from jaxlm.config import Config
+from jaxlm.models.params import abstract_model
 from jaxlm.training.param_views import FULL, ParamViews
-from jaxlm.training.state import TrainState, abstract_model, create_train_state
+from jaxlm.training.state import TrainState, create_train_state
 
 
 @dataclasses.dataclass
@@ -39,7 +40,7 @@ def initial_state(
     cfg: Config, optimizer, mesh: Mesh, key: jax.Array, *, log: Callable[[str], None]
 ) -> RunState:
     if cfg.model.lora_rank > 0:
-        from jaxlm.models.lora import initial_lora_state
+        from jaxlm.training.adapters import initial_lora_state
 
         return RunState(*initial_lora_state(cfg, optimizer, mesh, key, log=log))
     state, shardings = create_train_state(cfg.model, optimizer, mesh, key)

@@ -1,10 +1,11 @@
 """TrainState and its sharded initialisation.
 
 The state is built directly in its final sharded layout: `eval_shape` gives the
-abstract state, the logical-axis rules give its shardings, and `jax.jit(init,
-out_shardings=...)` materialises each shard on its own device. No device ever holds
-the whole model. The same `state_shardings` are used at init, in the step and (for
-checkpoints) at restore, so a resumed state is laid out exactly like a fresh one.
+abstract state (the model's from jaxlm.models.params), the logical-axis rules give its
+shardings, and `jax.jit(init, out_shardings=...)` materialises each shard on its own
+device. No device ever holds the whole model. The same `state_shardings` are used at
+init, in the step and (for checkpoints) at restore, so a resumed state is laid out
+exactly like a fresh one.
 """
 
 from __future__ import annotations
@@ -19,8 +20,8 @@ from flax import nnx
 from jax.sharding import Mesh, NamedSharding
 
 from jaxlm.config import ModelConfig
-from jaxlm.models import Transformer
-from jaxlm.sharding import named_sharding, replicated
+from jaxlm.models.params import abstract_model, init_params, param_shardings
+from jaxlm.sharding import replicated
 
 
 @flax.struct.dataclass
@@ -39,27 +40,6 @@ class TrainState:
     frozen: Any = None
 
 
-def abstract_model(cfg: ModelConfig) -> tuple[nnx.GraphDef, nnx.State]:
-    """The model's graph definition and parameter shapes, without allocating them."""
-    model = nnx.eval_shape(lambda: Transformer(cfg, rngs=nnx.Rngs(0)))
-    graphdef, params = nnx.split(model, nnx.Param)
-    return graphdef, params
-
-
-def _is_variable(x: Any) -> bool:
-    return isinstance(x, nnx.Variable)
-
-
-def param_shardings(abstract_params: nnx.State, mesh: Mesh) -> nnx.State:
-    """A State of NamedShardings, from each parameter's logical axes."""
-
-    def shard(var: nnx.Variable) -> nnx.Variable:
-        axes = var.get_metadata()["logical_axes"]
-        return var.replace(named_sharding(mesh, axes, var.shape))
-
-    return jax.tree.map(shard, abstract_params, is_leaf=_is_variable)
-
-
 def opt_state_shardings(abstract_opt_state, params_sharding: nnx.State, mesh: Mesh):
     """Optimizer moments take their parameter's sharding; scalars are replicated."""
     params_def = jax.tree.structure(params_sharding)
@@ -71,10 +51,6 @@ def opt_state_shardings(abstract_opt_state, params_sharding: nnx.State, mesh: Me
         return params_sharding if is_params_like(x) else replicated(mesh)
 
     return jax.tree.map(shard, abstract_opt_state, is_leaf=is_params_like)
-
-
-def init_params(cfg: ModelConfig, key: jax.Array) -> nnx.State:
-    return nnx.split(Transformer(cfg, rngs=nnx.Rngs(params=key)), nnx.Param)[1]
 
 
 def init_train_state(

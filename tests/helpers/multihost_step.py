@@ -21,11 +21,12 @@ jax.config.update("jax_num_cpu_devices", 4 if sys.argv[2] == "1" else 2)
 import numpy as np  # noqa: E402
 
 from jaxlm.config import OptimConfig  # noqa: E402
+from jaxlm.models.params import abstract_model  # noqa: E402
 from jaxlm.presets import get_preset  # noqa: E402
 from jaxlm.runtime import distributed  # noqa: E402
 from jaxlm.sharding import host_batch_to_global, make_mesh  # noqa: E402
 from jaxlm.training.optim import learning_rate_schedule, make_optimizer  # noqa: E402
-from jaxlm.training.state import abstract_model, create_train_state  # noqa: E402
+from jaxlm.training.state import create_train_state  # noqa: E402
 from jaxlm.training.steps import jit_train_step, make_lm_step  # noqa: E402
 
 
