@@ -14,8 +14,10 @@ from jaxlm.errors import InputError
 from jaxlm.training.loop import train
 
 
-@pytest.fixture
-def jsonl_run(tmp_path):
+@pytest.fixture(scope="module")
+def jsonl_run(tmp_path_factory):
+    """One finished 2-step run that every test resumes (each refused, so none changes it)."""
+    tmp_path = tmp_path_factory.mktemp("refusals")
     data = tmp_path / "docs.jsonl"
     files = stdlib_files("train")[:60]  # real, varied text for a 384-piece tokenizer
     lines = [json.dumps({"text": read_text(path)[:3000]}) for path in files]
@@ -36,10 +38,16 @@ def test_changed_settings_are_refused_by_name(jsonl_run):
 
 def test_changed_data_is_refused_by_name(jsonl_run):
     data, overrides, workdir = jsonl_run
+    original = data.read_bytes()
     with data.open("a") as f:
         f.write(json.dumps({"text": "one more document"}) + "\n")
-    with pytest.raises(InputError, match=rf"jsonl:{re.escape(str(data))}: \d+ -> \d+ documents"):
-        train(apply_overrides(Config(), overrides), workdir)
+    try:
+        with pytest.raises(
+            InputError, match=rf"jsonl:{re.escape(str(data))}: \d+ -> \d+ documents"
+        ):
+            train(apply_overrides(Config(), overrides), workdir)
+    finally:
+        data.write_bytes(original)  # the shared run's data as it was, for the other tests
 
 
 def test_data_counts_reach_the_metrics(jsonl_run):

@@ -8,6 +8,7 @@ leaves a training process behind. Waits are bounded by deadlines, never open-end
 from __future__ import annotations
 
 import contextlib
+import functools
 import json
 import os
 import re
@@ -16,6 +17,9 @@ import subprocess
 import sys
 import time
 from pathlib import Path
+
+from jaxlm.data.corpus import read_text, stdlib_files
+from jaxlm.data.tokenizer import save_tokenizer, train_model_proto
 
 REPO = Path(__file__).resolve().parents[2]
 
@@ -41,13 +45,20 @@ TINY = [
 ]
 
 
-def make_tokenizer(directory: Path) -> Path:
-    """A 384-piece tokenizer on a slice of the stdlib corpus, shared by a test module."""
-    from jaxlm.data.corpus import read_text, stdlib_files
-    from jaxlm.data.tokenizer import train_tokenizer
+@functools.cache
+def _stdlib_tokenizer_proto() -> bytes:
+    """The model bytes of make_tokenizer's tokenizer, trained once per test process.
 
+    They depend only on the text and the arguments, so the many tests that need "a
+    tokenizer" share one training (seconds each on a 2-core CI machine).
+    """
     texts = [read_text(path) for path in stdlib_files("train")[:80]]
-    return train_tokenizer(texts, directory / "tok", vocab_size=384, max_chars=200_000).path
+    return train_model_proto(texts, vocab_size=384, max_chars=200_000)
+
+
+def make_tokenizer(directory: Path) -> Path:
+    """A 384-piece tokenizer on a slice of the stdlib corpus, written to `directory`."""
+    return save_tokenizer(_stdlib_tokenizer_proto(), directory / "tok").path
 
 
 def environment(devices: int, **extra: str) -> dict[str, str]:
