@@ -10,7 +10,7 @@ reads its own (jaxlm.data.run_inputs.eval_batches, or posttrain_inputs for chat 
 every document once, in file order, as `[BOS] + text + [EOS]`, cut into pieces of at
 most `seq_len` tokens, packed with the run's packer. It is scored by the training
 run's eval step (jaxlm.training.steps.make_eval_step) and summed the same way
-(jaxlm.training.run_objective.next_token_summary), so for the same data, seq_len and max_docs
+(jaxlm.training.tasks.next_token.next_token_summary), so for the same data, seq_len and max_docs
 the numbers equal the `eval` records of the run's metrics.jsonl.
 
     tokens         scored (target) tokens: every token but the first of each piece,
@@ -210,8 +210,8 @@ def evaluate_sources(
 
     `max_docs` > 0 reads only the first that many documents of each source.
     """
-    from jaxlm.training.run_objective import next_token_summary
     from jaxlm.training.steps import make_eval_step
+    from jaxlm.training.tasks.next_token import next_token_summary
 
     if seq_len > model.cfg.model.max_seq_len:
         raise InputError(

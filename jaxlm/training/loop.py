@@ -53,8 +53,8 @@ from jaxlm.sharding import host_batch_to_global, training_mesh
 from jaxlm.training.metrics import MetricsWriter, gzip_bits_per_byte
 from jaxlm.training.optim import learning_rate_schedule, make_optimizer
 from jaxlm.training.reference_logps import reference_table
-from jaxlm.training.run_objective import build_objective
-from jaxlm.training.run_state import initial_state, needs_reference
+from jaxlm.training.setup import initial_state, needs_reference
+from jaxlm.training.tasks.next_token import build_objective
 
 
 class NonFiniteError(RunStoppedError):
