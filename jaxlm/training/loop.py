@@ -5,8 +5,8 @@ mesh -> dispatch step n -> only then fetch step n-1's metrics. The device always
 a step queued, so the host never stalls it with a per-step sync.
 
 A non-finite loss or gradient norm stops the run with `NonFiniteError` naming the
-step; the step itself did not apply its update (jaxlm.training.steps), and no checkpoint is
-written after it.
+step; the step itself did not apply its update (jaxlm.training.steps), and no
+checkpoint is written after it.
 
 Whatever ends a run early (NonFiniteError, LossSpikeError, a failed save, a bad
 input found mid-run), the save in flight is first waited for (at most

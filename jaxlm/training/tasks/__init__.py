@@ -8,7 +8,9 @@
 A Task (base.py) holds everything that depends on what a run optimises; the loop
 asks it and never branches on the format. A new objective is one file here and one
 entry in TASKS. May import models, data, checkpointing, runtime and the rest of
-jaxlm.training; nothing in jaxlm.training but the loop's setup imports it.
+jaxlm.training; imported by the run's setup (jaxlm.training.setup) and by `jaxlm
+eval` (jaxlm.evaluation.language_model), which reads a run's held-out data the way
+its Task does.
 """
 
 from __future__ import annotations
