@@ -7,7 +7,7 @@ import pytest
 from helpers.runs import TINY, make_tokenizer
 
 import jaxlm.training.loop
-import jaxlm.training.run_objective
+import jaxlm.training.tasks.next_token
 from jaxlm.analysis.metrics_file import read_metrics
 from jaxlm.config import Config, apply_overrides
 from jaxlm.runtime.goodput import TimeLedger, format_summary
@@ -65,7 +65,7 @@ def test_a_tiny_run_accounts_for_its_wall_time(tmp_path, monkeypatch):
     # Slow evaluations and saves down so that leaking them into step time would show.
     pause = 0.4
     real_bpb, real_save = (
-        jaxlm.training.run_objective.bits_per_byte,
+        jaxlm.training.tasks.next_token.bits_per_byte,
         jaxlm.training.loop.Checkpointer.save,
     )
 
@@ -77,7 +77,7 @@ def test_a_tiny_run_accounts_for_its_wall_time(tmp_path, monkeypatch):
         time.sleep(pause)
         return real_save(self, *args, **kwargs)
 
-    monkeypatch.setattr(jaxlm.training.run_objective, "bits_per_byte", slow_bpb)  # in every eval
+    monkeypatch.setattr(jaxlm.training.tasks.next_token, "bits_per_byte", slow_bpb)  # in every eval
     monkeypatch.setattr(jaxlm.training.loop.Checkpointer, "save", slow_save)
     tokenizer = make_tokenizer(tmp_path)
     overrides = [

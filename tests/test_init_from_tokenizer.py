@@ -8,13 +8,19 @@ from helpers.runs import make_tokenizer
 from jaxlm.config import Config, apply_overrides
 from jaxlm.data.run_inputs import ensure_tokenizer
 from jaxlm.errors import InputError
+from jaxlm.training.tasks import task_for
 
 SMALL = ["model.vocab_size=384", "data.tokenizer_vocab_size=384"]
 
 
 def _ensure(cfg, workdir):
     return ensure_tokenizer(
-        cfg, workdir, log=lambda m: None, is_leader=True, barrier=lambda n: None
+        cfg,
+        workdir,
+        log=lambda m: None,
+        is_leader=True,
+        barrier=lambda n: None,
+        may_train=task_for(cfg).trains_tokenizer,
     )
 
 

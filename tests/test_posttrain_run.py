@@ -224,7 +224,7 @@ def test_lora_sft_then_lora_dpo_train_only_adapters_and_export_merged(pretrained
     assert evals[0]["accuracy"] == 0.0 and evals[0]["margin"] == 0.0  # policy == reference
     steps = [json.loads(x) for x in lines if '"train"' in x]
     assert steps[0]["loss"] == pytest.approx(np.log(2), abs=1e-6)  # adapters start at 0
-    assert steps[-1]["reward_accuracy"] > 0.5 and steps[-1]["margin"] > 0
+    assert steps[-1]["accuracy"] > 0.5 and steps[-1]["margin"] > 0
 
     adapters_dir = tmp_path / "adapters"
     assert cli.main(["export", str(tmp_path / "dpo"), str(adapters_dir), "--adapters-only"]) == 0

@@ -173,7 +173,7 @@ def test_each_objective_learns_a_fixed_batch(env, cfg):
         start += cfg.nll_weight * float(history[0]["nll"])
         np.testing.assert_allclose(losses[0], start, rtol=1e-5)
     assert losses[-1] < 0.5 * losses[0], losses
-    assert float(history[-1]["reward_accuracy"]) == 1.0
+    assert float(history[-1]["accuracy"]) == 1.0
     assert float(history[-1]["margin"]) > 0
     assert float(history[-1]["chosen_reward"]) > float(history[-1]["rejected_reward"])
     assert all(float(m["pairs"]) == 4 for m in history)
@@ -243,7 +243,7 @@ def test_eval_sums_match_the_train_step(env):
     sums = {k: float(v) for k, v in eval_step(trained.params, trained.frozen, batch).items()}
     assert sums["pairs"] == 3.0
     np.testing.assert_allclose(sums["loss_sum"] / 3, float(m["loss"]), rtol=1e-5)
-    np.testing.assert_allclose(sums["correct"] / 3, float(m["reward_accuracy"]), rtol=1e-6)
+    np.testing.assert_allclose(sums["correct"] / 3, float(m["accuracy"]), rtol=1e-6)
     np.testing.assert_allclose(sums["margin_sum"] / 3, float(m["margin"]), rtol=1e-4)
 
     simpo = PreferenceConfig(loss="simpo", beta=2.0, simpo_gamma=0.5)

@@ -1,7 +1,7 @@
 """The jitted, sharded train step: gradient accumulation, learning, non-finite guard.
 
 All on the `tiny` preset over a (data=2, fsdp=1, tensor=2) mesh of 4 fake devices,
-with the step exactly as train.py builds it (`make_lm_step` + `jit_train_step`, state
+with the step exactly as the training setup builds it (`make_lm_step` + `jit_train_step`, state
 donated). Two compiled steps (grad_accum 1 and 4) serve every test.
 """
 

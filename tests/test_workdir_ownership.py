@@ -21,11 +21,12 @@ from test_train_loop import SMALL
 from jaxlm import cli
 from jaxlm.config import Config, apply_overrides
 from jaxlm.data.corpus import read_text, stdlib_files
-from jaxlm.data.run_inputs import check_fingerprint, data_fingerprint, ensure_tokenizer
+from jaxlm.data.run_inputs import check_fingerprint, ensure_tokenizer
 from jaxlm.data.tokenizer import Tokenizer, train_tokenizer
 from jaxlm.errors import InputError
 from jaxlm.inference.loading import load_model
 from jaxlm.training.loop import train
+from jaxlm.training.tasks import task_for
 
 FAST = [*SMALL, "train.peak_flops=1e12"]  # a number for MFU instead of measuring the CPU
 ONE_STEP = [*FAST, "train.steps=1", "data.eval_max_docs=1"]
@@ -101,7 +102,14 @@ def test_a_workdir_reads_its_own_tokenizer_from_any_directory(tmp_path, monkeypa
 def _ensure(cfg, workdir, logged=None):
     workdir.mkdir(exist_ok=True)
     log = logged.append if logged is not None else lambda message: None
-    return ensure_tokenizer(cfg, workdir, log=log, is_leader=True, barrier=lambda name: None)
+    return ensure_tokenizer(
+        cfg,
+        workdir,
+        log=log,
+        is_leader=True,
+        barrier=lambda name: None,
+        may_train=task_for(cfg).trains_tokenizer,
+    )
 
 
 def test_init_from_with_another_tokenizer_of_the_same_size_is_refused(tmp_path, tokenizers):
@@ -202,11 +210,11 @@ def test_every_kind_of_source_fingerprints_its_content(kind, tmp_path, tokenizer
     texts = [f"def f{i}(x):\n    return x * {i}  # {'word ' * (i % 7)}\n" * 5 for i in range(40)]
     base = ["model.vocab_size=384", "data.tokenizer_vocab_size=384", "data.val_fraction=0.1"]
     cfg = apply_overrides(Config(), [*base, *_write_kind(kind, tmp_path / "d", texts, tokenizer)])
-    before = data_fingerprint(cfg, tokenizer.sha256)
-    check_fingerprint(before, data_fingerprint(cfg, tokenizer.sha256), "ckpt", cfg, print)
+    before = task_for(cfg).data_fingerprint(tokenizer.sha256)
+    check_fingerprint(before, task_for(cfg).data_fingerprint(tokenizer.sha256), "ckpt", cfg, print)
 
     _write_kind(kind, tmp_path / "d", [text.swapcase() for text in texts], tokenizer)
-    after = data_fingerprint(cfg, tokenizer.sha256)
+    after = task_for(cfg).data_fingerprint(tokenizer.sha256)
     assert after["documents_per_source"] == before["documents_per_source"]
     with pytest.raises(InputError, match=r"ckpt: the content of the training data changed"):
         check_fingerprint(before, after, "ckpt", cfg, print)
@@ -215,7 +223,7 @@ def test_every_kind_of_source_fingerprints_its_content(kind, tmp_path, tokenizer
 def test_a_checkpoint_from_before_content_fingerprints_resumes_on_counts(tmp_path, tokenizers):
     tokenizer = tokenizers[0]
     cfg = apply_overrides(Config(), _write_kind("text", tmp_path / "d", ["a b c"] * 30, tokenizer))
-    now = data_fingerprint(cfg, tokenizer.sha256)
+    now = task_for(cfg).data_fingerprint(tokenizer.sha256)
     logged = []
     old = {"documents_per_source": now["documents_per_source"]}
     check_fingerprint(old, now, "ckpt", cfg, logged.append)
@@ -223,8 +231,7 @@ def test_a_checkpoint_from_before_content_fingerprints_resumes_on_counts(tmp_pat
 
 
 def test_a_precomputed_reference_table_is_refused_for_changed_pairs(tmp_path, tokenizers):
-    from jaxlm.data.posttrain_inputs import lines_per_file
-    from jaxlm.data.run_inputs import jsonl_content
+    from jaxlm.data.posttrain_inputs import jsonl_content, lines_per_file
     from jaxlm.training.reference_logps import FILE, reference_table, save_table
 
     texts = [f"pair {i}: " + "some words " * (i % 5 + 1) for i in range(20)]

@@ -30,11 +30,17 @@ def run(args) -> int:
     from jaxlm.data import run_inputs
     from jaxlm.data.counters import DataTotals
     from jaxlm.training.experiment import load_experiment, resolve_config
+    from jaxlm.training.tasks import task_for
 
     cfg = resolve_config(load_experiment(args.experiment), args.overrides, args.experiment)
     workdir = Path(args.workdir or Path("runs") / cfg.name)
     tokenizer = run_inputs.ensure_tokenizer(
-        cfg, workdir, log=print, is_leader=True, barrier=lambda name: None
+        cfg,
+        workdir,
+        log=print,
+        is_leader=True,
+        barrier=lambda name: None,
+        may_train=task_for(cfg).trains_tokenizer,
     )
     if args.split == "train":
         stream = run_inputs.train_stream(cfg, tokenizer, 0, 1)

@@ -5,8 +5,11 @@ with the chat loss mask); `data.format=preference` reads chosen/rejected pairs i
 `[B, 2, T]` batches for the preference step. Both read `jsonl:` sources (MiniMind's
 `sft_*.jsonl` / `dpo.jsonl` unchanged, or `jaxlm data posttrain` output).
 
+Which of the two a run reads is its Task's choice (jaxlm.training.tasks): it passes
+`chat_pipeline` or `pair_pipeline` to the stream and eval functions here.
+
 Held-out data: `data.eval_sources` when given; otherwise a stable `data.val_fraction`
-of each file's lines (jaxlm.data.sources.split), never trained on.
+of each file's lines (jaxlm.data.splits), never trained on.
 
 What was skipped or cut (conversations without an assistant turn, truncated ones,
 malformed lines in skip mode) travels inside each batch under COUNTS_KEY, like the
@@ -17,16 +20,19 @@ from __future__ import annotations
 
 import dataclasses
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 
 from jaxlm.config import Config
 from jaxlm.data.chat import ChatStats
+from jaxlm.data.content_digest import file_digest
 from jaxlm.data.counters import COUNTS_KEY
-from jaxlm.data.jsonl import BadLineCounter
+from jaxlm.data.jsonl import BadLineCounter, line_offsets
 from jaxlm.data.preference import WHERE_KEY, PreferenceStats, preference_dataset
 from jaxlm.data.sft import sft_dataset
 from jaxlm.data.sources.paths import matching_files, relative_names
+from jaxlm.data.splits import held_out_split, training_split
 from jaxlm.errors import InputError
 from jaxlm.source_spec import parse_sources
 
@@ -46,15 +52,34 @@ def jsonl_files(specs: str, key: str) -> tuple[list[Path], list[str]]:
     return files, names
 
 
-def lines_per_file(cfg: Config, *, with_eval: bool = False) -> dict[str, int]:
-    """Non-blank lines per training file (and evaluation file): a resumed run must
-    read the same data."""
-    from jaxlm.data.jsonl import line_offsets
-
+def _run_files(cfg: Config, with_eval: bool) -> list[Path]:
     files, _ = jsonl_files(cfg.data.sources, "data.sources")
     if with_eval and cfg.data.eval_sources:
         files += jsonl_files(cfg.data.eval_sources, "data.eval_sources")[0]
-    return {str(f): len(line_offsets(f)[0]) for f in files}
+    return files
+
+
+def lines_per_file(cfg: Config, *, with_eval: bool = False) -> dict[str, int]:
+    """Non-blank lines per training file (and evaluation file): a resumed run must
+    read the same data."""
+    return {str(f): len(line_offsets(f)[0]) for f in _run_files(cfg, with_eval)}
+
+
+def jsonl_content(cfg: Config, *, with_eval: bool = False) -> dict[str, str]:
+    """The sampled content digest of every training file (and evaluation file), by
+    path, as `lines_per_file` counts their lines."""
+    return {str(file): file_digest(file) for file in _run_files(cfg, with_eval)}
+
+
+def jsonl_fingerprint(cfg: Config, tokenizer_sha256: str) -> dict[str, Any]:
+    """What the training files are, for a resumed run to check it reads the same data:
+    run_inputs.text_fingerprint's keys, counted per file (non-blank lines) and
+    digested per file (jaxlm.data.content_digest, at most 64 KiB read per file)."""
+    return {
+        "documents_per_source": lines_per_file(cfg),
+        "content_per_source": jsonl_content(cfg),
+        "tokenizer_sha256": tokenizer_sha256,
+    }
 
 
 class AttachStats:
@@ -83,26 +108,35 @@ class AttachStats:
         return {**batch, COUNTS_KEY: counts}
 
 
-def _dataset(cfg: Config, tokenizer, specs: str, key: str, **kwargs):
+def chat_pipeline(cfg: Config, tokenizer, files: list[Path], **common):
+    """Packed SFT rows of conversations (loss on assistant tokens only), with stats."""
+    stats = ChatStats()
+    data = sft_dataset(files, tokenizer, packer=cfg.data.packer, stats=stats, **common)
+    return data.map(AttachStats(stats, common["bad_lines"], "chat"))
+
+
+def pair_pipeline(cfg: Config, tokenizer, files: list[Path], **common):
+    """`[B, 2, T]` chosen/rejected batches, with stats."""
+    stats = PreferenceStats()
+    data = preference_dataset(files, tokenizer, stats=stats, **common)
+    return data.map(AttachStats(stats, common["bad_lines"], "pairs"))
+
+
+def _dataset(cfg: Config, tokenizer, pipeline, specs: str, key: str, **kwargs):
     files, names = jsonl_files(specs, key)
-    bad_lines = BadLineCounter()
-    common = dict(
+    return pipeline(
+        cfg,
+        tokenizer,
+        files,
         seq_len=cfg.data.seq_len,
         pad_id=tokenizer.pad_id,
         seed=cfg.data.seed,
         on_error=cfg.data.on_bad_record,
-        bad_lines=bad_lines,
+        bad_lines=BadLineCounter(),
         val_fraction=cfg.data.val_fraction,
         names=names,
         **kwargs,
     )
-    if cfg.data.format == "chat":
-        stats = ChatStats()
-        data = sft_dataset(files, tokenizer, packer=cfg.data.packer, stats=stats, **common)
-        return data.map(AttachStats(stats, bad_lines, "chat"))
-    stats = PreferenceStats()
-    data = preference_dataset(files, tokenizer, stats=stats, **common)
-    return data.map(AttachStats(stats, bad_lines, "pairs"))
 
 
 def posttrain_train_stream(
@@ -111,18 +145,23 @@ def posttrain_train_stream(
     process_index: int,
     process_count: int,
     batch_size: int,
+    *,
+    pipeline,
     **extra,
 ):
-    """This process's endless, checkpointable chat or preference batches.
+    """This process's endless, checkpointable batches of `pipeline` (chat_pipeline or
+    pair_pipeline).
 
     `extra` goes to the pipeline (e.g. `reference_logps` for preference pairs)."""
+    training = training_split(cfg)
     return _dataset(
         cfg,
         tokenizer,
-        cfg.data.sources,
-        "data.sources",
+        pipeline,
+        training.specs,
+        training.key,
         batch_size=batch_size,
-        split="all" if cfg.data.eval_sources else "train",
+        split=training.split,
         process_index=process_index,
         process_count=process_count,
         **extra,
@@ -135,21 +174,20 @@ def posttrain_eval_batches(
     process_index: int,
     process_count: int,
     batch_size: int,
+    *,
+    pipeline,
     **extra,
 ) -> list[dict[str, np.ndarray]]:
     """Every held-out conversation or pair of this process once, in file order."""
-    specs, key = (
-        (cfg.data.eval_sources, "data.eval_sources")
-        if cfg.data.eval_sources
-        else (cfg.data.sources, "data.sources")
-    )
+    held_out = held_out_split(cfg)
     data = _dataset(
         cfg,
         tokenizer,
-        specs,
-        key,
+        pipeline,
+        held_out.specs,
+        held_out.key,
         batch_size=batch_size,
-        split="all" if cfg.data.eval_sources else "validation",
+        split=held_out.split,
         shuffle=False,
         repeat=False,
         process_index=process_index,
@@ -166,6 +204,7 @@ def all_pairs(
     data = _dataset(
         cfg,
         tokenizer,
+        pair_pipeline,
         specs,
         key,
         batch_size=batch_size,

@@ -5,12 +5,12 @@
     train_stream       the endless, checkpointable batch iterator of this process
     eval_batches       every held-out document once, equal batch counts on all hosts
     eval_texts         the held-out texts themselves (for the gzip baseline)
-    data_fingerprint   what the stream was built from (counts, sampled content, tokenizer)
+    text_fingerprint   what the stream was built from (counts, sampled content, tokenizer)
     check_fingerprint  refuses a resume on other data, or warns (data.allow_changed_data)
 
-Splits: with `data.eval_sources` empty, each source's documents are split by a stable
-hash into training (1 - val_fraction) and held-out; otherwise training reads all of
-`data.sources` and evaluation all of `data.eval_sources`.
+Which documents train and which are held out: jaxlm.data.splits. The chat and
+preference counterparts are in jaxlm.data.posttrain_inputs; a run's Task
+(jaxlm.training.tasks) chooses between them.
 """
 
 from __future__ import annotations
@@ -25,10 +25,13 @@ from typing import Any
 import grain
 import numpy as np
 
-from jaxlm.config import Config
+from jaxlm.config import Config, config_from_dict
+from jaxlm.data import content_digest
 from jaxlm.data.counters import DataCounters
 from jaxlm.data.packing import padding_batch
 from jaxlm.data.pipeline import dataset_from_specs
+from jaxlm.data.sources import open_source
+from jaxlm.data.splits import held_out_split, training_split
 from jaxlm.data.tokenizer import Tokenizer, train_tokenizer
 from jaxlm.data.workdir_tokenizer import (
     TOKENIZER_FILE,
@@ -41,22 +44,10 @@ from jaxlm.errors import InputError
 from jaxlm.source_spec import parse_sources
 
 
-def train_split(cfg: Config) -> str:
-    return "all" if cfg.data.eval_sources else "train"
-
-
-def eval_specs_and_split(cfg: Config) -> tuple[str, str]:
-    if cfg.data.eval_sources:
-        return cfg.data.eval_sources, "all"
-    return cfg.data.sources, "validation"
-
-
 def open_sources(
     cfg: Config, specs: str, split: str, tokenizer_sha256: str | None
 ) -> list[tuple[str, grain.MapDataset]]:
     """(spec text, MapDataset of documents) for every source in `specs`."""
-    from jaxlm.data.sources import open_source
-
     return [
         (
             str(spec),
@@ -75,11 +66,18 @@ def open_sources(
 
 
 def ensure_tokenizer(
-    cfg: Config, workdir: Path, *, log: Callable[[str], None], is_leader: bool, barrier
+    cfg: Config,
+    workdir: Path,
+    *,
+    log: Callable[[str], None],
+    is_leader: bool,
+    barrier,
+    may_train: bool,
 ) -> Tokenizer:
     """The run's tokenizer: the workdir's own copy, <workdir>/tokenizer.model.
 
-    It is trained there (a text run without data.tokenizer), or copied there once, at
+    It is trained there (when `may_train`, i.e. a pretraining run on text, and neither
+    data.tokenizer nor train.init_from gives one), or copied there once, at
     the start of the run, from data.tokenizer, else from the tokenizer.model inside
     `train.init_from` (a run that continues a model reads text the way that model
     learnt it: never a newly trained tokenizer, same size with other pieces). Every
@@ -96,7 +94,7 @@ def ensure_tokenizer(
         tokenizer (same vocabulary size, other pieces: a silently scrambled model),
         unless `train.allow_tokenizer_change` says it is vocabulary surgery.
     """
-    source = _tokenizer_to_copy(cfg)
+    source = _tokenizer_to_copy(cfg, may_train)
     if source is None:
         return _trained_tokenizer(cfg, workdir, log=log, is_leader=is_leader, barrier=barrier)
     if cfg.data.tokenizer and cfg.train.init_from:
@@ -123,11 +121,11 @@ def ensure_tokenizer(
     return Tokenizer.load(own)
 
 
-def _tokenizer_to_copy(cfg: Config) -> Path | None:
+def _tokenizer_to_copy(cfg: Config, may_train: bool) -> Path | None:
     """data.tokenizer, else init_from's tokenizer; None when the run trains its own."""
     if cfg.data.tokenizer:
         return Path(cfg.data.tokenizer).absolute()
-    if cfg.data.format == "text" and not cfg.train.init_from:
+    if may_train and not cfg.train.init_from:
         return None
     # Only a copy the model's directory holds; never one its config merely names (a
     # grow-vocab output without --tokenizer names the smaller tokenizer it grew from).
@@ -150,8 +148,6 @@ def _init_from_tokenizer(cfg: Config) -> Path | None:
     config_file = init_from / "config.json"
     if not (init_from / TOKENIZER_FILE).is_file() and config_file.is_file():
         # An older directory (or grow-vocab without --tokenizer) names its tokenizer.
-        from jaxlm.config import config_from_dict
-
         saved = config_from_dict(json.loads(config_file.read_text(encoding="utf-8"))).data.tokenizer
     return owned_tokenizer(init_from, saved)
 
@@ -188,7 +184,8 @@ def _trained_tokenizer(
         if is_leader:
             log(f"training a {cfg.data.tokenizer_vocab_size}-piece tokenizer -> {model_path}")
             t0 = time.perf_counter()
-            sources = open_sources(cfg, cfg.data.sources, train_split(cfg), None)
+            training = training_split(cfg)
+            sources = open_sources(cfg, training.specs, training.split, None)
             train_tokenizer(
                 interleaved_texts([source for _, source in sources]),
                 prefix,
@@ -231,7 +228,7 @@ def train_stream(
     return dataset_from_specs(
         cfg.data.sources,
         tokenizer,
-        split=train_split(cfg),
+        split=training_split(cfg).split,
         text_field=cfg.data.text_field,
         val_fraction=cfg.data.val_fraction,
         on_error=cfg.data.on_bad_record,
@@ -256,11 +253,11 @@ def eval_batches(
     `allgather_max(n)` returns the largest n over processes; hosts with fewer batches
     append all-padding batches (no loss), so collectives stay in step.
     """
-    specs, split = eval_specs_and_split(cfg)
+    held_out = held_out_split(cfg)
     dataset = dataset_from_specs(
-        specs,
+        held_out.specs,
         tokenizer,
-        split=split,
+        split=held_out.split,
         text_field=cfg.data.text_field,
         val_fraction=cfg.data.val_fraction,
         on_error=cfg.data.on_bad_record,
@@ -283,7 +280,10 @@ def eval_batches(
 def equalize_batch_count(batches, allgather_max, cfg: Config, pad_id: int):
     count = int(allgather_max(len(batches)))
     if count == 0:
-        raise InputError(f"the evaluation sources {eval_specs_and_split(cfg)} gave no batches")
+        held_out = held_out_split(cfg)
+        raise InputError(
+            f"the evaluation sources {(held_out.specs, held_out.split)} gave no batches"
+        )
     shape = batches[0]["tokens"].shape if batches else None
     while len(batches) < count:  # all-padding batches carry no loss
         rows, seq_len = shape or (cfg.data.batch_size, cfg.data.seq_len)
@@ -293,43 +293,35 @@ def equalize_batch_count(batches, allgather_max, cfg: Config, pad_id: int):
 
 def eval_texts(cfg: Config) -> list[str]:
     """The held-out texts (empty when the eval sources are pre-tokenized)."""
-    specs, split = eval_specs_and_split(cfg)
+    held_out = held_out_split(cfg)
     texts = []
-    for _, source in open_sources(cfg, specs, split, None):
+    for _, source in open_sources(cfg, held_out.specs, held_out.split, None):
         if cfg.data.eval_max_docs:
             source = source[: cfg.data.eval_max_docs]
         texts.extend(doc for doc in source.to_iter_dataset() if isinstance(doc, str))
     return texts
 
 
-def data_fingerprint(cfg: Config, tokenizer_sha256: str) -> dict[str, Any]:
-    """What the training data is, for a resumed run to check it reads the same data.
+def text_fingerprint(cfg: Config, tokenizer_sha256: str) -> dict[str, Any]:
+    """What the training text is, for a resumed run to check it reads the same data.
 
-    documents_per_source  documents per text source (non-blank lines per file for
-                          chat and preference data): what the data position counts
-    content_per_source    a sampled sha256 of every source's files (per file for
-                          chat and preference data): jaxlm.data.content_digest,
-                          at most 64 KiB read per file, whatever its size
+    documents_per_source  documents per source: what the data position counts
+    content_per_source    a sampled sha256 of every source's files
+                          (jaxlm.data.content_digest, at most 64 KiB read per file,
+                          whatever its size)
     tokenizer_sha256      the tokenizer the batches were made with
+
+    posttrain_inputs.jsonl_fingerprint has the same keys for chat and preference data.
     """
-    from jaxlm.data import content_digest
-
-    if cfg.data.format == "text":
-        counts = {
-            spec: len(source)
-            for spec, source in open_sources(
-                cfg, cfg.data.sources, train_split(cfg), tokenizer_sha256
-            )
-        }
-        content = {
-            str(spec): content_digest.files_digest(*content_digest.source_files(spec))
-            for spec in parse_sources(cfg.data.sources)
-        }
-    else:
-        from jaxlm.data import posttrain_inputs
-
-        counts = posttrain_inputs.lines_per_file(cfg)
-        content = jsonl_content(cfg)
+    training = training_split(cfg)
+    counts = {
+        spec: len(source)
+        for spec, source in open_sources(cfg, training.specs, training.split, tokenizer_sha256)
+    }
+    content = {
+        str(spec): content_digest.files_digest(*content_digest.source_files(spec))
+        for spec in parse_sources(cfg.data.sources)
+    }
     return {
         "documents_per_source": counts,
         "content_per_source": content,
@@ -337,24 +329,12 @@ def data_fingerprint(cfg: Config, tokenizer_sha256: str) -> dict[str, Any]:
     }
 
 
-def jsonl_content(cfg: Config, *, with_eval: bool = False) -> dict[str, str]:
-    """The sampled content digest of every chat / preference training file (and
-    evaluation file), by path, as posttrain_inputs.lines_per_file counts their lines."""
-    from jaxlm.data.content_digest import file_digest
-    from jaxlm.data.posttrain_inputs import jsonl_files
-
-    files, _ = jsonl_files(cfg.data.sources, "data.sources")
-    if with_eval and cfg.data.eval_sources:
-        files += jsonl_files(cfg.data.eval_sources, "data.eval_sources")[0]
-    return {str(file): file_digest(file) for file in files}
-
-
 def check_fingerprint(
     saved: dict[str, Any], now: dict[str, Any], where: str, cfg: Config, log: Callable[[str], None]
 ) -> None:
     """Refuses a resume whose data or tokenizer is not the checkpoint's.
 
-    `saved` is the checkpoint's data item (data_fingerprint's keys among others). A
+    `saved` is the checkpoint's data item (text_fingerprint's keys among others). A
     different document count or tokenizer is always refused: the saved data position
     would point at other documents. Changed content with the same counts is refused
     too, unless `data.allow_changed_data` accepts it with a logged warning. A

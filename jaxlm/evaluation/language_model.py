@@ -6,11 +6,11 @@
     result.loss, result.perplexity, result.bits_per_byte
 
 A source is read, tokenized and packed exactly as a training run's held-out evaluation
-reads its own (jaxlm.data.run_inputs.eval_batches, or posttrain_inputs for chat data):
+reads its own (the eval batches of the run's Task, jaxlm.training.tasks):
 every document once, in file order, as `[BOS] + text + [EOS]`, cut into pieces of at
 most `seq_len` tokens, packed with the run's packer. It is scored by the training
 run's eval step (jaxlm.training.steps.make_eval_step) and summed the same way
-(jaxlm.training.run_objective.next_token_summary), so for the same data, seq_len and max_docs
+(jaxlm.training.tasks.next_token.next_token_summary), so for the same data, seq_len and max_docs
 the numbers equal the `eval` records of the run's metrics.jsonl.
 
     tokens         scored (target) tokens: every token but the first of each piece,
@@ -40,9 +40,15 @@ import jax
 import numpy as np
 
 from jaxlm.config import Config
+from jaxlm.data.splits import held_out_split
 from jaxlm.errors import InputError
 from jaxlm.inference.loading import LoadedModel
+from jaxlm.sharding import host_batch_to_global, make_mesh
 from jaxlm.source_spec import parse_sources
+from jaxlm.training.metrics import bits_per_byte
+from jaxlm.training.steps import jit_eval_step, make_eval_step
+from jaxlm.training.tasks import task_for
+from jaxlm.training.tasks.next_token import next_token_summary
 
 EvalSplit = Literal["all", "validation"]
 EvalFormat = Literal["text", "chat"]
@@ -83,8 +89,6 @@ class SourceResult:
 
     @property
     def bits_per_byte(self) -> float:
-        from jaxlm.training.metrics import bits_per_byte
-
         return bits_per_byte(self.nats, self.bytes)
 
     def to_json(self) -> dict[str, Any]:
@@ -111,18 +115,15 @@ def combined(results: Sequence[SourceResult], name: str = "all") -> SourceResult
 
 def run_sources(cfg: Config) -> list[EvalSource]:
     """The sources the run itself evaluated on (data.eval_sources, else its held-out split)."""
-    if cfg.data.format == "preference":
+    eval_format = task_for(cfg).token_eval_format
+    if eval_format is None:
         raise InputError(
-            f"{cfg.name}: a preference run's held-out data are pairs, which have no single "
-            "loss; pass --data (e.g. --data stdlib --split validation, or --format chat "
-            "--data jsonl:sft_val.jsonl)"
+            f"{cfg.name}: a {cfg.data.format} run's held-out data are pairs, which have no "
+            "single loss; pass --data (e.g. --data stdlib --split validation, or --format "
+            "chat --data jsonl:sft_val.jsonl)"
         )
-    specs, split = (
-        (cfg.data.eval_sources, "all")
-        if cfg.data.eval_sources
-        else (cfg.data.sources, "validation")
-    )
-    return [EvalSource(str(s), split, cfg.data.format) for s in parse_sources(specs)]
+    held_out = held_out_split(cfg)
+    return [EvalSource(str(s), held_out.split, eval_format) for s in parse_sources(held_out.specs)]
 
 
 def source_config(
@@ -161,22 +162,11 @@ def source_config(
 
 def source_batches(cfg: Config, tokenizer) -> list[dict[str, np.ndarray]]:
     """The held-out batches of `cfg`'s data section, as a training run builds them."""
-    if cfg.data.format == "text":
-        from jaxlm.data.run_inputs import eval_batches
-
-        return eval_batches(cfg, tokenizer, 0, 1, lambda n: n)
-    from jaxlm.data.posttrain_inputs import posttrain_eval_batches
-
-    batches = posttrain_eval_batches(cfg, tokenizer, 0, 1, cfg.data.batch_size)
-    if not batches:
-        raise InputError(f"{cfg.data.eval_sources or cfg.data.sources}: no conversations")
-    return batches
+    return task_for(cfg).eval_batches(tokenizer, 0, 1, cfg.data.batch_size)
 
 
 def data_parallel_mesh(batch_size: int):
     """A data-parallel mesh over the local devices that divide `batch_size`."""
-    from jaxlm.sharding import make_mesh
-
     devices = jax.local_devices()
     count = math.gcd(batch_size, len(devices))
     return make_mesh((count, 1, 1), devices[:count])
@@ -186,8 +176,6 @@ def place_batch(batch: dict[str, np.ndarray], mesh) -> dict[str, jax.Array]:
     """A host batch on the model's devices (batch-sharded over `mesh` when there is one)."""
     if mesh is None:
         return {k: jax.numpy.asarray(v) for k, v in batch.items()}
-    from jaxlm.sharding import host_batch_to_global
-
     return host_batch_to_global(batch, mesh)
 
 
@@ -210,15 +198,12 @@ def evaluate_sources(
 
     `max_docs` > 0 reads only the first that many documents of each source.
     """
-    from jaxlm.training.run_objective import next_token_summary
-    from jaxlm.training.steps import make_eval_step
-
     if seq_len > model.cfg.model.max_seq_len:
         raise InputError(
             f"--seq-len {seq_len} exceeds model.max_seq_len={model.cfg.model.max_seq_len} "
             "(raise it with --set model.max_seq_len=N, with RoPE scaling if the model needs it)"
         )
-    step = jax.jit(make_eval_step(model.graphdef))
+    step = jit_eval_step(make_eval_step(model.graphdef))
     token_bytes = jax.numpy.asarray(model.tokenizer.token_bytes())
     results = []
     for source in sources:

@@ -143,7 +143,7 @@ def initial_lora_state(
     *,
     log: Callable[[str], None],
 ) -> tuple[TrainState, TrainState, nnx.GraphDef, ParamViews]:
-    """(state, shardings, graphdef, views) of a LoRA run, for jaxlm.training.run_state.
+    """(state, shardings, graphdef, views) of a LoRA run, for jaxlm.training.setup.
 
     `train.init_from` names the base: plain params (a params directory or a plain
     run's workdir), loaded straight into the frozen shardings. Without it the base is

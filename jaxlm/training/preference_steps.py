@@ -13,11 +13,12 @@ They are constants of the step: computed outside the differentiated function and
 under `stop_gradient`, so no gradient of the reference is ever traced, and the
 frozen params are returned untouched.
 
-Like `steps.make_lm_step`, gradient accumulation scans micro-batches, summing the
-*unnormalised* per-pair losses and their gradients, and divides once by the number of
-valid pairs in the whole batch; a step with a non-finite loss, gradient or update,
-with no valid pair, or (with spike_factor > 0) with a loss spike leaves params and
-optimizer state bitwise unchanged and does not advance the step counter.
+Like `steps.make_lm_step`, gradient accumulation (the shared `steps.accumulate`)
+scans micro-batches, summing the *unnormalised* per-pair losses and their gradients,
+and the step divides once by the number of valid pairs in the whole batch; a step
+with a non-finite loss, gradient or update, with no valid pair, or (with
+spike_factor > 0) with a loss spike leaves params and optimizer state bitwise
+unchanged and does not advance the step counter.
 """
 
 from __future__ import annotations
@@ -36,7 +37,7 @@ from jaxlm.training.losses import safe_mean
 from jaxlm.training.param_views import FULL, ParamViews, States
 from jaxlm.training.preference_losses import METRIC_SUMS, Sums, preference_loss, sequence_logps
 from jaxlm.training.state import TrainState
-from jaxlm.training.steps import forward, guarded_update, split_microbatches
+from jaxlm.training.steps import accumulate, forward, guarded_update
 
 Batch = dict[str, jax.Array]
 Metrics = dict[str, jax.Array]
@@ -121,22 +122,16 @@ def accumulated_pair_grads(
 
     grad_fn = jax.grad(objective, has_aux=True)
 
-    def one(b):
+    def sums_and_grads(b):
         # Outside grad_fn: the reference forward pass is never differentiated.
         ref = reference_logps(graphdef, cfg, views, params, frozen, b)
         grads, sums = grad_fn(params, b, ref)
         return sums, grads
 
-    if grad_accum == 1:
-        return one(batch)
+    def zeros():
+        return _zero_sums(), jax.tree.map(jnp.zeros_like, params)
 
-    def micro(carry, b):
-        sums, grads = one(b)
-        return jax.tree.map(jnp.add, carry, (sums, grads)), None
-
-    zeros = (_zero_sums(), jax.tree.map(jnp.zeros_like, params))
-    (sums, grads), _ = jax.lax.scan(micro, zeros, split_microbatches(batch, grad_accum))
-    return sums, grads
+    return accumulate(sums_and_grads, batch, grad_accum=grad_accum, zeros=zeros)
 
 
 def _means(sums: Sums) -> Metrics:
@@ -144,7 +139,9 @@ def _means(sums: Sums) -> Metrics:
     pairs = sums["pairs"]
     return {
         "loss": safe_mean(sums["loss_sum"], pairs),
-        "reward_accuracy": safe_mean(sums["correct"], pairs),
+        # The share of pairs whose implied reward ranks chosen first; the eval summary
+        # (jaxlm.training.tasks.preference) reports the same number under this name.
+        "accuracy": safe_mean(sums["correct"], pairs),
         "chosen_reward": safe_mean(sums["chosen_reward_sum"], pairs),
         "rejected_reward": safe_mean(sums["rejected_reward_sum"], pairs),
         "margin": safe_mean(sums["margin_sum"], pairs),

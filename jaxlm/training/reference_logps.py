@@ -24,9 +24,15 @@ from typing import Any
 
 import jax
 import numpy as np
+from jax.experimental import multihost_utils
 
+from jaxlm.data import posttrain_inputs
 from jaxlm.data.preference import WHERE_KEY as WHERE
 from jaxlm.errors import InputError
+from jaxlm.sharding import BATCH_AXES, host_batch_to_global
+from jaxlm.training.hosts import allgather_max
+from jaxlm.training.preference_steps import make_reference_logps
+from jaxlm.training.steps import jit_scoring_step
 
 FILE = "reference_logps.npz"
 
@@ -65,24 +71,17 @@ def reference_table(
     reference). Scores every line of data.sources and data.eval_sources, so training
     and held-out pairs alike carry `ref_logps`.
     """
-    from jaxlm.data import posttrain_inputs, run_inputs
-
     path = Path(workdir) / FILE
     fingerprint = {
         "lines_per_file": posttrain_inputs.lines_per_file(cfg, with_eval=True),
-        "content_per_file": run_inputs.jsonl_content(cfg, with_eval=True),
+        "content_per_file": posttrain_inputs.jsonl_content(cfg, with_eval=True),
     }
     if path.is_file():
         log(f"reference log-probs from {path}")
         return load_table(path, fingerprint)
 
-    from jax.experimental import multihost_utils
-
-    from jaxlm.sharding import BATCH_AXES, batch_sharding, host_batch_to_global
-    from jaxlm.training.preference_steps import make_reference_logps
-
     frozen = state.frozen if state.frozen is not None else state.params
-    score = jax.jit(make_reference_logps(graphdef, views), out_shardings=batch_sharding(mesh))
+    score = jit_scoring_step(make_reference_logps(graphdef, views), mesh)
     where = (jax.process_index(), jax.process_count())
     batches = []
     for specs, key in (
@@ -91,7 +90,7 @@ def reference_table(
     ):
         if specs:
             batches += posttrain_inputs.all_pairs(cfg, tokenizer, specs, key, *where, batch_size)
-    count = _allgather_max(len(batches))  # every process runs the program equally often
+    count = allgather_max(len(batches))  # every process runs the program equally often
     filler = posttrain_inputs.empty_pairs(batch_size, cfg.data.seq_len, tokenizer.pad_id)
     batches += [{**filler, WHERE: []}] * (count - len(batches))
 
@@ -113,20 +112,10 @@ def reference_table(
     return table
 
 
-def _allgather_max(value: int) -> int:
-    if jax.process_count() == 1:
-        return value
-    from jax.experimental import multihost_utils
-
-    return int(np.max(multihost_utils.process_allgather(np.int32(value))))
-
-
 def gather_tables(mine: dict[str, Any]) -> dict[str, np.ndarray]:
     """Every process's table, merged (each process scored a disjoint share)."""
     if jax.process_count() == 1:
         return mine
-    from jax.experimental import multihost_utils
-
     text = np.frombuffer(
         json.dumps({k: [float(x) for x in v] for k, v in mine.items()}).encode(), np.uint8
     )

@@ -1,15 +1,18 @@
-"""Pure train and eval steps, and the one place they are jitted.
+"""Pure train and eval steps, what every objective's step shares, and the one place
+steps are jitted (the jit_* functions at the end; preference_steps.py builds its
+steps from the pieces here).
 
 `lm_step` serves pretraining and SFT (they differ only in the batch's loss_mask). It
 is a pure function of (state, batch): the model is rebuilt from `graphdef` and the
 params inside the trace, keys are explicit, nothing is stateful.
 
-Gradient accumulation runs `grad_accum` micro-batches under `lax.scan` and sums
-*unnormalised* loss gradients, dividing once by the global supervised-token count, so
-the update equals the one the whole batch would give in a single pass.
+Gradient accumulation (`accumulate`, shared by every objective) runs `grad_accum`
+micro-batches under `lax.scan` and sums *unnormalised* loss gradients; the step
+divides once by the global count (supervised tokens, valid pairs), so the update
+equals the one the whole batch would give in a single pass.
 
 A step whose loss or gradient norm is not finite leaves params and optimizer state
-untouched and reports `finite = 0`; the host loop stops on it (see train.py).
+untouched and reports `finite = 0`; the host loop stops on it (jaxlm.training.loop).
 """
 
 from __future__ import annotations
@@ -62,6 +65,29 @@ def split_microbatches(batch: Batch, num: int) -> Batch:
     return jax.tree.map(split, batch)
 
 
+def accumulate(
+    sums_and_grads: Callable[[Batch], tuple[Any, Any]],
+    batch: Batch,
+    *,
+    grad_accum: int,
+    zeros: Callable[[], tuple[Any, Any]],
+) -> tuple[Any, Any]:
+    """(sums, grads) of `batch`, added over `grad_accum` micro-batches.
+
+    `sums_and_grads(micro_batch)` gives one micro-batch's unnormalised sums and their
+    gradient; `zeros()` the accumulator of the same structure. With one micro-batch
+    the function runs on the whole batch, with no scan around it.
+    """
+    if grad_accum == 1:
+        return sums_and_grads(batch)
+
+    def micro(carry, b):
+        return jax.tree.map(jnp.add, carry, sums_and_grads(b)), None
+
+    (sums, grads), _ = jax.lax.scan(micro, zeros(), split_microbatches(batch, grad_accum))
+    return sums, grads
+
+
 def accumulated_grads(
     graphdef: nnx.GraphDef,
     params: nnx.State,
@@ -81,24 +107,18 @@ def accumulated_grads(
         return sums.nll + z_loss * sums.z, sums
 
     grad_fn = jax.grad(objective, has_aux=True)
-    if grad_accum == 1:
-        grads, sums = grad_fn(params, batch)
+
+    def sums_and_grads(b):
+        grads, sums = grad_fn(params, b)
         return sums, grads
 
-    def micro(carry, b):
-        sums_acc, grads_acc = carry
-        grads, sums = grad_fn(params, b)
+    def zeros():
         return (
-            jax.tree.map(jnp.add, sums_acc, sums),
-            jax.tree.map(jnp.add, grads_acc, grads),
-        ), None
+            LossSums(*(jnp.zeros((), jnp.float32) for _ in LossSums._fields)),
+            jax.tree.map(jnp.zeros_like, params),
+        )
 
-    zeros = (
-        LossSums(*(jnp.zeros((), jnp.float32) for _ in LossSums._fields)),
-        jax.tree.map(jnp.zeros_like, params),
-    )
-    (sums, grads), _ = jax.lax.scan(micro, zeros, split_microbatches(batch, grad_accum))
-    return sums, grads
+    return accumulate(sums_and_grads, batch, grad_accum=grad_accum, zeros=zeros)
 
 
 def _all_finite(tree) -> jax.Array:
@@ -245,15 +265,30 @@ def jit_train_step(step_fn, state_shardings: TrainState, mesh: Mesh):
     )
 
 
-def jit_eval_step(eval_fn, state_shardings: TrainState, mesh: Mesh):
-    """eval_fn(params, frozen, batch, extra) with the state's shardings."""
+def jit_eval_step(
+    eval_fn, state_shardings: TrainState | None = None, mesh: Mesh | None = None, *, constants=1
+):
+    """eval_fn(params, frozen, batch, *constants) with the state's shardings.
+
+    `constants` replicated arguments follow the batch (the next-token step's
+    token_bytes; none for the preference step). Without shardings (`jaxlm eval`,
+    whose params are already placed) it is compiled for its inputs' placement.
+    """
+    if state_shardings is None:
+        return jax.jit(eval_fn)
     return jax.jit(
         eval_fn,
         in_shardings=(
             state_shardings.params,
             state_shardings.frozen,
             batch_sharding(mesh),
-            replicated(mesh),
+            *[replicated(mesh)] * constants,
         ),
         out_shardings=replicated(mesh),
     )
+
+
+def jit_scoring_step(score_fn, mesh: Mesh):
+    """score_fn(params, frozen, batch) -> per-row numbers, left sharded like the batch
+    (the precomputed reference log-probs, jaxlm.training.reference_logps)."""
+    return jax.jit(score_fn, out_shardings=batch_sharding(mesh))

@@ -22,7 +22,7 @@ from jaxlm.config import config_from_dict
 from jaxlm.data import run_inputs
 from jaxlm.data.tokenizer import Tokenizer
 from jaxlm.runtime import distributed
-from jaxlm.training.loop import _allgather_max
+from jaxlm.training.hosts import allgather_max
 
 DOC_ID = re.compile(r"doc (\d+):")
 
@@ -47,7 +47,7 @@ def main():
     cfg = config_from_dict(json.loads(Path(config_path).read_text()))
     tokenizer = Tokenizer.load(Path(cfg.data.tokenizer))
     pid, count = jax.process_index(), jax.process_count()
-    evals = run_inputs.eval_batches(cfg, tokenizer, pid, count, _allgather_max)
+    evals = run_inputs.eval_batches(cfg, tokenizer, pid, count, allgather_max)
     stream = iter(run_inputs.train_stream(cfg, tokenizer, pid, count))
     train = [next(stream) for _ in range(3)]
     real_eval = sum(1 for b in evals if (b["segment_ids"] != 0).any())

@@ -1,0 +1,111 @@
+"""The end of a run: last save, final evaluation, the report, the summary record.
+
+A preempted run only waits for its save (in a grace period before SIGKILL nothing
+else matters); a finished one also evaluates (if its last step's eval did not run,
+e.g. resumed at the last step), adds its Task's extras (the gzip baseline of a text
+run), draws the loss curve and writes a greedy completion of train.generate_prompt.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from pathlib import Path
+
+import jax
+import numpy as np
+
+from jaxlm.analysis.plotting import plot_loss_curves
+from jaxlm.inference.decode import Generator
+from jaxlm.training.hosts import barrier
+
+
+@dataclasses.dataclass
+class RunResult:
+    """What a finished run produced, for the CLI to print and tests to check."""
+
+    workdir: Path
+    steps: int
+    final_eval: dict[str, float]
+    artefacts: dict[str, Path]
+    gzip_bits_per_byte: float = float("nan")
+    prompt: str = ""
+    completion: str = ""
+    wall_seconds: float = 0.0
+    train_losses: list[float] = dataclasses.field(default_factory=list)
+    preempted: bool = False  # stopped by SIGTERM/SIGINT after saving `steps`
+    timing: dict[str, float] = dataclasses.field(default_factory=dict)  # goodput.py summary
+
+
+def finish(run, loop) -> RunResult:
+    """Called inside the loop's signal and watchdog scope, right after the last step."""
+    loop.watchdog.expect("the end of the run (last save, evaluation, generation)", loop.long_budget)
+    with loop.ledger.phase("checkpoint"):
+        run.checkpointer.wait()
+        run.checkpointer.close()
+    result = RunResult(
+        workdir=run.workdir,
+        steps=run.start_step + len(loop.train_losses),
+        final_eval=loop.final_eval or {},
+        artefacts={
+            "config": run.workdir / "config.json",
+            "tokenizer": run.tokenizer.path,
+            "metrics": run.writer.path,
+            "tensorboard": run.writer.tensorboard_dir,
+            "checkpoints": run.checkpointer.directory,
+        },
+        train_losses=loop.train_losses,
+        preempted=loop.preempted,
+    )
+    if not loop.preempted:  # in a grace period before SIGKILL, only the save matters
+        if loop.final_eval is None:  # resumed at the last step: nothing ran, evaluate anyway
+            with loop.ledger.phase("eval"):
+                result.final_eval = loop.evaluate(run.cfg.train.steps)
+        _report_extras(run, loop.state, result)
+    barrier("jaxlm_run_end")  # healthy processes reach JAX's shutdown barrier together
+    loop.ledger.lap("finish")
+    return result
+
+
+def _report_extras(run, state, result: RunResult) -> None:
+    """End-of-run extras: the task's (gzip baseline), loss plot, a greedy completion."""
+    cfg, tokenizer = run.cfg, run.tokenizer
+    run.task.finish(result)
+    if jax.process_index() == 0:
+        png = result.workdir / "loss_curve.png"
+        plot_loss_curves([run.writer.path], png, labels=[cfg.name])
+        result.artefacts["loss_curve"] = png
+    if cfg.train.generate_prompt:
+        # A sample of what the model learnt, never a reason to fail the run: the prompt
+        # keeps its end and the completion is cut to fit model.max_seq_len.
+        limit = cfg.model.max_seq_len
+        prompt = [tokenizer.bos_id, *tokenizer.encode(cfg.train.generate_prompt)][-(limit - 1) :]
+        model_params = run.start.views.policy(state.params, state.frozen)
+        out = Generator(cfg.model, run.start.graphdef, model_params).generate(
+            [prompt],
+            max_new_tokens=min(cfg.train.generate_tokens, limit - len(prompt)),
+            stop_ids=[tokenizer.eos_id],
+        )
+        result.prompt = cfg.train.generate_prompt
+        result.completion = tokenizer.decode(out.tokens[0])
+
+
+def write_summary(run, loop, result: RunResult) -> None:
+    """The run's `summary` record (after the signal scope: timing covers it all)."""
+    result.timing = loop.ledger.summary()
+    result.wall_seconds = result.timing["wall_s"]
+    fractions = loop.real_fractions
+    run.writer.write(
+        result.steps,
+        "summary",
+        {
+            **result.timing,
+            "steps": result.steps,
+            "preempted": int(result.preempted),
+            **loop.skips.run,  # steps of this run (not of earlier, resumed-from runs) not applied
+            "real_token_fraction": float(np.mean(fractions)) if fractions else 0.0,
+            **{f"data_{k}": v for k, v in run.data_totals.as_dict().items()},
+            "gzip_bits_per_byte": result.gzip_bits_per_byte,
+            **{f"eval_{k}": v for k, v in result.final_eval.items()},
+        },
+    )
+    run.writer.close()

@@ -1,0 +1,35 @@
+"""One Task per objective, and the registry that picks a run's by `data.format`.
+
+    text        PretrainTask    next-token loss on packed documents (next_token.py)
+    chat        ChatTask        the same loss on assistant tokens only (next_token.py)
+    preference  PreferenceTask  DPO / IPO / SimPO + NLL on chosen/rejected pairs
+                                (preference.py)
+
+A Task (base.py) holds everything that depends on what a run optimises; the loop
+asks it and never branches on the format. A new objective is one file here and one
+entry in TASKS. May import models, data, checkpointing, runtime and the rest of
+jaxlm.training; imported by the run's setup (jaxlm.training.setup) and by `jaxlm
+eval` (jaxlm.evaluation.language_model), which reads a run's held-out data the way
+its Task does.
+"""
+
+from __future__ import annotations
+
+from jaxlm.config import Config
+from jaxlm.training.tasks.base import Steps, Task
+from jaxlm.training.tasks.next_token import ChatTask, PretrainTask
+from jaxlm.training.tasks.preference import PreferenceTask
+
+TASKS: dict[str, type[Task]] = {
+    "text": PretrainTask,
+    "chat": ChatTask,
+    "preference": PreferenceTask,
+}
+
+
+def task_for(cfg: Config) -> Task:
+    """The Task of `cfg`'s run (data.format's choices are TASKS' keys)."""
+    return TASKS[cfg.data.format](cfg)
+
+
+__all__ = ["TASKS", "Steps", "Task", "task_for"]
