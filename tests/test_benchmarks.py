@@ -119,6 +119,8 @@ def test_render_shows_the_figures_of_every_suite():
     assert "attention NOT halved for causal masking" in md
 
 
+# Slow: ~95 s: every benchmark at its smallest size; the helpers' own tests here run by default
+@pytest.mark.slow
 def test_run_records_each_benchmark_with_its_environment(tmp_path):
     results, md = tmp_path / "results.jsonl", tmp_path / "results.md"
     args = ["--profile", "quick", "--results", str(results), "--markdown", str(md)]

@@ -7,6 +7,8 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pytest
+
 from jaxlm.runtime.compilation_cache import ENV, cache_dir_from_env
 
 # A child process: enable the cache as the entry points do, compile one program, and
@@ -62,6 +64,7 @@ def test_a_second_process_loads_the_first_ones_executables(tmp_path):
     assert second["hits"] >= 1 and second["misses"] == 0
 
 
+@pytest.mark.slow  # ~19 s; the second-process cache test here runs by default
 def test_on_by_default_and_off_on_request(tmp_path):
     default = run_child(None, tmp_path)
     assert default["path"] == str(tmp_path / "xdg" / "jaxlm" / "xla")

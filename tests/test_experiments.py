@@ -118,7 +118,16 @@ def shrunk_overrides(name: str, cfg: Config, shared) -> list[str]:
     return [*SHRINK, *extra]  # later wins
 
 
-@pytest.mark.parametrize("name", EXPERIMENTS)
+# The longest to shrink and run (24-71 s each on 2 cores) run with the slow tests; the
+# default run trains every other experiment, and the config/docstring test above covers
+# every experiment.
+SLOW_EXPERIMENTS = {"context_extension", "llama_1b", "dpo"}
+
+
+@pytest.mark.parametrize(
+    "name",
+    [pytest.param(n, marks=pytest.mark.slow) if n in SLOW_EXPERIMENTS else n for n in EXPERIMENTS],
+)
 def test_each_experiment_trains_two_shrunk_steps(name, shared, tmp_path):
     module = load_experiment(str(REPO / "experiments" / f"{name}.py"))
     cfg = resolve_config(module, [], name)

@@ -162,6 +162,9 @@ def test_chat_cli_reads_messages_from_stdin(export_dir, monkeypatch, capsys):
     assert captured.out.count("\n") == 2  # two replies, each ended by a newline
 
 
+# Slow: ~13 s; the default run checks generation on one device here and the same training
+# on every mesh in test_sharding.py
+@pytest.mark.slow
 def test_generation_sharded_over_a_mesh_equals_one_device(export_dir, loaded):
     _, generator = loaded
     mesh = make_mesh((2, 2, 2))

@@ -60,6 +60,9 @@ def test_ledger_books_every_second_once():
     assert s["wall_s"] == 20.25 and s["goodput"] == pytest.approx(2 / 20.25)
 
 
+# Slow: ~17 s: a run with slowed evals and saves; the ledger's accounting tests here run by
+# default
+@pytest.mark.slow
 @pytest.mark.timeout(300)
 def test_a_tiny_run_accounts_for_its_wall_time(tmp_path, monkeypatch):
     # Slow evaluations and saves down so that leaking them into step time would show.

@@ -254,6 +254,9 @@ def test_reference_view_is_the_base_model_after_training(trained):
 # ---------------------------------------------------------------- loading a base
 
 
+# Slow: ~15 s; the base-equality tests here (zero adapters are the base bitwise, training
+# never moves the base) run by default
+@pytest.mark.slow
 def test_plain_pretrained_params_become_the_base(tmp_path):
     """train.init_from: a plain params directory loads as the frozen base, unchanged;
     the adapters are fresh (A as from the key, B zero)."""
@@ -289,6 +292,7 @@ def test_a_base_of_another_shape_is_refused():
 # --------------------------------------------------------------------- sharding
 
 
+@pytest.mark.slow  # ~18 s; test_sharding.py checks the golden param shardings by default
 def test_lora_state_shards_on_2x2x2_and_computes_the_same_logits(trained):
     mesh = make_mesh((2, 2, 2), jax.devices()[:8])
     optimizer = make_optimizer(OPTIM, TOTAL_STEPS)

@@ -25,6 +25,9 @@ from helpers.runs import (
 from test_posttrain_run import preference_file
 
 
+# Slow: ~55 s: two processes; test_multihost.py runs two processes by default, and the preference
+# step is jitted by the same jit_train_step
+@pytest.mark.slow
 @pytest.mark.timeout(300)
 def test_two_process_dpo_equals_one_process(tmp_path):
     tokenizer = make_tokenizer(tmp_path)

@@ -93,7 +93,20 @@ def test_kernel_runs_this_interpreter(tmp_path):
     assert Path(module).resolve().is_relative_to(REPO)
 
 
-@pytest.mark.parametrize("py", NOTEBOOKS, ids=lambda p: p.stem)
+# One notebook executes in the default run (the cheapest: ~12 s on 2 cores); the others
+# take 12-72 s each (~200 s together) and run with the slow tests (`make test-all`).
+# The pairing, stripping and kernel tests above cover every notebook by default.
+DEFAULT_EXECUTED = {"data_and_packing"}
+
+
+@pytest.mark.parametrize(
+    "py",
+    [
+        p if p.stem in DEFAULT_EXECUTED else pytest.param(p, marks=pytest.mark.slow)
+        for p in NOTEBOOKS
+    ],
+    ids=lambda p: p.stem,
+)
 def test_notebook_executes(py: Path, tmp_path, record_property):
     notebook = jupytext.read(py)
     client = _client(notebook, tmp_path)

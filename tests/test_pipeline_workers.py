@@ -67,7 +67,9 @@ def test_workers_read_the_same_documents_as_one_process():
     assert _pieces(_dataset(0, **kwargs)) == _pieces(_dataset(2, **kwargs))
 
 
-@pytest.mark.parametrize("workers", [0, 2])
+# Two Grain worker processes (~21 s) run with the slow tests; in-process reading (0)
+# checks the same resume at every step by default.
+@pytest.mark.parametrize("workers", [0, pytest.param(2, marks=pytest.mark.slow)])
 def test_resume_at_every_step_with_json_state(workers):
     dataset = _dataset(workers)
     dataset = grain.experimental.LimitIterDataset(dataset, count=4)  # each restore respawns workers

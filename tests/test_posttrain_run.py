@@ -95,7 +95,11 @@ def preference_file(path, n=40):
     return path
 
 
-@pytest.mark.parametrize("loss", ["sigmoid", "ipo", "simpo"])
+# sigmoid (DPO) runs by default; IPO and SimPO (~14 s each) with the slow tests: their
+# formulas are checked against references in test_preference_losses.py.
+@pytest.mark.parametrize(
+    "loss", ["sigmoid", *(pytest.param(x, marks=pytest.mark.slow) for x in ("ipo", "simpo"))]
+)
 def test_preference_training_raises_held_out_accuracy_from_the_start(pretrained, tmp_path, loss):
     data = preference_file(tmp_path / "dpo.jsonl")
     overrides = [
@@ -123,6 +127,9 @@ def test_preference_training_raises_held_out_accuracy_from_the_start(pretrained,
     assert result.final_eval["accuracy"] > max(evals[0]["accuracy"], 0.75)
 
 
+# Slow: ~35 s: two DPO runs; test_workdir_ownership.py builds and checks a precomputed table by
+# default
+@pytest.mark.slow
 def test_precomputed_reference_log_probs_train_like_the_reference_model(
     pretrained, tmp_path, capsys
 ):
@@ -157,6 +164,8 @@ def test_precomputed_reference_log_probs_train_like_the_reference_model(
     assert f"reference log-probs from {table}" in capsys.readouterr().out
 
 
+# Slow: ~43 s; test_lora.py covers adapter-only updates and the merged export by default
+@pytest.mark.slow
 def test_lora_sft_then_lora_dpo_train_only_adapters_and_export_merged(pretrained, tmp_path):
     """LoRA: the base stays bitwise the pretrained params; the merged export evaluates
     like the adapted model; DPO with LoRA uses the base as its reference (no copy)."""

@@ -257,6 +257,9 @@ def test_eval_sums_match_the_train_step(env):
     )
 
 
+# Slow: ~37 s; the same loss across meshes is checked for the LM step (test_sharding.py), which
+# shares jit_train_step
+@pytest.mark.slow
 def test_sharded_step_matches_across_meshes(env):
     """jit_train_step on (2, 2, 2) (with and without 2 micro-batches) equals (8, 1, 1)."""
     batch = pair_batch(7, 8, seed=7, half_empty=0)

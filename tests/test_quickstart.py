@@ -90,6 +90,8 @@ def test_quickstart_writes_every_artefact(quickstart_run):
     assert summary["productive_step_s"] <= summary["wall_s"]
 
 
+# Slow: ~23 s; resume is covered by test_resume_exact.py and test_restore_old_layout.py by default
+@pytest.mark.slow
 def test_quickstart_rerun_resumes_from_checkpoint(quickstart_run):
     workdir, _ = quickstart_run
     proc = run_quickstart(workdir)

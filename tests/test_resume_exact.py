@@ -98,6 +98,9 @@ def run_in_new_process(config_file: Path, workdir: Path, *extra: str):
     return subprocess.run(cmd, cwd=REPO, capture_output=True, text=True, timeout=180)
 
 
+# Slow: ~39 s; bitwise resume in a new process is also what the killed-during-save test here and
+# test_preemption.py check by default
+@pytest.mark.slow
 def test_resume_in_a_new_process_is_bitwise(straight, tmp_path):
     """k=2 steps, then a new process restores and runs the other 4."""
     _, config_file, reference = straight

@@ -106,6 +106,7 @@ def test_a_bad_point_is_refused_before_anything_runs(tmp_path):
     assert fake.calls == []
 
 
+@pytest.mark.slow  # ~36 s: trains real points; the sweep point and index tests here run by default
 def test_sweep_cli_trains_real_points_and_lists_commands(tmp_path, capsys):
     tokenizer = make_tokenizer(tmp_path)
     overrides = [*TINY, f"data.tokenizer={tokenizer}", "train.steps=2", "data.eval_max_docs=1"]

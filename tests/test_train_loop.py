@@ -40,6 +40,9 @@ def test_non_finite_stops_the_run_naming_the_step(tmp_path):
     assert not list((tmp_path / "checkpoints").glob("[0-9]*"))
 
 
+# Slow: ~21 s; the stop path (a run ended before the update, naming the step) is the
+# non-finite test's above, which runs by default
+@pytest.mark.slow
 def test_consecutive_loss_spikes_stop_the_run_and_are_counted(tmp_path):
     # spike_factor < 1: once 2 updates are applied every loss counts as a spike.
     spiky = ["optim.spike_factor=0.5", "optim.spike_warmup_steps=2"]

@@ -234,6 +234,7 @@ def test_grow_vocab_refusals_exit_2_naming_the_problem(
     assert not (dst / "config.json").exists()
 
 
+@pytest.mark.slow  # ~26 s; the growth itself is checked by the other tests here by default
 def test_a_run_continues_from_grown_params(src_run, tokenizers, tmp_path):
     """`train.init_from`: step 0 starts from the grown params (lr 0 keeps them exactly)."""
     from jaxlm.checkpointing.params_io import restore_latest_params

@@ -49,6 +49,9 @@ def test_watchdog_stays_quiet_when_stopped_or_disabled():
     assert not exits.called.wait(0.5)
 
 
+# Slow: ~12 s; the watchdog's firing is checked above by default, and a stuck save's
+# exit in test_run_failures.py
+@pytest.mark.slow
 @pytest.mark.timeout(300)
 def test_a_hung_data_pipeline_ends_the_run_with_the_watchdog_status(tmp_path):
     tokenizer = make_tokenizer(tmp_path)
