@@ -29,11 +29,9 @@ from jaxlm.models.params import (
     count_lora,
     init_adapters,
     init_lora_params,
-    param_shardings,
 )
-from jaxlm.sharding import replicated
 from jaxlm.training.param_views import ParamViews, States
-from jaxlm.training.state import TrainState, opt_state_shardings
+from jaxlm.training.state import TrainState, state_shardings
 
 
 def _policy(params: Any, frozen: Any) -> States:
@@ -87,18 +85,9 @@ def lora_from_base(
 def lora_state_shardings(
     cfg: ModelConfig, optimizer: optax.GradientTransformation, mesh: Mesh
 ) -> TrainState:
-    """Shardings of a LoRA TrainState: params = adapters, frozen = base, moments follow
-    the adapters; all from the logical axes each variable was declared with."""
+    """Shardings of a LoRA TrainState: params = adapters, frozen = base."""
     _, adapters, base = abstract_lora(cfg)
-    adapter_shardings = param_shardings(adapters, mesh)
-    abstract_opt = jax.eval_shape(optimizer.init, adapters)
-    return TrainState(
-        step=replicated(mesh),
-        params=adapter_shardings,
-        opt_state=opt_state_shardings(abstract_opt, adapter_shardings, mesh),
-        loss_ema=replicated(mesh),
-        frozen=param_shardings(base, mesh),
-    )
+    return state_shardings(adapters, optimizer, mesh, frozen=base)
 
 
 def create_lora_train_state(

@@ -79,13 +79,23 @@ def train_state_shardings(
 ) -> TrainState:
     """The sharding of every TrainState leaf, derived from the logical-axis rules."""
     _, abstract_params = abstract_model(cfg)
-    p_shard = param_shardings(abstract_params, mesh)
-    abstract_opt = jax.eval_shape(optimizer.init, abstract_params)
+    return state_shardings(abstract_params, optimizer, mesh)
+
+
+def state_shardings(
+    trained: nnx.State, optimizer: optax.GradientTransformation, mesh: Mesh, frozen=None
+) -> TrainState:
+    """Shardings of a TrainState that trains the abstract params `trained` (and holds
+    `frozen` beside them): each from the logical axes its variable was declared with;
+    the optimizer's moments follow the params they belong to."""
+    trained_shardings = param_shardings(trained, mesh)
+    abstract_opt = jax.eval_shape(optimizer.init, trained)
     return TrainState(
         step=replicated(mesh),
-        params=p_shard,
-        opt_state=opt_state_shardings(abstract_opt, p_shard, mesh),
+        params=trained_shardings,
+        opt_state=opt_state_shardings(abstract_opt, trained_shardings, mesh),
         loss_ema=replicated(mesh),
+        frozen=None if frozen is None else param_shardings(frozen, mesh),
     )
 
 
