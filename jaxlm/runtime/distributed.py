@@ -110,6 +110,21 @@ def maybe_initialize(
     return True
 
 
+def wait_for_all_processes(name: str, timeout_s: float = 600.0) -> None:
+    """Wait until every process reaches `name`, through the coordination service.
+
+    CPU collectives (gloo) give up after a fixed 30 s when one process reaches a
+    collective that much later than another, whatever XLA's timeout flags say, and
+    compiling the first step can differ by more than that between processes on a
+    loaded host. Meeting here after compiling, with a generous timeout, leaves the
+    collectives only the step's own skew. No-op in a single-process run.
+    """
+    client = global_state.client
+    if client is None or jax.process_count() < 2:
+        return
+    client.wait_at_barrier(f"jaxlm/{name}", int(timeout_s * 1000))
+
+
 def peer_loss_message(peer: int, silent_s: float) -> str:
     """The one line a process prints when peer `peer` has gone silent."""
     return (

@@ -64,8 +64,11 @@ def main() -> None:
     local = {k: v[process_id * rows : (process_id + 1) * rows] for k, v in batch.items()}
     losses = []
     with jax.set_mesh(mesh):
+        # Compile first, then meet: gloo's 30 s limit must not see compile-time skew.
+        compiled = step.lower(state, host_batch_to_global(local, mesh)).compile()
+        distributed.wait_for_all_processes("multihost_step_compiled")
         for _ in range(3):
-            state, metrics = step(state, host_batch_to_global(local, mesh))
+            state, metrics = compiled(state, host_batch_to_global(local, mesh))
             losses.append(float(metrics["loss"]))
     with open(out, "w") as f:
         json.dump({"losses": losses, "process_count": jax.process_count()}, f)
