@@ -70,3 +70,12 @@ def test_two_processes_match_one(tmp_path):
     assert pair[0]["losses"] == pair[1]["losses"]
     assert pair[0]["losses"] == pytest.approx(single["losses"], rel=1e-5, abs=1e-6)
     assert single["losses"][2] < single["losses"][0]
+
+
+@pytest.mark.slow  # ~55 s of waiting; test_two_processes_match_one runs the same step
+@pytest.mark.timeout(300)
+def test_compile_skew_beyond_gloo_timeout(tmp_path):
+    """One process reaching the first step 40 s late (gloo gives up after 30 s inside
+    a collective) still trains: the step compiles, then waits for every process."""
+    pair = launch(2, tmp_path, args=("40",))
+    assert pair[0]["losses"] == pair[1]["losses"]

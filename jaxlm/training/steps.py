@@ -13,6 +13,10 @@ equals the one the whole batch would give in a single pass.
 
 A step whose loss or gradient norm is not finite leaves params and optimizer state
 untouched and reports `finite = 0`; the host loop stops on it (jaxlm.training.loop).
+
+In a multi-process run each sharded step compiles on its first call and then waits
+for every process before running (`_CompileThenMeet`): the first collective must not
+see one process still compiling (CPU collectives give up after 30 s of skew).
 """
 
 from __future__ import annotations
@@ -26,6 +30,7 @@ import optax
 from flax import nnx
 from jax.sharding import Mesh
 
+from jaxlm.runtime.distributed import wait_for_all_processes
 from jaxlm.sharding import batch_sharding, constrain, replicated
 from jaxlm.training.losses import LossSums, next_token_loss_sums, safe_mean
 from jaxlm.training.param_views import FULL, ParamViews, States
@@ -255,13 +260,44 @@ def make_eval_step(graphdef: nnx.GraphDef, views: ParamViews = FULL) -> Callable
     return eval_step
 
 
+class _CompileThenMeet:
+    """A jitted step whose first call compiles, then waits for every process.
+
+    Compile times differ between processes (load, caches); without the meeting the
+    fastest one would wait inside the step's first collective, where gloo's fixed
+    30 s limit ends the job. Later calls reuse the compiled program (jit's cache).
+    """
+
+    _made = 0  # every process builds its steps in the same order: same barrier names
+
+    def __init__(self, jitted):
+        type(self)._made += 1
+        self.jitted, self.name, self.met = jitted, f"step{type(self)._made}_compiled", False
+
+    def __call__(self, *args):
+        if not self.met:
+            self.jitted.lower(*args).compile()
+            wait_for_all_processes(self.name)
+            self.met = True
+        return self.jitted(*args)
+
+    def lower(self, *args):
+        return self.jitted.lower(*args)
+
+
+def _meet_after_compiling(jitted):
+    return _CompileThenMeet(jitted) if jax.process_count() > 1 else jitted
+
+
 def jit_train_step(step_fn, state_shardings: TrainState, mesh: Mesh):
     """The train step compiled with explicit in/out shardings; the state is donated."""
-    return jax.jit(
-        step_fn,
-        in_shardings=(state_shardings, batch_sharding(mesh)),
-        out_shardings=(state_shardings, replicated(mesh)),
-        donate_argnums=(0,),
+    return _meet_after_compiling(
+        jax.jit(
+            step_fn,
+            in_shardings=(state_shardings, batch_sharding(mesh)),
+            out_shardings=(state_shardings, replicated(mesh)),
+            donate_argnums=(0,),
+        )
     )
 
 
@@ -276,15 +312,17 @@ def jit_eval_step(
     """
     if state_shardings is None:
         return jax.jit(eval_fn)
-    return jax.jit(
-        eval_fn,
-        in_shardings=(
-            state_shardings.params,
-            state_shardings.frozen,
-            batch_sharding(mesh),
-            *[replicated(mesh)] * constants,
-        ),
-        out_shardings=replicated(mesh),
+    return _meet_after_compiling(
+        jax.jit(
+            eval_fn,
+            in_shardings=(
+                state_shardings.params,
+                state_shardings.frozen,
+                batch_sharding(mesh),
+                *[replicated(mesh)] * constants,
+            ),
+            out_shardings=replicated(mesh),
+        )
     )
 
 

@@ -1,16 +1,18 @@
 """One process of a multi-process train-step check (run by tests/test_multihost.py).
 
-Usage: python multihost_step.py COORDINATOR NUM_PROCESSES PROCESS_ID OUT_JSON
+Usage: python multihost_step.py COORDINATOR NUM_PROCESSES PROCESS_ID [DELAY_S] OUT_JSON
 
 Every process holds 2 CPU devices and feeds only its own rows of a fixed global batch
 through `make_array_from_process_local_data`; the losses of 3 steps on a (data=2,
 fsdp=2) mesh spanning both processes are written to OUT_JSON. A single-process run
 (NUM_PROCESSES=1, 4 devices) on the same global batch must give the same losses.
+With DELAY_S, the last process sleeps that long before its first step (compile skew).
 """
 
 import json
 import os
 import sys
+import time
 
 os.environ["JAX_PLATFORMS"] = "cpu"
 
@@ -43,7 +45,7 @@ def global_batch(batch_size: int, seq_len: int, vocab: int) -> dict[str, np.ndar
 
 
 def main() -> None:
-    coordinator, num_processes, process_id, out = sys.argv[1:5]
+    coordinator, num_processes, process_id, *delay, out = sys.argv[1:]
     num_processes, process_id = int(num_processes), int(process_id)
     if num_processes > 1:
         assert distributed.maybe_initialize(coordinator, num_processes, process_id)
@@ -63,12 +65,11 @@ def main() -> None:
     rows = 8 // num_processes
     local = {k: v[process_id * rows : (process_id + 1) * rows] for k, v in batch.items()}
     losses = []
+    if delay and process_id == num_processes - 1:
+        time.sleep(float(delay[0]))
     with jax.set_mesh(mesh):
-        # Compile first, then meet: gloo's 30 s limit must not see compile-time skew.
-        compiled = step.lower(state, host_batch_to_global(local, mesh)).compile()
-        distributed.wait_for_all_processes("multihost_step_compiled")
         for _ in range(3):
-            state, metrics = compiled(state, host_batch_to_global(local, mesh))
+            state, metrics = step(state, host_batch_to_global(local, mesh))
             losses.append(float(metrics["loss"]))
     with open(out, "w") as f:
         json.dump({"losses": losses, "process_count": jax.process_count()}, f)
