@@ -13,4 +13,27 @@ checkpointing (to read params). Not training: the training loop uses the Generat
 for its end-of-run sample, so inference sits beside it, not above it.
 
 The import rule is enforced by tests/test_layering.py (ALLOWED there).
+
+The public API, `from jaxlm.inference import load_model, Generator, SamplingConfig`,
+is resolved on first use (PEP 562): `jaxlm --help` imports cli_options from this
+package while building its parser, and must not load JAX for it.
 """
+
+from __future__ import annotations
+
+import importlib
+
+# name -> the module of this package that defines it
+PUBLIC = {
+    "load_model": "loading",
+    "LoadedModel": "loading",
+    "Generator": "decode",
+    "SamplingConfig": "sampling",
+}
+__all__ = sorted(PUBLIC)
+
+
+def __getattr__(name: str):
+    if name not in PUBLIC:
+        raise AttributeError(f"module 'jaxlm.inference' has no attribute {name!r}")
+    return getattr(importlib.import_module(f"jaxlm.inference.{PUBLIC[name]}"), name)
