@@ -122,8 +122,10 @@ def test_preference_training_raises_held_out_accuracy_from_the_start(pretrained,
     evals = [json.loads(x) for x in lines if '"eval"' in x]
     assert [e["step"] for e in evals] == [0, 60]
     assert evals[0]["pairs"] == evals[1]["pairs"] > 0
-    if loss != "simpo":  # policy == reference at the start: every implied reward is 0
-        assert evals[0]["accuracy"] == 0.0 and evals[0]["margin"] == 0.0
+    if loss != "simpo":  # policy == reference at the start: every implied reward is 0,
+        # every pair a tie, counted half
+        assert evals[0]["accuracy"] == 0.5 and evals[0]["margin"] == 0.0
+        assert evals[0]["reward_ties"] == 1.0
     assert result.final_eval["accuracy"] > max(evals[0]["accuracy"], 0.75)
 
 

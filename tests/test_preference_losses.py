@@ -12,7 +12,12 @@ import numpy as np
 import pytest
 
 from jaxlm.config import PreferenceConfig
-from jaxlm.training.preference_losses import METRIC_SUMS, preference_loss, sequence_logps
+from jaxlm.training.preference_losses import (
+    METRIC_SUMS,
+    preference_loss,
+    ranking_accuracy,
+    sequence_logps,
+)
 
 
 def log_sigmoid(x: float) -> float:
@@ -53,7 +58,9 @@ def test_dpo_policy_equal_to_reference_costs_log_2_with_zero_margin():
     np.testing.assert_allclose(loss, 2 * math.log(2), rtol=1e-6)
     assert sums["pairs"] == 2.0
     assert sums["margin_sum"] == sums["chosen_reward_sum"] == sums["rejected_reward_sum"] == 0.0
-    assert sums["correct"] == 0.0  # equal rewards are not a correct ranking
+    assert sums["correct"] == 0.0  # equal rewards are not a correct ranking...
+    assert sums["ties"] == 2.0  # ...but ties, which the accuracy counts half
+    assert ranking_accuracy(sums["correct"], sums["ties"], sums["pairs"]) == 0.5
     assert sums["chosen_logp_sum"] == -15.0 and sums["rejected_logp_sum"] == -16.0
 
 

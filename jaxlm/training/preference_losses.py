@@ -35,8 +35,9 @@ Reasoning Preference Optimization").
 The implied rewards, used for the metrics, are β (π - r) for sigmoid and ipo (the DPO
 reward up to the prompt-only partition term, which cancels in the comparison) and
 β π / |y| for SimPO (its own reward). A pair is ranked correctly when the chosen
-reward is strictly greater than the rejected one, so a policy equal to its reference
-ranks nothing correctly.
+reward is strictly greater than the rejected one; equal rewards are a tie, which the
+accuracy counts as half right (a coin flip's expectation), so a policy equal to its
+reference, whose implied rewards are all 0, starts at accuracy 0.5, not 0.
 
 All results are *sums over valid pairs* (both responses have at least one supervised
 token): a step adds them over micro-batches and devices and divides once by the total
@@ -58,6 +59,7 @@ Sums = dict[str, jax.Array]
 METRIC_SUMS = (
     "pairs",  # valid pairs
     "correct",  # valid pairs whose chosen reward > rejected reward
+    "ties",  # valid pairs whose chosen reward == rejected reward (half right in accuracy)
     "chosen_reward_sum",
     "rejected_reward_sum",
     "margin_sum",  # chosen reward - rejected reward
@@ -69,6 +71,11 @@ METRIC_SUMS = (
     # training (whose implied DPO rewards are all 0 against itself).
     "logp_correct",
 )
+
+
+def ranking_accuracy(correct, ties, pairs):
+    """Share of pairs ranked chosen-first, a tie counting as half a correct ranking."""
+    return (correct + 0.5 * ties) / pairs
 
 
 def sequence_logps(
@@ -157,6 +164,7 @@ def preference_loss(
     sums = {
         "pairs": total(jnp.ones_like(loss)),
         "correct": total((chosen_reward > rejected_reward).astype(jnp.float32)),
+        "ties": total((chosen_reward == rejected_reward).astype(jnp.float32)),
         "chosen_reward_sum": total(chosen_reward),
         "rejected_reward_sum": total(rejected_reward),
         "margin_sum": total(chosen_reward - rejected_reward),

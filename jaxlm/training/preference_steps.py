@@ -139,9 +139,9 @@ def _means(sums: Sums) -> Metrics:
     pairs = sums["pairs"]
     return {
         "loss": safe_mean(sums["loss_sum"], pairs),
-        # The share of pairs whose implied reward ranks chosen first; the eval summary
-        # (jaxlm.training.tasks.preference) reports the same number under this name.
-        "accuracy": safe_mean(sums["correct"], pairs),
+        # The share of pairs whose implied reward ranks chosen first (a tie counts half);
+        # the eval summary (jaxlm.training.tasks.preference) reports it under this name.
+        "accuracy": safe_mean(sums["correct"] + 0.5 * sums["ties"], pairs),
         "chosen_reward": safe_mean(sums["chosen_reward_sum"], pairs),
         "rejected_reward": safe_mean(sums["rejected_reward_sum"], pairs),
         "margin": safe_mean(sums["margin_sum"], pairs),
@@ -205,9 +205,8 @@ def make_preference_eval_step(
 ) -> Callable[[Any, Any, Batch], Sums]:
     """eval_step(params, frozen, batch) -> sums to add over batches, then divide by pairs.
 
-    Keys: loss_sum and METRIC_SUMS (pairs, correct, chosen_reward_sum,
-    rejected_reward_sum, margin_sum, chosen_logp_sum, rejected_logp_sum, nll_sum).
-    Preference accuracy = correct / pairs.
+    Keys: loss_sum and METRIC_SUMS (pairs, correct, ties, chosen_reward_sum, ...).
+    Preference accuracy = (correct + ties / 2) / pairs.
     """
 
     def eval_step(params: Any, frozen: Any, batch: Batch) -> Sums:

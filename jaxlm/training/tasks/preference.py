@@ -22,6 +22,7 @@ import jax.numpy as jnp
 from jaxlm.data import posttrain_inputs
 from jaxlm.errors import InputError
 from jaxlm.training.hosts import allgather_max, log
+from jaxlm.training.preference_losses import ranking_accuracy
 from jaxlm.training.preference_steps import make_preference_eval_step, make_preference_step
 from jaxlm.training.reference_logps import reference_table
 from jaxlm.training.steps import jit_eval_step, jit_train_step
@@ -141,12 +142,18 @@ class PreferenceTask(Task):
         for key, value in sums.items():
             if key.endswith("_sum"):
                 out[key[: -len("_sum")]] = value / pairs
-        out["accuracy"] = sums["correct"] / pairs  # implied-reward ranking
+        # implied-reward ranking, a tie counting half (preference_losses.ranking_accuracy)
+        out["accuracy"] = ranking_accuracy(sums["correct"], sums["ties"], pairs)
+        out["reward_ties"] = sums["ties"] / pairs
         out["logp_accuracy"] = sums["logp_correct"] / pairs  # reference-free ranking
         return out
 
     def eval_text(self, summary):
-        return f"loss {summary['loss']:.4f}, preference accuracy {summary['accuracy']:.4f}"
+        return (
+            f"loss {summary['loss']:.4f}, preference accuracy {summary['accuracy']:.4f}"
+            f" ({summary['reward_ties']:.0%} ties, counted half), log-prob ranking accuracy"
+            f" {summary['logp_accuracy']:.4f} (reference-free)"
+        )
 
     def step_metrics(self, metrics):
         return {k: float(metrics[k]) for k in STEP_METRICS}
