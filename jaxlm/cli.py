@@ -56,14 +56,24 @@ def print_result(result) -> None:
     else:
         print(f"finished {result.steps} steps in {result.wall_seconds:.0f}s")
         if "accuracy" in ev:  # a preference run
-            print(f"held-out preference accuracy {ev['accuracy']:.4f} over {ev['pairs']:.0f} pairs")
+            print(
+                f"held-out preference accuracy {ev['accuracy']:.4f} over {ev['pairs']:.0f} pairs"
+                f" ({ev.get('reward_ties', 0.0):.0%} ties, counted half)"
+            )
+            print(
+                f"log-prob ranking accuracy    {ev['logp_accuracy']:.4f}   (reference-free: "
+                "chosen's mean token log-prob is higher)"
+            )
             print(f"held-out preference loss     {ev['loss']:.4f}   margin {ev['margin']:.4f}")
         else:
             print(f"held-out loss        {ev['loss']:.4f} nats/token")
-            print(
-                f"held-out bits/byte   {ev['bits_per_byte']:.4f}   (gzip -9 on the same "
-                f"bytes: {result.gzip_bits_per_byte:.4f})"
-            )
+            if result.gzip_bits_per_byte is not None:
+                baseline = f"gzip -9 on the same bytes: {result.gzip_bits_per_byte:.4f}"
+            else:
+                baseline = f"no gzip baseline: {result.gzip_note}"
+            print(f"held-out bits/byte   {ev['bits_per_byte']:.4f}   ({baseline})")
+    for line in data_loss_lines(result.data_counts):
+        print(line)
     if result.completion:
         print("greedy completion (prompt, then the model's continuation after »):")
         print("-" * 60)
@@ -74,6 +84,24 @@ def print_result(result) -> None:
     print("artefacts:")
     for name, path in result.artefacts.items():
         print(f"  {name:12s} {path}")
+
+
+# Data counters that mean records or tokens did not reach training, and what to do.
+DATA_LOSSES = {
+    "chat_skipped_truncated_to_nothing": "conversations truncated to nothing (no assistant "
+    "token left within data.seq_len; raise data.seq_len)",
+    "chat_truncated": "conversations cut at data.seq_len (their tail has no loss)",
+    "chat_skipped_no_assistant": "conversations without an assistant turn, skipped",
+    "pairs_skipped": "preference pairs skipped (a response empty or truncated away; raise "
+    "data.seq_len)",
+    "malformed_records": "malformed records skipped (data.on_bad_record=skip)",
+    "empty_documents": "empty documents dropped",
+}
+
+
+def data_loss_lines(counts: dict[str, int]) -> list[str]:
+    """A console line for each non-zero count of data that did not reach training."""
+    return [f"data: {counts[key]:,} {what}" for key, what in DATA_LOSSES.items() if counts.get(key)]
 
 
 def run_experiment(module: ModuleType, argv: list[str] | None = None) -> int:

@@ -138,6 +138,25 @@ class _QuietOsErrors(logging.Filter):
         return not (record.pathname.find("orbax") >= 0 and _os_error(error) is not None)
 
 
+class _QuietReadOnlyNotices(logging.Filter):
+    """Drops the three warnings Orbax logs for every read-only manager (save interval 0,
+    no create, "Given directory is read only"): jaxlm opens checkpoints read-only on
+    purpose to load them (init_from, generate, eval, export), so they say nothing the
+    user can act on and would repeat at every load. Orbax's other warnings pass."""
+
+    NOTICES = (
+        "CheckpointManagerOptions.read_only=True, setting",
+        "Given directory is read only=",
+    )
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        return not (
+            record.pathname.find("orbax") >= 0
+            and record.levelno == logging.WARNING
+            and any(notice in record.getMessage() for notice in self.NOTICES)
+        )
+
+
 def _os_error(error: BaseException | None) -> OSError | None:
     """The OS error that caused `error` (itself, or along its cause chain), if any.
 
@@ -183,6 +202,7 @@ def _quiet_excepthook(previous_hook):
 
 
 logging.getLogger("absl").addFilter(_QuietOsErrors())
+logging.getLogger("absl").addFilter(_QuietReadOnlyNotices())
 sys.unraisablehook = _quiet_unraisable(sys.unraisablehook)
 sys.excepthook = _quiet_excepthook(sys.excepthook)
 

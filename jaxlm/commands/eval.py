@@ -5,6 +5,7 @@
     jaxlm eval MODEL --data jsonl:web.jsonl --data text:notes/*.txt --json out.json
     jaxlm eval MODEL --format chat --data jsonl:data/sft_val.jsonl
     jaxlm eval MODEL --multiple-choice mc.jsonl --json mc_results.json
+    jaxlm eval MODEL --pairs dpo.jsonl [--reference SFT_MODEL --beta 0.1]
     jaxlm eval MODEL --set model.max_seq_len=1024 --set model.rope_scaling=yarn ...
 
 MODEL is an export directory (`jaxlm export`) or a training workdir (its newest good
@@ -21,6 +22,10 @@ records. See jaxlm.evaluation.language_model.
 summed log-likelihood (jaxlm.evaluation.multiple_choice) and reports accuracy,
 length-normalised accuracy and the count; --json adds every example's scores.
 `jaxlm data multiple-choice OUT.jsonl` writes an offline set.
+
+--pairs FILE scores preference pairs (MiniMind's dpo.jsonl format): the reference-free
+log-prob ranking accuracy, and with --reference the DPO implied-reward accuracy (ties
+count half), loss and margin. See jaxlm.evaluation.preference_pairs.
 """
 
 from __future__ import annotations
@@ -97,6 +102,23 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         metavar="FILE.jsonl",
         help="score multiple-choice records {context, choices, answer} (repeatable)",
     )
+    parser.add_argument(
+        "--pairs",
+        action="append",
+        default=[],
+        metavar="FILE.jsonl",
+        help="score preference pairs {chosen, rejected} (repeatable)",
+    )
+    parser.add_argument(
+        "--reference",
+        default=None,
+        metavar="REF",
+        help="with --pairs: the reference model (e.g. the SFT export DPO started from) for "
+        "DPO's implied-reward accuracy, loss and margin",
+    )
+    parser.add_argument(
+        "--beta", type=float, default=0.1, help="with --reference: DPO's beta (default 0.1)"
+    )
     parser.add_argument("--json", default=None, metavar="OUT", help="write the results as JSON")
 
 
@@ -115,7 +137,9 @@ def run(args: argparse.Namespace) -> int:
     print(f"model {model.source} ({model.cfg.name}, data.format={model.cfg.data.format})")
     out: dict = {"model": model.source, "overrides": list(args.overrides)}
 
-    if args.data or not args.multiple_choice:
+    if args.reference and not args.pairs:
+        raise InputError("--reference is for --pairs")
+    if args.data or not (args.multiple_choice or args.pairs):
         if args.data:
             sources = [
                 lm.EvalSource(str(spec), args.split, args.format)
@@ -144,6 +168,9 @@ def run(args: argparse.Namespace) -> int:
     if args.multiple_choice:
         out["multiple_choice"] = _multiple_choice(model, args, batch_size)
 
+    if args.pairs:
+        out["pairs"] = _pairs(model, args, batch_size, mesh)
+
     if args.json:
         path = Path(args.json)
         path.parent.mkdir(parents=True, exist_ok=True)
@@ -163,6 +190,45 @@ def _print_loss_table(rows) -> None:
             f"{r.source:{width}s}  {r.split:10s} {r.tokens:10,d} {r.loss:8.4f} "
             f"{r.perplexity:9.3f} {r.bits_per_byte:9.4f}"
         )
+
+
+def _pairs(model, args, batch_size: int, mesh) -> list[dict]:
+    from jaxlm.evaluation.preference_pairs import score_pairs
+    from jaxlm.inference.loading import load_model
+
+    if args.beta <= 0:
+        raise InputError(f"--beta must be > 0, got {args.beta}")
+    reference = None
+    if args.reference:
+        reference = load_model(args.reference, overrides=args.overrides, mesh=mesh)
+        if reference.tokenizer.sha256 != model.tokenizer.sha256:
+            raise InputError(
+                f"--reference {args.reference}: its tokenizer differs from {args.model}'s"
+            )
+    seq_len = args.seq_len or model.cfg.data.seq_len
+    reports = []
+    for path in args.pairs:
+        if not Path(path).is_file():
+            raise InputError(f"--pairs {path}: no such file")
+        t0 = time.perf_counter()
+        s = score_pairs(
+            model, path, seq_len=seq_len, batch_size=batch_size, beta=args.beta, reference=reference
+        )
+        line = f"{path}: {s['pairs']} pairs"
+        if s["pairs"]:
+            line += (
+                f", log-prob ranking accuracy {s['logp_accuracy']:.4f} (reference-free), "
+                f"chosen log-prob {s['chosen_logp']:.2f}, rejected {s['rejected_logp']:.2f}"
+            )
+            if reference is not None:
+                line += (
+                    f"; against the reference: accuracy {s['accuracy']:.4f} "
+                    f"({s['reward_ties']:.0%} ties, counted half), DPO loss {s['loss']:.4f}, "
+                    f"margin {s['margin']:.4f} (beta {args.beta})"
+                )
+        print(f"{line} in {time.perf_counter() - t0:.1f}s")
+        reports.append({"file": str(path), "seq_len": seq_len, **s})
+    return reports
 
 
 def _multiple_choice(model, args, batch_size: int) -> list[dict]:

@@ -27,13 +27,17 @@ class RunResult:
     steps: int
     final_eval: dict[str, float]
     artefacts: dict[str, Path]
-    gzip_bits_per_byte: float = float("nan")
+    # gzip -9 on the held-out text, for comparison with bits_per_byte; None when it
+    # means nothing for the run, and `gzip_note` says why (for the report).
+    gzip_bits_per_byte: float | None = None
+    gzip_note: str = ""
     prompt: str = ""
     completion: str = ""
     wall_seconds: float = 0.0
     train_losses: list[float] = dataclasses.field(default_factory=list)
     preempted: bool = False  # stopped by SIGTERM/SIGINT after saving `steps`
     timing: dict[str, float] = dataclasses.field(default_factory=dict)  # goodput.py summary
+    data_counts: dict[str, int] = dataclasses.field(default_factory=dict)  # DataTotals
 
 
 def finish(run, loop) -> RunResult:
@@ -93,6 +97,13 @@ def write_summary(run, loop, result: RunResult) -> None:
     """The run's `summary` record (after the signal scope: timing covers it all)."""
     result.timing = loop.ledger.summary()
     result.wall_seconds = result.timing["wall_s"]
+    result.data_counts = run.data_totals.as_dict()
+    # JSON has no NaN: a baseline that means nothing for this run is left out.
+    gzip = (
+        {}
+        if result.gzip_bits_per_byte is None
+        else {"gzip_bits_per_byte": result.gzip_bits_per_byte}
+    )
     fractions = loop.real_fractions
     run.writer.write(
         result.steps,
@@ -104,7 +115,7 @@ def write_summary(run, loop, result: RunResult) -> None:
             **loop.skips.run,  # steps of this run (not of earlier, resumed-from runs) not applied
             "real_token_fraction": float(np.mean(fractions)) if fractions else 0.0,
             **{f"data_{k}": v for k, v in run.data_totals.as_dict().items()},
-            "gzip_bits_per_byte": result.gzip_bits_per_byte,
+            **gzip,
             **{f"eval_{k}": v for k, v in result.final_eval.items()},
         },
     )

@@ -30,7 +30,6 @@ from typing import Any
 
 import jax
 import numpy as np
-from tqdm import tqdm
 
 from jaxlm.analysis.metrics_file import elapsed_before
 from jaxlm.checkpointing.manager import Checkpointer, CheckpointSaveError
@@ -42,6 +41,7 @@ from jaxlm.runtime.watchdog import StepWatchdog
 from jaxlm.sharding import host_batch_to_global
 from jaxlm.training.finish import RunResult, finish, write_summary
 from jaxlm.training.hosts import log
+from jaxlm.training.progress import progress
 from jaxlm.training.setup import Run, setup
 
 
@@ -150,8 +150,7 @@ class _Loop:
         tok_s = run.tokens_per_step / step_time
         mfu = run.flops_per_token * tok_s / run.peak_flops
         if self.bar is not None:
-            self.bar.update(1)
-            self.bar.set_postfix(loss=f"{loss:.3f}", tok_s=f"{tok_s:,.0f}", mfu=f"{mfu:.1%}")
+            self.bar.update(loss, tok_s, mfu)
         if (step + 1) % cfg.train.log_every == 0 or step + 1 == cfg.train.steps:
             # Means over the window: per step when train.log_every=1.
             mean_time = float(np.mean(self.window["time"]))
@@ -320,4 +319,4 @@ def _saves_settled_on_error(checkpointer: Checkpointer, watchdog: StepWatchdog, 
 def _progress_bar(total: int, start: int, enabled: bool):
     if not enabled or jax.process_index() != 0:
         return None
-    return tqdm(total=total, initial=start, unit="step", dynamic_ncols=True, file=sys.stderr)
+    return progress(total, start)  # a bar on a terminal, periodic lines in a log file

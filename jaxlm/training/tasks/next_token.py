@@ -70,8 +70,10 @@ class PretrainTask(NextTokenTask):
 
     def finish(self, result) -> None:
         texts = run_inputs.eval_texts(self.cfg)
-        if texts:  # pre-tokenized eval sources have no text to compress
+        if texts:
             result.gzip_bits_per_byte, _ = gzip_bits_per_byte(texts)
+        else:
+            result.gzip_note = "the held-out sources are pre-tokenized: no text to compress"
 
 
 class ChatTask(NextTokenTask):
@@ -102,6 +104,11 @@ class ChatTask(NextTokenTask):
 
     def data_fingerprint(self, tokenizer_sha256):
         return posttrain_inputs.jsonl_fingerprint(self.cfg, tokenizer_sha256)
+
+    def finish(self, result) -> None:
+        # bits_per_byte counts the assistant tokens' bytes only; gzip would have to
+        # compress whole conversations, prompts included, which is not the same task.
+        result.gzip_note = "loss on assistant tokens only; gzip would see whole conversations"
 
 
 def next_token_summary(results: list[dict[str, Any]]) -> dict[str, float]:
