@@ -217,7 +217,7 @@ def test_each_filter_removes_its_planted_document_and_the_report_counts_match(tm
     good = [paragraph(seed, 120) for seed in range(5)]
     base = words(50, 90)
     planted = {
-        "min_chars": "too short to keep",
+        "min_bytes": "too short to keep",
         "max_chars": paragraph(60, 600),
         "dup_lines": "\n".join(["same line here"] * 6 + words(61, 8)),
         # Few repeated lines (1 of 8) but they hold most characters.
@@ -228,7 +228,7 @@ def test_each_filter_removes_its_planted_document_and_the_report_counts_match(tm
     }
     texts = [good[0], *planted.values(), *good[1:]]
     src = write_jsonl(tmp_path / "q.jsonl", texts)
-    settings = CleanSettings(filters=FilterSettings(min_chars=50, max_chars=3000))
+    settings = CleanSettings(filters=FilterSettings(min_bytes=50, max_chars=3000))
     report = clean_corpus([src], tmp_path / "out.jsonl", settings)
 
     assert [s.name for s in report.stages] == list(STAGE_NAMES)
@@ -246,9 +246,9 @@ def test_each_filter_removes_its_planted_document_and_the_report_counts_match(tm
     ]
 
     # Each quality filter can be turned off: then that document is kept.
-    for name in ("min_chars", "dup_ngram"):
+    for name in ("min_bytes", "dup_ngram"):
         settings_off = CleanSettings(
-            filters=FilterSettings(min_chars=50, max_chars=3000), disabled=(name,)
+            filters=FilterSettings(min_bytes=50, max_chars=3000), disabled=(name,)
         )
         out = tmp_path / f"without_{name}.jsonl"
         report_off = clean_corpus([src], out, settings_off)
@@ -426,7 +426,7 @@ def test_cli_end_to_end(tmp_path, capsys):
     assert report["documents_in"] == 5 and report["documents_out"] == 2
     assert report["settings"]["normalization"] == "NFKC"
     removed = {s["name"]: s["documents"] for s in report["stages"] if s["documents"]}
-    assert removed == {"min_chars": 1, "top_ngram": 1, "exact_dup": 1}
+    assert removed == {"min_bytes": 1, "top_ngram": 1, "exact_dup": 1}
     assert report["pii"]["phones"] == 9  # scrubbed before the filters saw the text
 
     first = out.read_bytes()
@@ -447,3 +447,29 @@ def test_cli_missing_input_exits_2_naming_the_path(tmp_path, capsys):
 
 def test_help_lists_the_pipeline_stages():
     assert data_clean.STAGES == STAGE_NAMES
+
+
+def test_the_minimum_length_is_in_bytes_so_short_chinese_documents_are_measured_fairly(
+    tmp_path, capsys
+):
+    """A 20-character Chinese sentence says about as much as a 60-letter English one;
+    the old 50-character minimum dropped it, the 50-byte minimum keeps it (60 bytes),
+    and still drops a 30-letter English fragment and a 10-character Chinese one."""
+    zh_sentence = "熊猫生活在中国西南的山区里，主要吃竹子。"  # 20 characters, 60 bytes
+    en_sentence = "Pandas live in the mountains of south-west China."  # 49 chars
+    zh_short, en_short = "熊猫吃竹子，很可爱。", "Pandas eat bamboo."  # 30 and 18 bytes
+    texts = [zh_sentence, en_sentence + " They eat bamboo.", zh_short, en_short]
+    assert len(zh_sentence) == 20 and len(zh_sentence.encode()) == 60
+    src = write_jsonl(tmp_path / "mixed.jsonl", texts)
+    out = tmp_path / "out.jsonl"
+    assert cli.main(["data", "clean", str(src), "-o", str(out)]) == 0
+    assert [r["text"] for r in read_output(out)] == texts[:2]
+    report = json.loads(report_path(out).read_text(encoding="utf-8"))
+    removed = {s["name"]: s["documents"] for s in report["stages"] if s["documents"]}
+    assert removed == {"min_bytes": 2}
+    # The character count is still there for who wants it, off by default.
+    out_chars = tmp_path / "by_chars.jsonl"
+    argv = ["data", "clean", str(src), "-o", str(out_chars), "--min-bytes", "0"]
+    assert cli.main([*argv, "--min-chars", "50"]) == 0
+    assert [r["text"] for r in read_output(out_chars)] == [texts[1]]
+    capsys.readouterr()

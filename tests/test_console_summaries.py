@@ -158,7 +158,7 @@ def test_dpo_at_step_0_counts_ties_as_ties_and_prints_the_reference_free_accurac
 
 
 def test_eval_scores_a_pairs_file(chain):
-    folder, outputs = chain
+    _, outputs = chain
     line = outputs["eval"][0].splitlines()[-1]
     assert line.startswith("dpo.jsonl: 80 pairs, log-prob ranking accuracy "), line
     assert "; against the reference: accuracy " in line and "DPO loss" in line, line

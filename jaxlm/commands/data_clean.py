@@ -21,6 +21,7 @@ _DEFAULT_DUP_NGRAM = "5:0.15,6:0.14,7:0.13,8:0.12,9:0.11,10:0.1"
 # jaxlm.prep.clean.STAGE_NAMES, spelled out so that --help imports nothing heavy
 # (a test keeps the two equal).
 STAGES = (
+    "min_bytes",
     "min_chars",
     "max_chars",
     "dup_lines",
@@ -81,7 +82,17 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
     quality = parser.add_argument_group("quality filters (Gopher-style defaults)")
     quality.add_argument(
-        "--min-chars", type=int, default=50, help="drop shorter documents (default %(default)s)"
+        "--min-bytes",
+        type=int,
+        default=50,
+        help="drop documents shorter than this many UTF-8 bytes (default %(default)s: about "
+        "ten English words or seventeen Chinese characters; a CJK character is 3 bytes)",
+    )
+    quality.add_argument(
+        "--min-chars",
+        type=int,
+        default=0,
+        help="drop documents of fewer characters, whatever their script (default 0: off)",
     )
     quality.add_argument(
         "--max-chars",
@@ -181,6 +192,7 @@ def _settings(args: argparse.Namespace):
         if not 0.0 <= value <= 1.0:
             raise InputError(f"{flag} must be a fraction in [0, 1], got {value}")
     for flag, value in [
+        ("--min-bytes", args.min_bytes),
         ("--min-chars", args.min_chars),
         ("--max-chars", args.max_chars),
         ("--examples", args.examples),
@@ -198,6 +210,7 @@ def _settings(args: argparse.Namespace):
     if args.max_chars == 0:  # "no upper limit" reads better as the stage being off
         disabled.append("max_chars")
     filters = FilterSettings(
+        min_bytes=args.min_bytes,
         min_chars=args.min_chars,
         max_chars=args.max_chars,
         max_dup_line_frac=args.max_dup_line_frac,

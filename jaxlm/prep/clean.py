@@ -1,7 +1,7 @@
 """The cleaning pipeline: one streaming pass from input files to a clean jsonl corpus.
 
     read (text files, jsonl records) -> normalise -> [scrub PII]
-    -> quality filters (min_chars ... dup_ngram) -> exact_dup -> near_dup -> write
+    -> quality filters (min_bytes ... dup_ngram) -> exact_dup -> near_dup -> write
 
 Each document is processed and written (or dropped) before the next is read; what
 stays in memory is one digest per kept document and, for near-duplicate removal, one
