@@ -6,6 +6,14 @@ never reach the trainer by themselves. Instead the batching stage takes the coun
 gathered since the previous batch (`take()`) and ships them inside the batch under
 `COUNTS_KEY`; the trainer pops them and adds them up (`DataTotals`). Every count thus
 arrives exactly once, from whichever process produced it.
+
+Those counts are taken when a stage *reads* a document, and the packer reads ahead
+(it fills `data.packing_bins` rows at a time, and Grain prefetches batches), so
+`documents` runs ahead of training. What the steps actually consumed is counted from
+the batches themselves as the loop takes them (`DataTotals.count_consumed`):
+`consumed_documents` is the number of document starts (BOS at position 0 of a
+segment) in the rows trained on, `consumed_pairs` the number of preference pairs.
+A document cut into pieces counts once, with its first piece.
 """
 
 from __future__ import annotations
@@ -13,6 +21,8 @@ from __future__ import annotations
 import threading
 from collections import Counter
 from collections.abc import Mapping
+
+import numpy as np
 
 COUNTS_KEY = "_counts"
 
@@ -56,3 +66,14 @@ class DataTotals:
 
     def as_dict(self) -> dict[str, int]:
         return dict(sorted(self.totals.items()))
+
+    def count_consumed(self, batch: Mapping[str, np.ndarray], bos_id: int) -> None:
+        """Adds what the step about to run on `batch` consumes (see the module docstring)."""
+        segments = np.asarray(batch["segment_ids"])
+        if segments.ndim == 3:  # [B, 2, T] preference pairs; filler pairs are all padding
+            valid = (segments[:, 0] > 0).any(-1) & (segments[:, 1] > 0).any(-1)
+            self.totals["consumed_pairs"] += int(valid.sum())
+            return
+        starts = (np.asarray(batch["positions"]) == 0) & (segments > 0)
+        starts &= np.asarray(batch["tokens"]) == bos_id
+        self.totals["consumed_documents"] += int(starts.sum())

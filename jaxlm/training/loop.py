@@ -202,6 +202,7 @@ class _Loop:
         for step in range(run.start_step, total_steps):
             with self.ledger.data_wait():
                 host_batch = run.data_totals.pop_from(next(run.train_iter))
+                run.data_totals.count_consumed(host_batch, run.tokenizer.bos_id)
                 # Other "_" keys (e.g. preference pairs' "_where") are not model inputs.
                 host_batch = {k: v for k, v in host_batch.items() if not k.startswith("_")}
             run.checkpointer.raise_if_failed()  # a failed save stops the run at once
