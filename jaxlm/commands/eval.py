@@ -21,6 +21,9 @@ records. See jaxlm.evaluation.language_model.
 summed log-likelihood (jaxlm.evaluation.multiple_choice) and reports accuracy,
 length-normalised accuracy and the count; --json adds every example's scores.
 `jaxlm data multiple-choice OUT.jsonl` writes an offline set.
+
+--adapters DIR applies LoRA adapters (`jaxlm export RUN DIR --adapters-only`) to
+MODEL, which must be the base they were trained on (jaxlm.inference.adapters).
 """
 
 from __future__ import annotations
@@ -98,6 +101,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         help="score multiple-choice records {context, choices, answer} (repeatable)",
     )
     parser.add_argument("--json", default=None, metavar="OUT", help="write the results as JSON")
+    from jaxlm.inference.cli_options import add_adapters_argument  # no JAX: parser only
+
+    add_adapters_argument(parser)
 
 
 def run(args: argparse.Namespace) -> int:
@@ -111,7 +117,7 @@ def run(args: argparse.Namespace) -> int:
     if args.max_docs is not None and args.max_docs < 0:
         raise InputError(f"--max-docs must be >= 0, got {args.max_docs}")
     mesh = lm.data_parallel_mesh(batch_size)
-    model = load_model(args.model, overrides=args.overrides, mesh=mesh)
+    model = load_model(args.model, overrides=args.overrides, mesh=mesh, adapters=args.adapters)
     print(f"model {model.source} ({model.cfg.name}, data.format={model.cfg.data.format})")
     out: dict = {"model": model.source, "overrides": list(args.overrides)}
 
