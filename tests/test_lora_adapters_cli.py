@@ -253,3 +253,70 @@ def test_peft_applies_the_converted_adapters_to_the_hf_base_like_the_merged_mode
     ours = np.asarray(merged.module()(jax.numpy.asarray(tokens, jax.numpy.int32)))
     assert np.abs(ours - plain).max() > 0.1  # the adapters move the logits
     np.testing.assert_allclose(theirs, ours, rtol=0, atol=5e-5)
+
+
+EXPERIMENT = '''"""A tiny model on my own MiniMind-format files."""
+
+from jaxlm.config import Config, DataConfig, ModelConfig, OptimConfig, TrainConfig
+
+
+def get_config() -> Config:
+    return Config(
+        name="mine",
+        model=ModelConfig(
+            vocab_size=384, d_model=32, n_layers=2, n_heads=2, n_kv_heads=1, max_seq_len=128
+        ),
+        data=DataConfig(
+            sources="jsonl:pretrain.jsonl",
+            tokenizer="tok.model",
+            tokenizer_vocab_size=384,
+            seq_len=128,
+            batch_size=4,
+            eval_max_docs=16,
+        ),
+        optim=OptimConfig(lr=1e-2, warmup_steps=0),
+        train=TrainConfig(steps=4, eval_every=0, progress_bar=False, generate_prompt=""),
+    )
+'''
+
+
+# Slow: ~70 s of subprocesses; test_generate_with_adapters_on_their_base_equals_the_merged_export
+# checks the same equality by default on a checkpoint built in-process.
+@pytest.mark.slow
+def test_a_user_trains_lora_and_generates_with_the_adapters_on_the_base(tmp_path):
+    """From an empty folder: tokenizer, pretrain, LoRA SFT, both exports, generate."""
+    lines = TEXT.splitlines()
+    (tmp_path / "pretrain.jsonl").write_text(
+        "".join(json.dumps({"text": t}, ensure_ascii=False) + "\n" for t in lines), "utf-8"
+    )
+    sft = _conversations(tmp_path / "sft.jsonl")
+    sft.write_text(sft.read_text("utf-8") * 20, "utf-8")
+    (tmp_path / "experiments").mkdir()
+    (tmp_path / "experiments" / "mine.py").write_text(EXPERIMENT)
+
+    def ok(*args):
+        done = _jaxlm(tmp_path, *args)
+        assert done.returncode == 0, (args, done.stdout[-2000:], done.stderr[-2000:])
+        return done
+
+    ok("tokenizer", "train", "jsonl:pretrain.jsonl", "--out", "tok", "--vocab-size", "384")
+    ok("train", "mine", "--workdir", "runs/base")
+    ok("export", "runs/base", "exports/base")
+    lora = ["--set", "model.lora_rank=4", "--set", "model.lora_alpha=8"]
+    chat = ["--set", "data.format=chat", "--set", "data.sources=jsonl:sft.jsonl"]
+    chat += ["--set", "data.val_fraction=0.2"]
+    init = ["--set", "train.init_from=exports/base", "--set", "optim.lr=0.05"]
+    log = ok("train", "mine", "--workdir", "runs/lora", *lora, *chat, *init).stdout
+    assert "LoRA rank 4 on wq,wk,wv,wo,w_gate,w_up,w_down" in log
+    ok("export", "runs/lora", "exports/adapters", "--adapters-only")
+    ok("export", "runs/lora", "exports/merged")
+
+    with_adapters = _generated(tmp_path, "a", "exports/base", "--adapters", "exports/adapters")
+    assert with_adapters == _generated(tmp_path, "m", "exports/merged")
+    assert with_adapters != _generated(tmp_path, "b", "exports/base")
+    # Adapters on another base: one line, naming the base they belong to.
+    ok("train", "mine", "--workdir", "runs/other", "--set", "train.seed=7")
+    done = _jaxlm(tmp_path, "generate", "runs/other", "x", "--adapters", "exports/adapters")
+    errors = [x for x in done.stderr.splitlines() if x.startswith("jaxlm: error: ")]
+    assert done.returncode == 2 and len(errors) == 1, done.stderr
+    assert "fingerprint" in errors[0] and errors[0].endswith("their base: exports/base")
