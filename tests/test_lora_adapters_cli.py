@@ -217,6 +217,15 @@ def test_adapters_on_another_base_are_refused_naming_their_base(exports, tmp_pat
     assert "model.d_ff" in message
     # The adapters as MODEL: the message says how to apply them.
     assert "--adapters" in _error(capsys, "generate", adapters, "x")
+    # What is not an adapters-only export with its record says what to give instead.
+    right = exports["base"]
+    assert "--adapters-only" in _error(capsys, "generate", right, "x", "--adapters", exports["run"])
+    message = _error(capsys, "generate", right, "x", "--adapters", exports["merged"])
+    assert "not LoRA adapters" in message
+    shutil.copytree(adapters, tmp_path / "old")
+    (tmp_path / "old" / BASE_FILE).unlink()  # as exported before adapters recorded their base
+    message = _error(capsys, "generate", right, "x", "--adapters", tmp_path / "old")
+    assert "export the LoRA run again with --adapters-only" in message
     # A bfloat16 copy of the right base is the right base (fingerprints round to bf16).
     right, _ = load_params(exports["base"])
     rounded = jax.tree.map(lambda x: np.asarray(x).astype(jax.numpy.bfloat16), right)

@@ -87,11 +87,15 @@ def read_base_record(directory: Path | str) -> dict[str, Any]:
 def read_adapters(directory: Path | str) -> tuple[nnx.State, Config, dict[str, Any]]:
     """(adapters, the LoRA run's Config, lora_base.json) of an adapters-only export."""
     directory = Path(directory).absolute()
-    if not (directory / PARAMS_DIR).is_dir():
-        what = "a training workdir" if (directory / "checkpoints").is_dir() else "not a params"
+    if (directory / "checkpoints").is_dir():
         raise InputError(
-            f"{directory}: {what} directory; give the output of "
-            "`jaxlm export LORA_RUN DIR --adapters-only`"
+            f"{directory}: a training workdir, not exported adapters; export them with "
+            f"`jaxlm export {directory} DIR --adapters-only` and give DIR"
+        )
+    if not (directory / PARAMS_DIR).is_dir():
+        raise InputError(
+            f"{directory}: not an adapters-only export (no {PARAMS_DIR}/); give the output "
+            "of `jaxlm export LORA_RUN DIR --adapters-only`"
         )
     cfg = read_params_config(directory)
     if not cfg.model.lora_rank:
