@@ -31,7 +31,7 @@ import ml_dtypes
 import numpy as np
 from flax import nnx
 
-from jaxlm.checkpointing.integrity import fingerprints, json_digest
+from jaxlm.checkpointing.integrity import device_fingerprints, host_fingerprint, json_digest
 from jaxlm.checkpointing.params_io import PARAMS_DIR, load_params, read_params_config
 from jaxlm.config import Config
 from jaxlm.errors import InputError
@@ -39,17 +39,27 @@ from jaxlm.errors import InputError
 BASE_FILE = "lora_base.json"
 
 
-def _rounded(x: Any) -> Any:
+def _leaf_fingerprint(x: Any) -> int:
     if isinstance(x, np.ndarray):
-        return x.astype(ml_dtypes.bfloat16)  # round to nearest even, as XLA's convert
-    return x.astype(jnp.bfloat16)
+        return host_fingerprint(x.astype(ml_dtypes.bfloat16))  # nearest even, as XLA rounds
+    return next(iter(device_fingerprints([x.astype(jnp.bfloat16)]).values()))
 
 
 def base_fingerprint(base: nnx.State) -> str:
-    """The identity of a base params State (module docstring), as a hex digest."""
-    values = jax.tree.map(_rounded, base)
-    shapes = [list(np.shape(x)) for x in jax.tree.leaves(base)]
-    return json_digest({"shapes": shapes, "values": fingerprints(values)})
+    """The identity of a base params State (module docstring), as a hex digest.
+
+    One array at a time, so the bfloat16 copies never add up to a second model.
+    """
+    flat, _ = jax.tree_util.tree_flatten_with_path(base)
+    return json_digest(
+        {
+            jax.tree_util.keystr(path, simple=True, separator="."): [
+                list(np.shape(x)),
+                _leaf_fingerprint(x),
+            ]
+            for path, x in flat
+        }
+    )
 
 
 def file_sha256(path: Path | str) -> str:
