@@ -248,6 +248,8 @@ def test_peft_applies_the_converted_adapters_to_the_hf_base_like_the_merged_mode
     hf, adapters = tmp_path / "hf", tmp_path / "peft"
     assert cli.main(["convert", "--to-hf", str(exports["base"]), str(hf)]) == 0
     assert cli.main(["convert", "--to-peft", str(exports["adapters"]), str(adapters)]) == 0
+    architectures = json.loads((hf / "config.json").read_text())["architectures"]
+    assert architectures == ["LlamaForCausalLM"]  # tiny: GQA (4 query, 2 KV heads), untied
     config = json.loads((adapters / "adapter_config.json").read_text())
     assert config["r"] == 4 and config["lora_alpha"] == 8.0
     assert sorted(config["target_modules"]) == sorted(
