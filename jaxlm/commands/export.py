@@ -91,6 +91,10 @@ def run(args: argparse.Namespace) -> int:
     print(f"  params     {out / 'params'}  ({stored}, {nbytes / 2**20:.1f} MiB)")
     print(f"  config     {out / 'config.json'}")
     print(f"  tokenizer  {out / TOKENIZER_FILE}")
+    if fingerprint is not None:
+        base = cfg.train.init_from or "a random base"
+        print(f"  base       {out / 'lora_base.json'}  (trained on {base})")
+        print(f"apply them: jaxlm generate|chat|eval BASE --adapters {out}")
     return 0
 
 

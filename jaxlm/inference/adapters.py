@@ -59,7 +59,7 @@ def apply_adapters(
     `adapters_dir` merged in; InputError (module docstring) for another base."""
     adapters_dir = Path(adapters_dir).absolute()
     adapters, lora_cfg, record = read_adapters(adapters_dir)
-    trained = record.get("trained_from") or "(not recorded)"
+    trained = record.get("trained_from") or "a random one (the run had no train.init_from)"
     wrong = f"--adapters {adapters_dir} were trained on another base than {base_source}"
     if changes := _shape_changes(lora_cfg.model, cfg.model):
         raise InputError(f"{wrong} (" + "; ".join(changes) + f"); their base: {trained}")
