@@ -293,8 +293,9 @@ def get_config() -> Config:
 '''
 
 
-# Slow: ~70 s of subprocesses; test_generate_with_adapters_on_their_base_equals_the_merged_export
-# checks the same equality by default on a checkpoint built in-process.
+# Slow: 70 s (200 s on a busy 2-core machine) of subprocesses. By default,
+# test_generate_with_adapters_on_their_base_equals_the_merged_export checks the same
+# equality on a checkpoint built in-process.
 @pytest.mark.slow
 def test_a_user_trains_lora_and_generates_with_the_adapters_on_the_base(tmp_path):
     """From an empty folder: tokenizer, pretrain, LoRA SFT, both exports, generate."""
