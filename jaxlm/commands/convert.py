@@ -3,6 +3,7 @@
     jaxlm convert --from-hf HF_DIR OUT [--dtype bfloat16] [--mesh 1,-1,1]
                                        [--tokenizer PATH | --no-tokenizer]
     jaxlm convert --to-hf SRC OUT [--dtype bfloat16] [--max-shard-size 5GB] [--step N]
+    jaxlm convert --to-peft ADAPTERS OUT
 
 --from-hf reads a transformers checkpoint directory (config.json and safetensors,
 sharded index supported; pickle .bin files are refused) of model type llama,
@@ -19,6 +20,11 @@ tokenizer for the same ids) or --no-tokenizer to import the weights alone.
 runs merged) or a params directory, and writes a directory that
 `transformers.AutoModelForCausalLM.from_pretrained` and `AutoTokenizer.from_pretrained`
 load with no custom code (jaxlm.hf.export_hf, jaxlm.hf.tokenizer_export).
+
+--to-peft reads an adapters-only export (`jaxlm export RUN ADAPTERS --adapters-only`)
+and writes a PEFT adapter directory (adapter_config.json, adapter_model.safetensors;
+jaxlm.hf.export_peft) that `peft.PeftModel.from_pretrained` applies to the
+transformers model `--to-hf` made of the adapters' base.
 """
 
 from __future__ import annotations
@@ -45,6 +51,11 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     )
     direction.add_argument(
         "--to-hf", action="store_true", help="SRC is a jaxlm workdir or params directory"
+    )
+    direction.add_argument(
+        "--to-peft",
+        action="store_true",
+        help="SRC is LoRA adapters (export --adapters-only); OUT is a PEFT adapter directory",
     )
     parser.add_argument("src", metavar="SRC", help="what to convert")
     parser.add_argument("out", metavar="OUT", help="a new directory")
@@ -89,7 +100,20 @@ def run(args: argparse.Namespace) -> int:
         raise InputError(f"{out} exists and is not empty; choose a new directory")
     if args.from_hf:
         return _from_hf(args, Path(args.src).absolute(), out)
+    if args.to_peft:
+        return _to_peft(Path(args.src).absolute(), out)
     return _to_hf(args, Path(args.src).absolute(), out)
+
+
+def _to_peft(src, out) -> int:
+    from jaxlm.checkpointing.adapters_io import read_adapters
+    from jaxlm.hf.export_peft import export_to_peft
+
+    adapters, cfg, record = read_adapters(src)
+    export_to_peft(adapters, cfg, out)
+    print(f"exported adapters {src} -> {out} (PEFT LoRA, r={cfg.model.lora_rank})")
+    print(f"  apply them to the --to-hf export of their base: {record.get('trained_from')}")
+    return 0
 
 
 def _from_hf(args, src, out) -> int:
@@ -170,7 +194,10 @@ def _to_hf(args, src, out) -> int:
     max_shard_bytes = parse_size(args.max_shard_size)
     if (src / PARAMS_DIR).is_dir():
         if read_params_config(src).model.lora_rank:
-            raise InputError(f"{src}: holds LoRA adapters alone; export the run merged instead")
+            raise InputError(
+                f"{src}: holds LoRA adapters alone; convert them with --to-peft, or export "
+                "the run merged"
+            )
         params, cfg = load_params(src)
         what = str(src)
     elif (src / "checkpoints").is_dir():

@@ -26,6 +26,9 @@ length-normalised accuracy and the count; --json adds every example's scores.
 --pairs FILE scores preference pairs (MiniMind's dpo.jsonl format): the reference-free
 log-prob ranking accuracy, and with --reference the DPO implied-reward accuracy (ties
 count half), loss and margin. See jaxlm.evaluation.preference_pairs.
+
+--adapters DIR applies LoRA adapters (`jaxlm export RUN DIR --adapters-only`) to
+MODEL, which must be the base they were trained on (jaxlm.inference.adapters).
 """
 
 from __future__ import annotations
@@ -120,6 +123,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         "--beta", type=float, default=0.1, help="with --reference: DPO's beta (default 0.1)"
     )
     parser.add_argument("--json", default=None, metavar="OUT", help="write the results as JSON")
+    from jaxlm.inference.cli_options import add_adapters_argument  # no JAX: parser only
+
+    add_adapters_argument(parser)
 
 
 def run(args: argparse.Namespace) -> int:
@@ -133,7 +139,7 @@ def run(args: argparse.Namespace) -> int:
     if args.max_docs is not None and args.max_docs < 0:
         raise InputError(f"--max-docs must be >= 0, got {args.max_docs}")
     mesh = lm.data_parallel_mesh(batch_size)
-    model = load_model(args.model, overrides=args.overrides, mesh=mesh)
+    model = load_model(args.model, overrides=args.overrides, mesh=mesh, adapters=args.adapters)
     print(f"model {model.source} ({model.cfg.name}, data.format={model.cfg.data.format})")
     out: dict = {"model": model.source, "overrides": list(args.overrides)}
 

@@ -12,7 +12,10 @@ its .json sidecar. That is the layout `train.init_from` and `load_params` read.
 A LoRA run (model.lora_rank > 0) is exported merged: W + (alpha / r) A B in every
 adapted weight, a plain model needing no LoRA code (config.json says lora_rank=0).
 --adapters-only writes the adapters alone instead (config.json keeps the LoRA
-settings; the base is whatever the run started from, its train.init_from).
+settings) with lora_base.json, the fingerprint of the base they were trained on
+(jaxlm.checkpointing.adapters_io): `jaxlm generate|chat|eval BASE --adapters OUT`
+applies them to that base and refuses any other; `jaxlm convert --to-peft OUT PEFT`
+writes them for transformers + peft.
 
 --dtype bfloat16 stores the params rounded to bfloat16 (half the bytes). config.json
 keeps the run's model.param_dtype: loading casts the arrays to the dtype of the model
@@ -64,8 +67,9 @@ def run(args: argparse.Namespace) -> int:
         raise InputError(f"{out} exists and is not empty; choose a new directory")
     if not workdir.is_dir():
         raise FileNotFoundError(f"no such workdir: {workdir}")
+    fingerprint = None
     if args.adapters_only:
-        params, cfg, step = _restore_adapters(workdir, args.step)
+        params, cfg, step, fingerprint = _restore_adapters(workdir, args.step)
     else:
         params, cfg, step = restore_params(workdir, step=args.step)
     tokenizer = require_owned_tokenizer(workdir, cfg.data.tokenizer)  # never the cwd's
@@ -75,17 +79,32 @@ def run(args: argparse.Namespace) -> int:
     data = cfg.to_dict()
     data["data"]["tokenizer"] = str(out / TOKENIZER_FILE)  # self-contained
     save_params(out, params, config_from_dict(data), tokenizer=tokenizer)
+    if fingerprint is not None:
+        from jaxlm.checkpointing.adapters_io import write_base_record
+
+        write_base_record(
+            out, fingerprint=fingerprint, trained_from=cfg.train.init_from, tokenizer=tokenizer
+        )
     stored = args.dtype or cfg.model.param_dtype
     nbytes = sum(np.asarray(x).nbytes for x in jax.tree.leaves(params))
     print(f"exported {workdir / 'checkpoints' / str(step)} -> {out}")
     print(f"  params     {out / 'params'}  ({stored}, {nbytes / 2**20:.1f} MiB)")
     print(f"  config     {out / 'config.json'}")
     print(f"  tokenizer  {out / TOKENIZER_FILE}")
+    if fingerprint is not None:
+        base = cfg.train.init_from or "a random base"
+        print(f"  base       {out / 'lora_base.json'}  (trained on {base})")
+        print(f"apply them: jaxlm generate|chat|eval BASE --adapters {out}")
     return 0
 
 
 def _restore_adapters(workdir, step):
-    """(adapters, the run's Config, step) of a LoRA run's checkpoint."""
+    """(adapters, the run's Config, step, base fingerprint) of a LoRA run's checkpoint.
+
+    The frozen base is read too, only to fingerprint it: the base the adapters were
+    trained on is the checkpoint's, whatever train.init_from points at today.
+    """
+    from jaxlm.checkpointing.adapters_io import base_fingerprint
     from jaxlm.checkpointing.manager import Checkpointer
     from jaxlm.models.params import abstract_lora
 
@@ -96,7 +115,8 @@ def _restore_adapters(workdir, step):
             model = config_from_dict(saved).model
             if not model.lora_rank:
                 raise InputError(f"{workdir}: not a LoRA run (model.lora_rank=0)")
-            return {"params": abstract_lora(model)[1]}
+            _, adapters, base = abstract_lora(model)
+            return {"params": adapters, "frozen": base}
 
         restored = checkpointer.restore_latest_good(
             target, partial=True, steps=None if step is None else [step]
@@ -105,4 +125,6 @@ def _restore_adapters(workdir, step):
         checkpointer.close()
     if restored is None:
         raise InputError(f"{checkpointer.directory} holds no finished checkpoint")
-    return restored.state["params"], config_from_dict(restored.config), restored.step
+    fingerprint = base_fingerprint(restored.state["frozen"])
+    cfg = config_from_dict(restored.config)
+    return restored.state["params"], cfg, restored.step, fingerprint

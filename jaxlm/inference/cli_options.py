@@ -1,4 +1,4 @@
-"""Command-line options shared by `jaxlm generate` and `jaxlm chat`."""
+"""Command-line options shared by `jaxlm generate` and `jaxlm chat` (`--adapters` by eval too)."""
 
 from __future__ import annotations
 
@@ -20,6 +20,17 @@ def add_model_arguments(parser: argparse.ArgumentParser) -> None:
         default=None,
         metavar="D,F,T",
         help="shard the model over a (data, fsdp, tensor) mesh of the local devices, e.g. 1,1,8",
+    )
+    add_adapters_argument(parser)
+
+
+def add_adapters_argument(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument(
+        "--adapters",
+        default=None,
+        metavar="DIR",
+        help="LoRA adapters (`jaxlm export RUN DIR --adapters-only`) to apply to MODEL, "
+        "which must be the base they were trained on",
     )
 
 
@@ -53,6 +64,6 @@ def load(args: argparse.Namespace):
     from jaxlm.sharding import mesh_from_flag
 
     mesh = mesh_from_flag(args.mesh) if args.mesh else None
-    model = load_model(args.model, overrides=args.overrides, mesh=mesh)
+    model = load_model(args.model, overrides=args.overrides, mesh=mesh, adapters=args.adapters)
     generator = Generator(model.cfg.model, model.graphdef, model.params, mesh=mesh)
     return model, generator

@@ -4,6 +4,7 @@
     model = load_model("runs/quickstart")                   # newest good checkpoint
     model = load_model(path, overrides=["model.rope_scaling=yarn",
                                         "model.rope_scaling_factor=4"])
+    model = load_model("exports/base", adapters="exports/sft-adapters")  # LoRA, merged
 
 Overrides may change only model settings that leave the saved weights alone (those
 marked jaxlm.config.KEEPS_WEIGHTS: dtypes, attention implementation, layer scan and
@@ -12,7 +13,8 @@ and is refused with the key named. With a
 `mesh`, params are restored straight into their shardings (jaxlm.sharding's logical
 rules), so a model larger than one device loads without passing through one.
 The tokenizer is the directory's own tokenizer.model (jaxlm.data.workdir_tokenizer), found
-from the directory, never from the current one.
+from the directory, never from the current one. `adapters` names an adapters-only
+export to apply to the base at `path` (jaxlm.inference.adapters checks it is their base).
 """
 
 from __future__ import annotations
@@ -35,6 +37,7 @@ from jaxlm.config import Config, apply_overrides, config_differences
 from jaxlm.data.tokenizer import Tokenizer
 from jaxlm.data.workdir_tokenizer import require_owned_tokenizer
 from jaxlm.errors import InputError
+from jaxlm.inference.adapters import apply_adapters
 from jaxlm.models.params import abstract_model, keys_keeping_weights, param_shardings
 
 # Model keys an inference override may change: none of them changes a weight's shape.
@@ -71,16 +74,22 @@ def _check_overrides(saved: Config, new: Config, source: str) -> None:
 
 
 def load_model(
-    path: Path | str, *, overrides: list[str] | tuple[str, ...] = (), mesh: Mesh | None = None
+    path: Path | str,
+    *,
+    overrides: list[str] | tuple[str, ...] = (),
+    mesh: Mesh | None = None,
+    adapters: Path | str | None = None,
 ) -> LoadedModel:
-    """The model stored at `path` (export directory or training workdir), ready to run."""
+    """The model stored at `path` (export directory or training workdir), ready to run;
+    with `adapters` (an adapters-only export), that base with the adapters merged in."""
     path = Path(path).absolute()
     if (path / PARAMS_DIR).is_dir():
         saved = read_params_config(path)
         if saved.model.lora_rank:
             raise InputError(
                 f"{path}: holds LoRA adapters alone (model.lora_rank={saved.model.lora_rank}); "
-                "export the run without --adapters-only to get a merged model"
+                f"give their base as MODEL and these with --adapters {path}, or export the "
+                "run without --adapters-only to get a merged model"
             )
         kind = "export"
     elif (path / "checkpoints").is_dir():
@@ -112,7 +121,18 @@ def load_model(
         source = f"{path / 'checkpoints' / str(step)}"
     graphdef, _ = abstract_model(cfg.model)
     # The directory's own copy, never data.tokenizer resolved against the cwd.
-    tokenizer = Tokenizer.load(require_owned_tokenizer(path, cfg.data.tokenizer))
+    tokenizer_path = require_owned_tokenizer(path, cfg.data.tokenizer)
+    if adapters is not None:
+        params = apply_adapters(
+            cfg,
+            params,
+            base_source=source,
+            tokenizer=tokenizer_path,
+            adapters_dir=adapters,
+            shardings=shardings,
+        )
+        source = f"{source} + adapters {Path(adapters).absolute()}"
+    tokenizer = Tokenizer.load(tokenizer_path)
     return LoadedModel(cfg, graphdef, params, tokenizer, source, mesh)
 
 
