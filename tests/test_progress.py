@@ -6,6 +6,7 @@ import fcntl
 import io
 import os
 import pty
+import select
 import struct
 import termios
 
@@ -60,7 +61,10 @@ def test_a_terminal_gets_the_redrawn_bar():
             for _ in range(3):
                 bar.update(2.5, 10.0, 0.0)
             bar.close()
-        drawn = os.read(leader, 65536).decode()
+        drawn = b""
+        while select.select([leader], [], [], 0.5)[0]:  # every chunk the bar wrote
+            drawn += os.read(leader, 65536)
+        drawn = drawn.decode()
     finally:
         os.close(leader)
         os.close(follower)
