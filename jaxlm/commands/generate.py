@@ -80,7 +80,7 @@ def stop_ids(tokenizer, pieces: list[str], *, eos: bool) -> list[int]:
 
 def run(args: argparse.Namespace) -> int:
     from jaxlm.inference.cli_options import load, sampling_config
-    from jaxlm.inference.streaming import TextStream
+    from jaxlm.inference.streaming import TextStream, complete_text
 
     prompts = list(args.prompts) + (read_prompts(args.prompts_file) if args.prompts_file else [])
     if not prompts:
@@ -98,7 +98,7 @@ def run(args: argparse.Namespace) -> int:
         ids = [[tokenizer.bos_id, *tokenizer.encode(p)] for p in batch]
         on_tokens = None
         if stream:
-            text_stream = TextStream(tokenizer.decode)
+            text_stream = TextStream(tokenizer)
             sys.stdout.write(batch[0])
 
             def on_tokens(step, tokens, emitted, text_stream=text_stream):
@@ -116,7 +116,7 @@ def run(args: argparse.Namespace) -> int:
         )
         rows = zip(batch, ids, out.tokens, out.stopped, strict=True)
         for prompt, prompt_ids, tokens, stopped in rows:
-            completion = tokenizer.decode(tokens)
+            completion = complete_text(tokenizer, tokens)
             if stream:
                 sys.stdout.write(text_stream.finish() + "\n")
             else:
