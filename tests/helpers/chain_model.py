@@ -12,6 +12,7 @@ exact text, with no training and no dependence on random weights.
 from __future__ import annotations
 
 import dataclasses
+import itertools
 from collections.abc import Sequence
 from pathlib import Path
 
@@ -27,7 +28,7 @@ from jaxlm.presets import get_preset
 def chain_params(model, chain: Sequence[int], seed: int = 0):
     """Params (numpy) of `model` in which token chain[i] predicts chain[i + 1]."""
     successors: dict[int, int] = {}
-    for token, following in zip(chain, chain[1:], strict=False):
+    for token, following in itertools.pairwise(chain):
         if successors.setdefault(token, following) != following:
             raise ValueError(f"token {token} is followed by two different tokens in {chain}")
     tokens = sorted(set(chain))
