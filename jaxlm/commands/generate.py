@@ -49,6 +49,12 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         action="store_true",
         help="do not stop at the chat template's end-of-turn token (<|im_end|>)",
     )
+    parser.add_argument(
+        "--think",
+        choices=("show", "hide"),
+        default="show",
+        help="show (default) or hide the reasoning a model writes between <think> and </think>",
+    )
     parser.add_argument("--batch-size", type=int, default=16)
     parser.add_argument("--no-stream", action="store_true", help="print only when done")
     parser.add_argument("--json", default=None, metavar="OUT", help="write results as JSON")
@@ -92,6 +98,7 @@ def stop_ids(tokenizer, pieces: list[str], *, eos: bool, end_of_turn: bool) -> l
 def run(args: argparse.Namespace) -> int:
     from jaxlm.inference.cli_options import load, sampling_config
     from jaxlm.inference.streaming import TextStream, complete_text
+    from jaxlm.inference.think import ThinkFilter, split_think
 
     prompts = list(args.prompts) + (read_prompts(args.prompts_file) if args.prompts_file else [])
     if not prompts:
@@ -111,12 +118,12 @@ def run(args: argparse.Namespace) -> int:
         ids = [[tokenizer.bos_id, *tokenizer.encode(p)] for p in batch]
         on_tokens = None
         if stream:
-            text_stream = TextStream(tokenizer)
+            text_stream, think = TextStream(tokenizer), ThinkFilter(args.think)
             sys.stdout.write(batch[0])
 
-            def on_tokens(step, tokens, emitted, text_stream=text_stream):
+            def on_tokens(step, tokens, emitted, text_stream=text_stream, think=think):
                 if emitted[0]:
-                    sys.stdout.write(text_stream.push(tokens[0]))
+                    sys.stdout.write(think.push(text_stream.push(tokens[0])))
                     sys.stdout.flush()
 
         out = generator.generate(
@@ -130,14 +137,18 @@ def run(args: argparse.Namespace) -> int:
         rows = zip(batch, ids, out.tokens, out.stopped, strict=True)
         for prompt, prompt_ids, tokens, stopped in rows:
             completion = complete_text(tokenizer, tokens)
+            shown, reasoning = split_think(completion, args.think)
             if stream:
-                sys.stdout.write(text_stream.finish() + "\n")
+                sys.stdout.write(think.push(text_stream.finish()) + think.finish() + "\n")
             else:
-                print(f"{prompt}{completion}\n" + "-" * 40)
+                print(f"{prompt}{shown}\n" + "-" * 40)
+            # With --think hide, "completion" is what was shown and "reasoning" the rest.
+            result = {"prompt": prompt, "completion": shown}
+            if args.think == "hide":
+                result["reasoning"] = reasoning
             results.append(
                 {
-                    "prompt": prompt,
-                    "completion": completion,
+                    **result,
                     "prompt_tokens": len(prompt_ids),
                     "new_tokens": len(tokens),
                     "stopped": stopped,
