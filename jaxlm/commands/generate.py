@@ -14,6 +14,7 @@ stops at the chat template's end-of-turn token `<|im_end|>` (unless
 nobody asked for), at EOS (unless --ignore-eos), at any --stop token, or after
 --max-new-tokens. Only whole characters are printed: a cut inside a character spelt
 with byte tokens drops its first bytes (jaxlm.inference.streaming).
+--think hide keeps a reasoning model's <think>...</think> off the screen.
 --json OUT also writes every prompt, completion and token count.
 """
 
