@@ -53,8 +53,11 @@ class LineReader:
 
             self._readline = readline
             readline.set_history_length(HISTORY_LENGTH)
-            if self.history_file is not None and self.history_file.is_file():
-                readline.read_history_file(self.history_file)
+            if self.history_file is not None and self.history_file.exists():
+                try:
+                    readline.read_history_file(self.history_file)
+                except OSError as error:  # a directory, unreadable: chat without it
+                    self._history_unusable(error)
 
     def read(self) -> str:
         if not self.interactive:
@@ -66,8 +69,15 @@ class LineReader:
         """Writes the history file (the last HISTORY_LENGTH entries); no file, no-op."""
         if self._readline is None or self.history_file is None:
             return
-        self.history_file.parent.mkdir(parents=True, exist_ok=True)
-        self._readline.write_history_file(self.history_file)
+        try:
+            self.history_file.parent.mkdir(parents=True, exist_ok=True)
+            self._readline.write_history_file(self.history_file)
+        except OSError as error:
+            self._history_unusable(error)
+
+    def _history_unusable(self, error: OSError) -> None:
+        print(f"[history file {self.history_file}: {error}; history not kept]", file=sys.stderr)
+        self.history_file = None
 
 
 @contextlib.contextmanager
