@@ -2,11 +2,10 @@
 
 The model is a chain model (tests/helpers/chain_model.py) whose reply to anything is
 "fox fox fox ..." until --max-new-tokens: long enough that Ctrl-C lands mid-reply.
-The command runs from a temporary directory outside the repository.
+The command runs from a temporary directory outside the repository. (Piped input:
+tests/test_think.py runs chat with messages on stdin.)
 """
 
-import os
-import subprocess
 import sys
 
 import pytest
@@ -91,14 +90,3 @@ def test_arrows_and_backspace_edit_the_line_including_chinese(fox_export, tmp_pa
         ], terminal.text
     finally:
         terminal.close()
-
-
-def test_piped_messages_get_replies_and_end_with_status_0(fox_export, tmp_path):
-    cmd = [sys.executable, "-m", "jaxlm.cli", "chat", str(fox_export), "--max-new-tokens", "8"]
-    env = environment(1, PYTHONPATH=str(REPO), HOME=str(tmp_path))
-    done = subprocess.run(
-        cmd, cwd=tmp_path, env=env, input="你好\n第二个问题 🙂\n".encode(), capture_output=True
-    )
-    assert done.returncode == 0, done.stderr.decode()
-    assert done.stdout.decode() == "fox fox \n" * 2
-    assert not os.path.exists(tmp_path / ".jaxlm_chat_history")  # no history when piped
