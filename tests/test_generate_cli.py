@@ -58,7 +58,9 @@ def test_generate_cli_batches_prompts_from_a_file_and_writes_json(export_dir, lo
     results = json.loads(out.read_text())["results"]
     tok = model.tokenizer
     direct = generator.generate(
-        [[tok.bos_id, *tok.encode(p)] for p in prompts], max_new_tokens=7, stop_ids=[tok.eos_id]
+        [[tok.bos_id, *tok.encode(p)] for p in prompts],
+        max_new_tokens=7,
+        stop_ids=[tok.eos_id, IM_END_ID],
     )
     assert [r["prompt"] for r in results] == prompts
     assert [r["completion"] for r in results] == [tok.decode(t) for t in direct.tokens]
@@ -74,7 +76,7 @@ def test_a_single_prompt_streams_to_stdout(export_dir, loaded, capsys):
     direct = generator.generate(
         [[tok.bos_id, *tok.encode("The quick")]],
         max_new_tokens=9,
-        stop_ids=[tok.eos_id],
+        stop_ids=[tok.eos_id, IM_END_ID],
         seed=5,
         sampling=SamplingConfig(temperature=0.9, top_k=20),
     )

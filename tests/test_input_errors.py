@@ -2,27 +2,20 @@
 
 Config values that would train uphill or on NaN, a batch or mesh that does not fit
 the devices, tokenizer files that are not SentencePiece models, run names that are
-paths; and Ctrl-C in `jaxlm chat`, which stops the reply being streamed and, at the
-prompt, leaves without a traceback.
+paths. (Ctrl-C in `jaxlm chat`: tests/test_chat_terminal.py.)
 """
 
-import dataclasses
 import json
-import os
-import pty
-import select
 import subprocess
 import sys
-import time
 from pathlib import Path
 
-import jax
 import numpy as np
 import pytest
 from helpers.runs import REPO, TINY, environment, make_tokenizer
 
 from jaxlm import cli
-from jaxlm.config import Config, ConfigError, DataConfig, apply_overrides, config_from_dict
+from jaxlm.config import Config, ConfigError, apply_overrides, config_from_dict
 
 QUICKSTART = str(REPO / "experiments" / "quickstart.py")
 
@@ -196,105 +189,3 @@ def test_convert_with_a_tokenizer_json_is_one_line_naming_it(tmp_path, capsys):
     line = one_error_line(capsys.readouterr().err)
     assert str(tok) in line and "Hugging Face tokenizer.json" in line, line
     assert not out.exists()
-
-
-# ---------------------------------------------------------------- Ctrl-C in chat
-
-
-@pytest.fixture(scope="module")
-def long_reply_export(tmp_path_factory):
-    """A random tiny model with room for a long reply (Ctrl-C must land mid-stream)."""
-    from jaxlm.checkpointing.params_io import save_params
-    from jaxlm.data.tokenizer import train_tokenizer
-    from jaxlm.models.params import init_params
-    from jaxlm.presets import get_preset
-
-    root = tmp_path_factory.mktemp("chat")
-    vocab = 320
-    model = dataclasses.replace(get_preset("tiny"), vocab_size=vocab, max_seq_len=2048)
-    text = "The quick brown fox jumps over the lazy dog while the cat sleeps.\n" * 40
-    tokenizer = train_tokenizer([text], root / "tok", vocab_size=vocab)
-    cfg = Config(model=model, data=DataConfig(tokenizer_vocab_size=vocab, seq_len=32))
-    # Random weights of the right shapes, without running init_params (tens of seconds
-    # on a loaded 2-core machine); unit norm scales, so the logits are not flat.
-    shapes = jax.eval_shape(lambda: init_params(model, jax.random.key(3)))
-    rng = np.random.default_rng(3)
-
-    def random_like(path, shape):
-        if "norm" in jax.tree_util.keystr(path):
-            return np.ones(shape.shape, shape.dtype)
-        return (0.02 * rng.standard_normal(shape.shape)).astype(shape.dtype)
-
-    params = jax.tree_util.tree_map_with_path(random_like, shapes)
-    return save_params(root / "export", params, cfg, tokenizer=tokenizer.path)
-
-
-class Terminal:
-    """A command on a pseudo-terminal: what it printed, keys typed, its exit status."""
-
-    def __init__(self, cmd: list[str], env: dict[str, str]):
-        self.fd, tty = pty.openpty()
-        # `setsid --ctty`: the terminal becomes the command's controlling terminal, so a
-        # typed Ctrl-C reaches it as SIGINT, as in a shell (no fork of this threaded
-        # process, which pty.fork would do).
-        self.proc = subprocess.Popen(
-            ["setsid", "--ctty", *cmd], cwd=REPO, env=env, stdin=tty, stdout=tty, stderr=tty
-        )
-        os.close(tty)
-        self.output = b""
-
-    def read_until(self, condition, timeout: float) -> bool:
-        deadline = time.monotonic() + timeout
-        while time.monotonic() < deadline:
-            if condition(self.output):
-                return True
-            ready, _, _ = select.select([self.fd], [], [], 0.05)
-            if ready:
-                try:
-                    chunk = os.read(self.fd, 4096)
-                except OSError:  # the command exited and closed the terminal
-                    chunk = b""
-                if not chunk:
-                    return condition(self.output)
-                self.output += chunk
-        return condition(self.output)
-
-    def type(self, keys: bytes) -> None:
-        os.write(self.fd, keys)
-
-    def exit_status(self, timeout: float) -> int | None:
-        deadline = time.monotonic() + timeout
-        while time.monotonic() < deadline:
-            self.read_until(lambda _: False, 0.1)  # keep draining so it never blocks
-            if self.proc.poll() is not None:
-                return self.proc.returncode
-        return None
-
-    def close(self) -> None:
-        self.proc.kill()
-        self.proc.wait(timeout=30)
-        os.close(self.fd)
-
-    @property
-    def text(self) -> str:
-        return self.output.decode(errors="replace")
-
-
-def test_ctrl_c_stops_a_streaming_reply_and_then_leaves_cleanly(long_reply_export):
-    cmd = [sys.executable, "-m", "jaxlm.cli", "chat", str(long_reply_export)]
-    terminal = Terminal([*cmd, "--max-new-tokens", "1900"], environment(1))
-    try:
-        assert terminal.read_until(lambda out: b"\n> " in out, 120), terminal.text
-        terminal.type(b"hello there\r")
-        prompt_end = len(terminal.output)
-        # A few characters of the reply are on screen: it is streaming.
-        assert terminal.read_until(lambda out: len(out) > prompt_end + 30, 60), terminal.text
-        terminal.type(b"\x03")
-        assert terminal.read_until(lambda out: b"[reply interrupted]" in out, 30), terminal.text
-        assert terminal.read_until(lambda out: out.rstrip().endswith(b">"), 30), terminal.text
-        terminal.type(b"\x03")  # at the prompt: leave
-        status = terminal.exit_status(30)
-        assert status == 0, terminal.text
-        assert "Traceback" not in terminal.text and "KeyboardInterrupt" not in terminal.text
-    finally:
-        terminal.close()

@@ -4,23 +4,27 @@
 
 Uses the chat template stored with the model's tokenizer (the layout SFT trained
 on), keeps the conversation, and drops the oldest exchanges (saying so) when it no
-longer fits the model's context. Type /reset to start over, /quit (or Ctrl-D, or
-Ctrl-C at the prompt) to leave; Ctrl-C while a reply streams stops that reply. Reads
-one message per line from standard input, so it can also be piped.
+longer fits the model's context. On a terminal, lines are edited with GNU readline
+(arrows, Home/End, Ctrl-R) and kept in a history file (--history). Type /reset to
+start over, /quit or Ctrl-D to leave (status 0). Ctrl-C while a reply streams stops
+that reply; Ctrl-C at the prompt clears the line, and a second one in a row leaves
+with status 130 (jaxlm.inference.terminal says how Ctrl-C is kept out of JAX).
+--think hide keeps a reasoning model's <think>...</think> off the screen; the
+conversation history keeps the whole reply. Reads one message per line from
+standard input, so it can also be piped.
 """
 
 from __future__ import annotations
 
 import argparse
-import contextlib
-import select
-import signal
+import os
 import sys
-import threading
+from pathlib import Path
 
 from jaxlm.errors import InputError
 
 HELP = "chat with a model interactively (chat template, history, streaming)"
+EXIT_CTRL_C = 130  # 128 + SIGINT, as a shell reports a command ended by Ctrl-C
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -28,15 +32,32 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
     add_model_arguments(parser)
     parser.add_argument("--system", default="", help="a system message for the conversation")
+    parser.add_argument(
+        "--think",
+        choices=("show", "hide"),
+        default="show",
+        help="show (default) or hide the reasoning a model writes between <think> and </think>",
+    )
+    parser.add_argument(
+        "--history",
+        default=os.path.join("~", ".jaxlm_chat_history"),
+        metavar="FILE",
+        help="where typed lines are kept between sessions (default: %(default)s; '' for none)",
+    )
     add_sampling_arguments(parser, max_new_tokens=256)
 
 
 def run(args: argparse.Namespace) -> int:
     from jaxlm.inference.chat_session import ChatSession
     from jaxlm.inference.cli_options import load, sampling_config
+    from jaxlm.inference.terminal import LineReader
 
     sampling = sampling_config(args)
-    model, generator = load(args)
+    try:
+        model, generator = load(args)
+    except KeyboardInterrupt:  # Ctrl-C while the model loads: leave without a traceback
+        print(file=sys.stderr)
+        return EXIT_CTRL_C
     session = ChatSession(
         generator,
         model.tokenizer,
@@ -45,76 +66,72 @@ def run(args: argparse.Namespace) -> int:
         max_new_tokens=args.max_new_tokens,
         seed=args.seed,
     )
-    interactive = sys.stdin.isatty()
+    history = Path(args.history).expanduser() if args.history else None
+    reader = LineReader("> ", history)
     print(
         f"chatting with {model.source} ({model.tokenizer.chat_template.name} template); "
         "/reset starts over, /quit leaves",
         file=sys.stderr,
     )
     try:
-        return _converse(session, interactive)
-    except KeyboardInterrupt:  # Ctrl-C at the prompt: leave, like Ctrl-D
-        sys.stdout.write("\n")
-        return 0
-
-
-def _converse(session, interactive: bool) -> int:
-    while True:
-        if interactive:
-            sys.stdout.write("\n> ")
-            sys.stdout.flush()
-            _wait_for_input()
-        line = sys.stdin.readline()
-        if not line:
-            return 0
-        text = line.rstrip("\n")
-        if text.strip() == "/quit":
-            return 0
-        if text.strip() == "/reset":
-            session.reset()
-            print("[conversation cleared]", file=sys.stderr)
-            continue
-        if not text.strip():
-            continue
-        dropped = session.dropped
-        try:
-            with _ctrl_c_stops_the_reply() as pressed:
-                session.reply(
-                    text,
-                    on_text=lambda piece: (sys.stdout.write(piece), sys.stdout.flush()),
-                    should_stop=pressed.is_set,
-                )
-        except InputError as error:
-            print(f"[{error}]", file=sys.stderr)
-            continue
-        sys.stdout.write("\n")
-        if pressed.is_set():
-            print("[reply interrupted]", file=sys.stderr)
-        if session.dropped > dropped:
-            print(
-                f"[context full: dropped the {session.dropped - dropped} oldest messages]",
-                file=sys.stderr,
-            )
-
-
-def _wait_for_input() -> None:
-    """Waits until a line can be read, waking 4 times a second. Python raises
-    KeyboardInterrupt in the main thread between bytecodes; a SIGINT that comes just
-    before the main thread enters read(), or that the kernel hands to one of JAX's
-    threads, does not interrupt that read(), and Ctrl-C at the prompt did nothing."""
-    while not select.select([sys.stdin], [], [], 0.25)[0]:
-        pass
-
-
-@contextlib.contextmanager
-def _ctrl_c_stops_the_reply():
-    """While a reply is generated, Ctrl-C sets an event the generation loop reads at
-    the next token, instead of raising KeyboardInterrupt wherever the main thread is:
-    mostly inside a JAX dispatch, which gave a traceback and (as reported) a
-    Segmentation fault at exit."""
-    pressed = threading.Event()
-    previous = signal.signal(signal.SIGINT, lambda signum, frame: pressed.set())
-    try:
-        yield pressed
+        return _converse(session, reader, args.think)
     finally:
-        signal.signal(signal.SIGINT, previous)
+        reader.save_history()
+
+
+def _converse(session, reader, think_mode: str) -> int:
+    ctrl_c_before = False  # the previous prompt ended with Ctrl-C
+    while True:
+        try:
+            if reader.interactive:
+                sys.stdout.write("\n")
+            text = reader.read()
+            ctrl_c_before = False
+            if text.strip() == "/quit":
+                return 0
+            if text.strip() == "/reset":
+                session.reset()
+                print("[conversation cleared]", file=sys.stderr)
+            elif text.strip():
+                _reply(session, text, think_mode)
+        except EOFError:  # Ctrl-D, or the end of piped input
+            sys.stdout.write("\n" if reader.interactive else "")
+            return 0
+        except KeyboardInterrupt:  # at the prompt (or between a reply and the next prompt)
+            sys.stdout.write("\n")
+            sys.stdout.flush()
+            if ctrl_c_before or not reader.interactive:
+                return EXIT_CTRL_C
+            print("[Ctrl-C again, Ctrl-D or /quit leaves]", file=sys.stderr)
+            ctrl_c_before = True
+
+
+def _reply(session, text: str, think_mode: str) -> None:
+    """Streams the reply to `text`; Ctrl-C ends it at the next token."""
+    from jaxlm.inference.terminal import ctrl_c_sets_flag
+    from jaxlm.inference.think import ThinkFilter
+
+    think = ThinkFilter(think_mode)
+    dropped = session.dropped
+
+    def show(piece: str) -> None:
+        sys.stdout.write(think.push(piece))
+        sys.stdout.flush()
+
+    try:
+        with ctrl_c_sets_flag() as pressed:
+            session.reply(text, on_text=show, should_stop=pressed.is_set)
+    except InputError as error:
+        print(f"[{error}]", file=sys.stderr)
+        return
+    sys.stdout.write(think.finish() + "\n")
+    sys.stdout.flush()
+    if pressed.is_set():
+        print("[reply interrupted]", file=sys.stderr)
+    if think.hide and think.inside:
+        print("[the reply ended inside <think>: --think show prints it]", file=sys.stderr)
+    if session.dropped > dropped:
+        print(
+            f"[context full: dropped the {session.dropped - dropped} oldest messages]",
+            file=sys.stderr,
+        )

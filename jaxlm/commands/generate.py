@@ -9,7 +9,12 @@ file, or a .jsonl file of {"prompt": "..."} records; `\\n` in a text line is not
 unescaped: use jsonl for multi-line prompts). Each prompt starts with BOS, as
 training documents do. A single prompt streams to the terminal as it is generated;
 several are generated as batches of --batch-size and printed in order. Generation
-stops at EOS (unless --ignore-eos), at any --stop token, or after --max-new-tokens.
+stops at the chat template's end-of-turn token `<|im_end|>` (unless
+--ignore-end-of-turn: a chat model's answer ends there, and what follows is a turn
+nobody asked for), at EOS (unless --ignore-eos), at any --stop token, or after
+--max-new-tokens. Only whole characters are printed: a cut inside a character spelt
+with byte tokens drops its first bytes (jaxlm.inference.streaming).
+--think hide keeps a reasoning model's <think>...</think> off the screen.
 --json OUT also writes every prompt, completion and token count.
 """
 
@@ -40,6 +45,17 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         help="also stop at this token (a piece of the vocabulary, e.g. '<|im_end|>')",
     )
     parser.add_argument("--ignore-eos", action="store_true", help="do not stop at EOS")
+    parser.add_argument(
+        "--ignore-end-of-turn",
+        action="store_true",
+        help="do not stop at the chat template's end-of-turn token (<|im_end|>)",
+    )
+    parser.add_argument(
+        "--think",
+        choices=("show", "hide"),
+        default="show",
+        help="show (default) or hide the reasoning a model writes between <think> and </think>",
+    )
     parser.add_argument("--batch-size", type=int, default=16)
     parser.add_argument("--no-stream", action="store_true", help="print only when done")
     parser.add_argument("--json", default=None, metavar="OUT", help="write results as JSON")
@@ -68,8 +84,10 @@ def read_prompts(path: str) -> list[str]:
     return prompts
 
 
-def stop_ids(tokenizer, pieces: list[str], *, eos: bool) -> list[int]:
+def stop_ids(tokenizer, pieces: list[str], *, eos: bool, end_of_turn: bool) -> list[int]:
     ids = [tokenizer.eos_id] if eos else []
+    if end_of_turn:
+        ids.append(tokenizer.piece_to_id(tokenizer.chat_template.stop_piece))
     for piece in pieces:
         token_id = tokenizer.piece_to_id(piece)
         if token_id == tokenizer.unk_id and piece != tokenizer.id_to_piece(tokenizer.unk_id):
@@ -80,7 +98,8 @@ def stop_ids(tokenizer, pieces: list[str], *, eos: bool) -> list[int]:
 
 def run(args: argparse.Namespace) -> int:
     from jaxlm.inference.cli_options import load, sampling_config
-    from jaxlm.inference.streaming import TextStream
+    from jaxlm.inference.streaming import TextStream, complete_text
+    from jaxlm.inference.think import ThinkFilter, split_think
 
     prompts = list(args.prompts) + (read_prompts(args.prompts_file) if args.prompts_file else [])
     if not prompts:
@@ -90,7 +109,9 @@ def run(args: argparse.Namespace) -> int:
     sampling = sampling_config(args)
     model, generator = load(args)
     tokenizer = model.tokenizer
-    stops = stop_ids(tokenizer, args.stop, eos=not args.ignore_eos)
+    stops = stop_ids(
+        tokenizer, args.stop, eos=not args.ignore_eos, end_of_turn=not args.ignore_end_of_turn
+    )
     stream = len(prompts) == 1 and not args.no_stream
     results = []
     for first in range(0, len(prompts), args.batch_size):
@@ -98,12 +119,12 @@ def run(args: argparse.Namespace) -> int:
         ids = [[tokenizer.bos_id, *tokenizer.encode(p)] for p in batch]
         on_tokens = None
         if stream:
-            text_stream = TextStream(tokenizer.decode)
+            text_stream, think = TextStream(tokenizer), ThinkFilter(args.think)
             sys.stdout.write(batch[0])
 
-            def on_tokens(step, tokens, emitted, text_stream=text_stream):
+            def on_tokens(step, tokens, emitted, text_stream=text_stream, think=think):
                 if emitted[0]:
-                    sys.stdout.write(text_stream.push(tokens[0]))
+                    sys.stdout.write(think.push(text_stream.push(tokens[0])))
                     sys.stdout.flush()
 
         out = generator.generate(
@@ -116,15 +137,19 @@ def run(args: argparse.Namespace) -> int:
         )
         rows = zip(batch, ids, out.tokens, out.stopped, strict=True)
         for prompt, prompt_ids, tokens, stopped in rows:
-            completion = tokenizer.decode(tokens)
+            completion = complete_text(tokenizer, tokens)
+            shown, reasoning = split_think(completion, args.think)
             if stream:
-                sys.stdout.write(text_stream.finish() + "\n")
+                sys.stdout.write(think.push(text_stream.finish()) + think.finish() + "\n")
             else:
-                print(f"{prompt}{completion}\n" + "-" * 40)
+                print(f"{prompt}{shown}\n" + "-" * 40)
+            # With --think hide, "completion" is what was shown and "reasoning" the rest.
+            result = {"prompt": prompt, "completion": shown}
+            if args.think == "hide":
+                result["reasoning"] = reasoning
             results.append(
                 {
-                    "prompt": prompt,
-                    "completion": completion,
+                    **result,
                     "prompt_tokens": len(prompt_ids),
                     "new_tokens": len(tokens),
                     "stopped": stopped,

@@ -4,8 +4,10 @@
     kv_cache.py      the fixed-size key/value cache and the cached forward pass
     sampling.py      logits -> next token: temperature, top-k, top-p, min-p, penalties
     decode.py        prefill + incremental decode for a batch of prompts (Generator)
-    streaming.py     token ids -> text as it becomes printable
+    streaming.py     token ids -> text as it becomes printable (whole characters only)
+    think.py         show or hide <think>...</think> reasoning, streamed or not
     chat_session.py  a multi-turn conversation over a Generator
+    terminal.py      `jaxlm chat`'s line editing, history file and Ctrl-C handling
     cli_options.py   the options `jaxlm generate` and `jaxlm chat` share
 
 May import: the root modules, models, data (tokenizer, chat template) and

@@ -16,7 +16,7 @@ from jaxlm.data.tokenizer import IM_END_ID
 from jaxlm.errors import InputError
 from jaxlm.inference.decode import Generator
 from jaxlm.inference.sampling import SamplingConfig
-from jaxlm.inference.streaming import TextStream
+from jaxlm.inference.streaming import TextStream, complete_text
 
 
 class ChatSession:
@@ -75,7 +75,7 @@ class ChatSession:
         except InputError:
             self.history.pop()
             raise
-        stream = TextStream(self.tokenizer.decode)
+        stream = TextStream(self.tokenizer)
 
         def on_tokens(step, tokens, emitted):
             if emitted[0] and on_text is not None:
@@ -92,7 +92,7 @@ class ChatSession:
         )
         if on_text is not None:
             on_text(stream.finish())
-        text = self.tokenizer.decode(out.tokens[0])
+        text = complete_text(self.tokenizer, out.tokens[0])
         self.history.append(Message("assistant", text))
         self.turns += 1
         return text

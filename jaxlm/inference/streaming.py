@@ -1,40 +1,77 @@
 """Turn a growing list of token ids into text pieces that are safe to print.
 
 SentencePiece pieces do not map one-to-one onto characters: a character outside the
-vocabulary is spelt as several byte tokens, and decoding only some of them gives
-U+FFFD. So the stream decodes everything so far and prints the new suffix, holding
-back a trailing U+FFFD until the bytes after it arrive (or the stream ends).
+vocabulary is spelt as 2 to 4 byte-fallback tokens, and decoding only some of them
+gives U+FFFD. So the stream holds back a trailing run of byte tokens that is the
+unfinished start of a UTF-8 character, prints it once its last byte arrives, and
+drops it if generation ends first (max tokens, a stop token, Ctrl-C): a cut in the
+middle of a character never prints a replacement character. Bytes that can never
+become a character (a continuation byte with no lead, a lead followed by a normal
+piece) are the model's own output and decode to U+FFFD as SentencePiece decodes them.
+
+    stream = TextStream(tokenizer)
+    for token in tokens:
+        sys.stdout.write(stream.push(token))
+    stream.finish()            # always "": an unfinished character is dropped
+    stream.text == complete_text(tokenizer, tokens)
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterable
+from collections.abc import Sequence
 
-REPLACEMENT = "\ufffd"
+
+def _utf8_length(lead: int) -> int:
+    """Bytes of the UTF-8 character that starts with byte `lead` (1 for ASCII and for
+    bytes that cannot start a multi-byte character)."""
+    if lead >> 5 == 0b110:
+        return 2
+    if lead >> 4 == 0b1110:
+        return 3
+    if lead >> 3 == 0b11110:
+        return 4
+    return 1
+
+
+def unfinished_tail(tokenizer, ids: Sequence[int]) -> int:
+    """How many trailing ids are byte tokens that begin a character not yet complete."""
+    tail: list[int] = []  # byte values of the last (at most 3) byte tokens, last first
+    for token_id in reversed(ids[-3:]):
+        if not tokenizer.is_byte(token_id):
+            break
+        tail.append(int(tokenizer.id_to_piece(token_id)[3:5], 16))  # "<0xE4>" -> 0xE4
+    for count, byte in enumerate(tail, 1):
+        if byte & 0xC0 == 0x80:  # a continuation byte: its lead is further back
+            continue
+        return count if count < _utf8_length(byte) else 0
+    return 0
+
+
+def complete_text(tokenizer, ids: Sequence[int]) -> str:
+    """The text of `ids` without a trailing unfinished character."""
+    ids = [int(i) for i in ids]
+    return tokenizer.decode(ids[: len(ids) - unfinished_tail(tokenizer, ids)])
 
 
 class TextStream:
-    def __init__(self, decode: Callable[[Iterable[int]], str]):
-        self._decode = decode
+    def __init__(self, tokenizer):
+        self._tokenizer = tokenizer
         self.ids: list[int] = []
-        self._printed = 0  # characters of decode(ids) already handed out
+        self._printed = 0  # characters of the complete text already handed out
 
     def push(self, token_id: int) -> str:
         """The new printable text after appending `token_id` (may be empty)."""
         self.ids.append(int(token_id))
-        text = self._decode(self.ids)
-        end = len(text.rstrip(REPLACEMENT))
-        new = text[self._printed : end] if end > self._printed else ""
-        self._printed = max(self._printed, end)
+        text = complete_text(self._tokenizer, self.ids)
+        new = text[self._printed :]
+        self._printed = max(self._printed, len(text))
         return new
 
     def finish(self) -> str:
-        """Whatever is still held back (a byte sequence that never completed)."""
-        text = self._decode(self.ids)
-        new = text[self._printed :]
-        self._printed = len(text)
-        return new
+        """What is left to print when generation ends: nothing, since an unfinished
+        character is dropped (kept as a method so callers need not know that)."""
+        return ""
 
     @property
     def text(self) -> str:
-        return self._decode(self.ids)
+        return complete_text(self._tokenizer, self.ids)
