@@ -62,6 +62,11 @@ def print_result(result) -> None:
         print("command again to resume from there")
     else:
         print(f"finished {result.steps} steps in {result.wall_seconds:.0f}s")
+        if result.epochs:  # the step count train.epochs came to (jaxlm.training.epochs)
+            print(
+                f"train.epochs={result.epochs:g}: {result.epoch_sequences} packed sequences "
+                "per epoch, rounded up to whole steps"
+            )
         if "accuracy" in ev:  # a preference run
             print(f"held-out preference accuracy {ev['accuracy']:.4f} over {ev['pairs']:.0f} pairs")
             print(f"held-out preference loss     {ev['loss']:.4f}   margin {ev['margin']:.4f}")

@@ -5,7 +5,8 @@
 `get_config()` (or the defaults of jaxlm.config, without an experiment), then a
 `model.preset=NAME` override (the named preset's model shape, jaxlm.presets), then
 the model shape of `train.init_from` for every key not chosen
-(jaxlm.training.init_from_shape), then the `--set key=value` overrides in order.
+(jaxlm.training.init_from_shape), or else model.vocab_size from a given
+data.tokenizer unless set, then the `--set key=value` overrides in order.
 
 An experiment NAME is looked up, in this order, in every directory of
 $JAXLM_EXPERIMENTS (separated by the OS path separator), in ./experiments, and in the
@@ -24,6 +25,7 @@ from types import ModuleType
 
 import jaxlm
 from jaxlm.config import Config, ConfigError, ModelConfig, apply_overrides
+from jaxlm.data.tokenizer import Tokenizer
 from jaxlm.presets import get_preset
 from jaxlm.training.init_from_shape import (
     inherited_overrides,
@@ -124,12 +126,33 @@ def resolve_config(module: ModuleType | None, overrides: list[str], name: str) -
     preset, rest = _split_preset(overrides)
     first = model_overrides(get_preset(preset)) if preset else []
     cfg = apply_overrides(base, first + rest)
-    saved = saved_model(cfg.train.init_from) if cfg.train.init_from else None
-    if saved is None:
-        return cfg
     chosen = _chosen_model_keys(module, base.model, preset, rest)
-    taken = inherited_overrides(cfg.model, saved, chosen, cfg.train.init_from)
-    return apply_overrides(base, first + taken + rest)
+    saved = saved_model(cfg.train.init_from) if cfg.train.init_from else None
+    if saved is not None:
+        taken = inherited_overrides(cfg.model, saved, chosen, cfg.train.init_from)
+    else:
+        taken = _tokenizer_vocab(cfg, chosen)
+    return apply_overrides(base, first + taken + rest) if taken else cfg
+
+
+def _tokenizer_vocab(cfg: Config, chosen: dict[str, str]) -> list[str]:
+    """`model.vocab_size=N` for a given data.tokenizer of N pieces, unless the size was
+    set by --set or the experiment (a preset's size is its own tokenizer's: replaced).
+    A set size smaller than the tokenizer is refused: its ids would not fit."""
+    path = Path(cfg.data.tokenizer)
+    if not cfg.data.tokenizer or not path.is_file():
+        return []  # none, or not here (yet): the run says what is missing
+    pieces = Tokenizer.load(path).vocab_size
+    where = chosen.get("vocab_size", "")
+    if where and not where.startswith("--preset"):
+        if cfg.model.vocab_size < pieces:
+            raise ConfigError(
+                f"model.vocab_size={cfg.model.vocab_size} (from {where}) is smaller than the "
+                f"{pieces} pieces of data.tokenizer {path}; leave model.vocab_size unset to "
+                "take the tokenizer's"
+            )
+        return []
+    return [f"model.vocab_size={pieces}"] if pieces != cfg.model.vocab_size else []
 
 
 def _split_preset(overrides: list[str]) -> tuple[str, list[str]]:

@@ -15,6 +15,7 @@ import jax
 
 from jaxlm.data import posttrain_inputs, run_inputs
 from jaxlm.sharding import replicated
+from jaxlm.training import epochs
 from jaxlm.training.hosts import allgather_max
 from jaxlm.training.metrics import bits_per_byte, gzip_bits_per_byte
 from jaxlm.training.steps import jit_eval_step, jit_train_step, make_eval_step, make_lm_step
@@ -68,6 +69,9 @@ class PretrainTask(NextTokenTask):
     def data_fingerprint(self, tokenizer_sha256):
         return run_inputs.text_fingerprint(self.cfg, tokenizer_sha256)
 
+    def one_epoch(self, tokenizer):
+        return epochs.text_epoch(self.cfg, tokenizer)
+
     def finish(self, result) -> None:
         texts = run_inputs.eval_texts(self.cfg)
         if texts:  # pre-tokenized eval sources have no text to compress
@@ -102,6 +106,9 @@ class ChatTask(NextTokenTask):
 
     def data_fingerprint(self, tokenizer_sha256):
         return posttrain_inputs.jsonl_fingerprint(self.cfg, tokenizer_sha256)
+
+    def one_epoch(self, tokenizer):
+        return epochs.posttrain_epoch(self.cfg, tokenizer, posttrain_inputs.chat_pipeline)
 
 
 def next_token_summary(results: list[dict[str, Any]]) -> dict[str, float]:
