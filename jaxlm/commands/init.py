@@ -88,11 +88,15 @@ def starter_text(args: argparse.Namespace, path: Path) -> str:
         )
     else:
         preset = args.preset or "minimind-26m"
-        imports = imports.format("") + "\nfrom jaxlm.presets import get_preset"
+        imports = "import dataclasses\n\n" + imports.format("")
+        imports += "\nfrom jaxlm.presets import get_preset"
+        vocab = _tokenizer_pieces(args.tokenizer)
         model_line = (
-            "    # The model: a named preset (`jaxlm presets` lists them with their sizes);\n"
-            "    # change a field with dataclasses.replace(model, n_layers=16).\n"
-            f"    model = get_preset({_q(preset)})\n"
+            "    # The model: a named preset (`jaxlm presets` lists them with their sizes),\n"
+            "    # with any field changed here, e.g. n_layers=16.\n"
+            f"    model = dataclasses.replace(\n        get_preset({_q(preset)}),\n"
+            + (f"        vocab_size={vocab},  # the pieces of {args.tokenizer}\n" if vocab else "")
+            + "    )\n"
         )
     tokenizer_comment = "A tokenizer .model; empty: the init_from model's, or one trained here."
     return f'''"""{name}: {_what(fmt)} on {args.data}.
@@ -147,6 +151,15 @@ if __name__ == "__main__":
 
     sys.exit(run_experiment(sys.modules[__name__]))
 '''
+
+
+def _tokenizer_pieces(path: str) -> int:
+    """The vocabulary size of the tokenizer at `path` (0: none given)."""
+    if not path:
+        return 0
+    from jaxlm.data.tokenizer import Tokenizer  # sentencepiece: only for this command
+
+    return Tokenizer.load(Path(path)).vocab_size
 
 
 def _q(text: str) -> str:
