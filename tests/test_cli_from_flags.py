@@ -85,6 +85,7 @@ def folder(tmp_path_factory) -> Path:
     write_jsonl(root / "pretrain_hq.jsonl", PRETRAIN)
     write_jsonl(root / "eval.jsonl", EVAL)
     write_jsonl(root / "sft_mini.jsonl", SFT)
+    write_jsonl(root / "sft_eval.jsonl", SFT[:2])
     (root / "tok.model").write_bytes(make_tokenizer(root).read_bytes())
     return root
 
@@ -211,18 +212,33 @@ def test_init_writes_a_starter_file_that_config_resolves(folder, tmp_path):
     assert not (tmp_path / "bad.py").exists()
 
 
-@pytest.mark.slow  # a second training run; test_init_writes_a_starter_file_that_config_resolves
-def test_init_file_trains_sft_from_the_pretrained_run(folder, pretrained):  # covers the file
+# A second training run. Default coverage: the written file resolves
+# (test_init_writes_a_starter_file_that_config_resolves) and init_from brings the shape
+# (test_init_from_brings_the_model_shape_and_a_conflict_names_both_values).
+@pytest.mark.slow
+def test_init_file_trains_sft_from_the_pretrained_run(folder, pretrained):
     proc = jaxlm(
         folder, "init", "sft.py", "--data", "jsonl:sft_mini.jsonl", "--format", "chat",
-        "--init-from", "runs/pre",
+        "--eval-data", "jsonl:sft_eval.jsonl", "--init-from", "runs/pre",
     )  # fmt: skip
     assert proc.returncode == 0, proc.stderr
     proc = jaxlm(
-        folder, "train", "./sft.py", "--workdir", "runs/sft", "--set", "train.steps=2", *QUIET
+        folder,
+        "train",
+        "./sft.py",
+        "--workdir",
+        "runs/sft",
+        "--set",
+        "train.steps=2",
+        # Byte-level Chinese needs longer rows than the pretraining's 64; the context
+        # length is not a shape, so it may differ from the init_from model's.
+        "--set",
+        "model.max_seq_len=256",
+        *QUIET,
     )
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
     assert "params initialised from" in proc.stdout and "finished 2 steps" in proc.stdout
     saved = json.loads((folder / "runs" / "sft" / "config.json").read_text())
     assert saved["model"]["d_model"] == 48 and saved["data"]["format"] == "chat"
+    assert saved["data"]["seq_len"] == 256
     assert (folder / "runs" / "sft" / "checkpoints" / "2").is_dir()
