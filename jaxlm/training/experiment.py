@@ -23,7 +23,6 @@ import sys
 from pathlib import Path
 from types import ModuleType
 
-import jaxlm
 from jaxlm.config import Config, ConfigError, ModelConfig, apply_overrides
 from jaxlm.data.tokenizer import Tokenizer
 from jaxlm.presets import get_preset
@@ -59,7 +58,7 @@ def search_path() -> list[tuple[Path, str]]:
 def shipped_experiments() -> Path:
     """The `experiments` package installed beside `jaxlm` (site-packages, or the
     source tree of an editable install)."""
-    return Path(jaxlm.__file__).resolve().parent.parent / "experiments"
+    return Path(__file__).resolve().parents[2] / "experiments"  # beside jaxlm/
 
 
 def available_experiments() -> dict[str, Path]:
