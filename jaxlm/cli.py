@@ -219,7 +219,7 @@ def _run_name(module: ModuleType | None, workdir: str | None) -> str:
     """The config's name: the experiment's file name, else the workdir's, else "run"."""
     if module is not None:
         return Path(module.__file__).stem
-    return Path(workdir).absolute().name if workdir else "run"
+    return (Path(workdir).absolute().name if workdir else "") or "run"
 
 
 def _add_command_groups(sub) -> None:
