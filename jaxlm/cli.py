@@ -1,7 +1,9 @@
 """The `jaxlm` command line.
 
-    jaxlm train EXPERIMENT [--workdir DIR] [--set key=value ...]
-    jaxlm config EXPERIMENT [--set key=value ...]     print the resolved config
+    jaxlm train [EXPERIMENT] [--preset NAME] [--data SOURCES] [--format FORMAT]
+                [--tokenizer PATH] [--init-from DIR] [--workdir DIR] [--set key=value ...]
+    jaxlm config [EXPERIMENT] [same flags]             print the resolved config
+    jaxlm init FILE --data SOURCES ...                 write a starter experiment file
     jaxlm presets                                      list model presets and sizes
     jaxlm data clean|tokenize|inspect ...              corpus preparation
     jaxlm tokenizer train|eval|extend ...              tokenizer tooling
@@ -10,8 +12,13 @@
 
 Run `jaxlm GROUP NAME --help` for the flags of each.
 
-EXPERIMENT is a module name under ./experiments (e.g. `quickstart`) or a path to an
-experiment file; an experiment is a module with a docstring and `get_config()`.
+EXPERIMENT is an experiment's name (e.g. `quickstart`: looked up in $JAXLM_EXPERIMENTS,
+./experiments and the experiments shipped with jaxlm) or a path to an experiment
+file; an experiment is a module with a docstring and `get_config()`. Without one the
+run starts from jaxlm.config's defaults. The flags are short for `--set` keys
+(--preset: model.preset, --data: data.sources, --eval-data: data.eval_sources,
+--format: data.format, --tokenizer: data.tokenizer, --init-from: train.init_from)
+and come before the `--set` overrides.
 
 Exit status of `jaxlm train` (every error is one `jaxlm: error: ...` line on stderr;
 a traceback means a bug in jaxlm):
@@ -55,6 +62,11 @@ def print_result(result) -> None:
         print("command again to resume from there")
     else:
         print(f"finished {result.steps} steps in {result.wall_seconds:.0f}s")
+        if result.epochs:  # the step count train.epochs came to (jaxlm.training.epochs)
+            print(
+                f"train.epochs={result.epochs:g}: {result.epoch_sequences} packed sequences "
+                "per epoch, rounded up to whole steps"
+            )
         if "accuracy" in ev:  # a preference run
             print(
                 f"held-out preference accuracy {ev['accuracy']:.4f} over {ev['pairs']:.0f} pairs"
@@ -141,11 +153,10 @@ def _end_now(status: int) -> None:
     os._exit(status)
 
 
-def _train(module: ModuleType, overrides: list[str], workdir: str | None) -> int:
+def _train(module: ModuleType | None, overrides: list[str], workdir: str | None) -> int:
     from jaxlm.training.loop import train  # JAX, Orbax, Grain: only once a run starts
 
-    name = Path(module.__file__).stem
-    cfg = resolve_config(module, overrides, name)
+    cfg = resolve_config(module, overrides, _run_name(module, workdir))
     workdir = Path(workdir or Path("runs") / cfg.name)
     try:
         result = train(cfg, workdir)
@@ -177,12 +188,9 @@ def main(argv: list[str] | None = None) -> int:
         epilog=__doc__[__doc__.index("Exit status") :],  # the exit statuses, from above
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
-    p_train.add_argument("experiment")
-    p_train.add_argument("--workdir", default=None, help="default: runs/<config name>")
-    p_train.add_argument("--set", dest="overrides", action="append", default=[], metavar="K=V")
+    _add_run_flags(p_train)
     p_cfg = sub.add_parser("config", help="print an experiment's resolved config as JSON")
-    p_cfg.add_argument("experiment")
-    p_cfg.add_argument("--set", dest="overrides", action="append", default=[], metavar="K=V")
+    _add_run_flags(p_cfg)
     sub.add_parser("presets", help="list model presets with parameter counts")
     _add_command_groups(sub)
     args = parser.parse_args(argv)
@@ -196,13 +204,50 @@ def main(argv: list[str] | None = None) -> int:
             for name, model_cfg in PRESETS.items():
                 print(f"{name:14s} {count_params(model_cfg):>15,d} parameters")
             return 0
-        module = load_experiment(args.experiment)
+        module = load_experiment(args.experiment) if args.experiment else None
+        overrides = _run_overrides(args)
         if args.command == "config":
-            print(resolve_config(module, args.overrides, args.experiment).to_json())
+            name = _run_name(module, args.workdir)
+            print(resolve_config(module, overrides, name).to_json())
             return 0
-        return _train(module, args.overrides, args.workdir)
+        return _train(module, overrides, args.workdir)
     except (InputError, FileNotFoundError) as e:
         return _fail(e, 2)
+
+
+# --FLAG: the config key it sets (before the --set overrides, which may change it).
+RUN_FLAGS = {
+    "preset": ("model.preset", "start the model from this preset (`jaxlm presets`)"),
+    "data": ("data.sources", "training sources, e.g. 'jsonl:pretrain_hq.jsonl'"),
+    "eval_data": ("data.eval_sources", "held-out sources (default: a split of --data)"),
+    "format": ("data.format", "text, chat or preference"),
+    "tokenizer": ("data.tokenizer", "a tokenizer .model (default: train one, or init-from's)"),
+    "init_from": ("train.init_from", "a workdir or export to start from (brings its shape)"),
+}
+
+
+def _add_run_flags(parser: argparse.ArgumentParser) -> None:
+    """The flags `jaxlm train` and `jaxlm config` share."""
+    parser.add_argument(
+        "experiment", nargs="?", default=None, help="name or .py file (default: none)"
+    )
+    for dest, (key, text) in RUN_FLAGS.items():
+        parser.add_argument(f"--{dest.replace('_', '-')}", dest=dest, help=f"{text}; = {key}")
+    parser.add_argument("--workdir", default=None, help="default: runs/<config name>")
+    parser.add_argument("--set", dest="overrides", action="append", default=[], metavar="K=V")
+
+
+def _run_overrides(args: argparse.Namespace) -> list[str]:
+    flags = [f"{key}={getattr(args, dest)}" for dest, (key, _) in RUN_FLAGS.items()
+             if getattr(args, dest) is not None]  # fmt: skip
+    return flags + args.overrides
+
+
+def _run_name(module: ModuleType | None, workdir: str | None) -> str:
+    """The config's name: the experiment's file name, else the workdir's, else "run"."""
+    if module is not None:
+        return Path(module.__file__).stem
+    return (Path(workdir).absolute().name if workdir else "") or "run"
 
 
 def _add_command_groups(sub) -> None:

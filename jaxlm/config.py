@@ -159,10 +159,11 @@ class DataConfig:
     format: Literal["text", "chat", "preference"] = "text"
     text_field: str = "text"  # jsonl key / parquet column holding the document
     tokenizer: str = ""  # path to a .model; empty means train one into the workdir
-    tokenizer_vocab_size: int = 4096
+    # 0 means model.vocab_size (filled in by Config; see IMPLIED below)
+    tokenizer_vocab_size: int = 0
     tokenizer_max_chars: int = 8_000_000
     val_fraction: float = 0.02
-    seq_len: int = 256
+    seq_len: int = 0  # tokens per row; 0 means model.max_seq_len (filled in by Config)
     batch_size: int = 16  # global, across all processes
     packer: Literal["first_fit", "best_fit", "concat_then_split"] = "first_fit"
     packing_bins: int = 64  # rows first_fit / best_fit fill at once (more: less padding)
@@ -181,9 +182,8 @@ class DataConfig:
 
     def __post_init__(self):
         _finite(self)
-        _positive(self, "seq_len", "batch_size", "tokenizer_vocab_size", "packing_bins")
-        _positive(self, "tokenizer_max_chars", "shuffle_window")
-        _non_negative(self, "eval_max_docs")
+        _positive(self, "batch_size", "packing_bins", "tokenizer_max_chars", "shuffle_window")
+        _non_negative(self, "eval_max_docs", "seq_len", "tokenizer_vocab_size")
         if not 0.0 < self.val_fraction < 1.0:
             raise ConfigError(f"data.val_fraction={self.val_fraction} must be in (0, 1)")
         if self.reader_threads < 0 or self.workers < 0:
@@ -265,11 +265,22 @@ class MeshConfig:
             raise ConfigError(f"mesh sizes must be positive or -1, got {sizes}")
 
 
+DEFAULT_STEPS = 1000  # a run's length when neither train.steps nor train.epochs is set
+
+
 @dataclasses.dataclass(frozen=True, kw_only=True)
 class TrainConfig:
-    """The host loop: length, evaluation, logging."""
+    """The host loop: length, evaluation, logging.
 
-    steps: int = 1000
+    The run's length is `steps` optimizer steps or `epochs` passes over the packed
+    training data, never both. With `epochs` the run counts the packed sequences
+    (rows; pairs for preference data) of one pass over the training split before its
+    first step and trains ceil(epochs * sequences / data.batch_size) steps
+    (jaxlm.training.epochs); with neither set it trains DEFAULT_STEPS.
+    """
+
+    steps: int = 0  # 0: from `epochs`, or DEFAULT_STEPS when that is 0 too
+    epochs: float = 0.0
     seed: int = 0
     eval_every: int = 250  # 0 disables periodic evaluation (a final one still runs)
     eval_at_start: bool = False  # also evaluate the starting model (a step-0 eval record)
@@ -298,7 +309,15 @@ class TrainConfig:
 
     def __post_init__(self):
         _finite(self)
-        _positive(self, "steps", "log_every", "keep_checkpoints")
+        _non_negative(self, "steps", "epochs")
+        if self.steps and self.epochs:
+            raise ConfigError(
+                f"train.steps={self.steps} and train.epochs={self.epochs} are mutually "
+                "exclusive: set one of them"
+            )
+        if not self.steps and not self.epochs:
+            object.__setattr__(self, "steps", DEFAULT_STEPS)
+        _positive(self, "log_every", "keep_checkpoints")
         _non_negative(self, "eval_every", "checkpoint_every", "peak_flops", "generate_tokens")
         if self.keep_every < 0:
             raise ConfigError(f"train.keep_every={self.keep_every} must be >= 0 (0 = off)")
@@ -351,10 +370,12 @@ class Config:
 
     def __post_init__(self):
         _check_name(self.name)
+        _fill_implied(self)
         if self.data.seq_len > self.model.max_seq_len:
             raise ConfigError(
                 f"data.seq_len={self.data.seq_len} exceeds model.max_seq_len="
-                f"{self.model.max_seq_len}"
+                f"{self.model.max_seq_len}; leave data.seq_len unset (0) to train at the "
+                "model's length, or raise model.max_seq_len"
             )
         if self.data.tokenizer == "" and self.data.tokenizer_vocab_size != self.model.vocab_size:
             raise ConfigError(
@@ -372,6 +393,22 @@ class Config:
 
     def to_json(self) -> str:
         return json.dumps(self.to_dict(), indent=2, sort_keys=True)
+
+
+# Data keys whose 0 means "the model's": (data key, model key). Config fills them in, so
+# every reader of a Config (and config.json) sees the concrete value, and remembers
+# which it filled in: overrides of the model key then carry the data key along
+# (`--set model.max_seq_len=512` also trains at 512 unless data.seq_len was set).
+IMPLIED = (("seq_len", "max_seq_len"), ("tokenizer_vocab_size", "vocab_size"))
+
+
+def _fill_implied(cfg: Config) -> None:
+    filled = {
+        key: getattr(cfg.model, source) for key, source in IMPLIED if not getattr(cfg.data, key)
+    }
+    if filled:  # frozen: set once, here, before anyone reads the config
+        object.__setattr__(cfg, "data", dataclasses.replace(cfg.data, **filled))
+    object.__setattr__(cfg, "_implied", frozenset(filled))
 
 
 def config_differences(old: dict[str, Any], new: dict[str, Any], prefix: str = "") -> list[str]:
@@ -488,8 +525,18 @@ def all_keys(cls=Config, prefix: str = "") -> list[str]:
     return keys
 
 
+# Keys `--set` accepts besides the fields: model.preset starts the model section from a
+# named preset (applied by jaxlm.training.experiment.resolve_config, which knows them).
+EXTRA_KEYS = ("model.preset",)
+
+
 def _unknown_key(key: str) -> ConfigError:
-    close = difflib.get_close_matches(key, all_keys(), n=1, cutoff=0.5)
+    if key in EXTRA_KEYS:
+        return ConfigError(
+            f"'{key}' is applied when an experiment's config is resolved "
+            "(jaxlm.training.experiment.resolve_config, `jaxlm train --preset`), not here"
+        )
+    close = difflib.get_close_matches(key, [*all_keys(), *EXTRA_KEYS], n=1, cutoff=0.5)
     hint = f"; did you mean '{close[0]}'?" if close else ""
     return ConfigError(f"unknown config key '{key}'{hint}")
 
@@ -552,13 +599,31 @@ def apply_overrides(cfg: Config, assignments: list[str]) -> Config:
     config, so `model.n_heads=2 model.n_kv_heads=1` works in either order.
     """
     data = cfg.to_dict()
+    for key in getattr(cfg, "_implied", ()):  # still implied unless set below
+        data["data"][key] = 0
+    keys = set()
     for item in assignments:
         key, sep, value = item.partition("=")
         key, value = key.strip(), value.strip()
         if not sep or not key:
             raise ConfigError(f"override {item!r} is not of the form key=value")
         _set_in_dict(data, key, value)
+        keys.add(key)
+    _one_length(data["train"], keys)
     return config_from_dict(data)
+
+
+def _one_length(train: dict[str, Any], keys: set[str]) -> None:
+    """An override of train.steps or train.epochs replaces the run's length: the other
+    one (the experiment's choice, or the default) is cleared. Both given is an error."""
+    if "train.steps" in keys and train["steps"] <= 0:
+        raise ConfigError(
+            f"train.steps={train['steps']} must be positive (or set train.epochs instead)"
+        )
+    if "train.steps" in keys and "train.epochs" not in keys:
+        train["epochs"] = 0.0
+    elif "train.epochs" in keys and "train.steps" not in keys:
+        train["steps"] = 0
 
 
 def _set_in_dict(data: dict[str, Any], key: str, text: str) -> None:

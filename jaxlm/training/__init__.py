@@ -7,6 +7,8 @@
     optim.py         AdamW, schedules, clipping
     metrics.py       metrics.jsonl and TensorBoard writer, compression baselines
     experiment.py    experiments found by name or path, their config resolved
+    init_from_shape.py  the model shape a run takes from train.init_from
+    epochs.py        train.epochs as a step count over the packed data
     sweep.py         every point of an experiment's sweep() in its own workdir
     tasks/           one file per objective (pretraining and SFT, preference), and a
                      registry: a new objective is a new file there plus one entry

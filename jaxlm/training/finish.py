@@ -38,6 +38,8 @@ class RunResult:
     preempted: bool = False  # stopped by SIGTERM/SIGINT after saving `steps`
     timing: dict[str, float] = dataclasses.field(default_factory=dict)  # goodput.py summary
     data_counts: dict[str, int] = dataclasses.field(default_factory=dict)  # DataTotals
+    epochs: float = 0.0  # train.epochs, when the run's length was given so
+    epoch_sequences: int = 0  # packed sequences in one epoch (jaxlm.training.epochs)
 
 
 def finish(run, loop) -> RunResult:
@@ -59,11 +61,13 @@ def finish(run, loop) -> RunResult:
         },
         train_losses=loop.train_losses,
         preempted=loop.preempted,
+        epochs=run.cfg.train.epochs,
+        epoch_sequences=run.epoch_sequences,
     )
     if not loop.preempted:  # in a grace period before SIGKILL, only the save matters
         if loop.final_eval is None:  # resumed at the last step: nothing ran, evaluate anyway
             with loop.ledger.phase("eval"):
-                result.final_eval = loop.evaluate(run.cfg.train.steps)
+                result.final_eval = loop.evaluate(run.total_steps)
         _report_extras(run, loop.state, result)
     barrier("jaxlm_run_end")  # healthy processes reach JAX's shutdown barrier together
     loop.ledger.lap("finish")
@@ -93,6 +97,13 @@ def _report_extras(run, state, result: RunResult) -> None:
         result.completion = tokenizer.decode(out.tokens[0])
 
 
+def _epoch_record(result: RunResult) -> dict[str, float]:
+    """train.epochs and what one epoch holds, for a run whose length was given so."""
+    if not result.epochs:
+        return {}
+    return {"epochs": result.epochs, "epoch_sequences": result.epoch_sequences}
+
+
 def write_summary(run, loop, result: RunResult) -> None:
     """The run's `summary` record (after the signal scope: timing covers it all)."""
     result.timing = loop.ledger.summary()
@@ -112,6 +123,7 @@ def write_summary(run, loop, result: RunResult) -> None:
             **result.timing,
             "steps": result.steps,
             "preempted": int(result.preempted),
+            **_epoch_record(result),
             **loop.skips.run,  # steps of this run (not of earlier, resumed-from runs) not applied
             "real_token_fraction": float(np.mean(fractions)) if fractions else 0.0,
             **{f"data_{k}": v for k, v in run.data_totals.as_dict().items()},

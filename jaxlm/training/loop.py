@@ -90,7 +90,7 @@ class _Loop:
         self.real_fractions: list[float] = []
         self.final_eval: dict[str, float] | None = None
         self.preempted = False
-        self.bar = _progress_bar(cfg.train.steps, run.start_step, cfg.train.progress_bar)
+        self.bar = _progress_bar(run.total_steps, run.start_step, cfg.train.progress_bar)
         # Progress axes for comparing runs (`jaxlm compare`): tokens_seen (trained
         # positions, padding included; an eval record's `tokens` is its held-out count)
         # and model FLOPs (the MFU convention) trained so far, and wall time. A resumed
@@ -151,7 +151,7 @@ class _Loop:
         mfu = run.flops_per_token * tok_s / run.peak_flops
         if self.bar is not None:
             self.bar.update(loss, tok_s, mfu)
-        if (step + 1) % cfg.train.log_every == 0 or step + 1 == cfg.train.steps:
+        if (step + 1) % cfg.train.log_every == 0 or step + 1 == run.total_steps:
             # Means over the window: per step when train.log_every=1.
             mean_time = float(np.mean(self.window["time"]))
             record = {
@@ -188,9 +188,10 @@ class _Loop:
         self.watchdog.expect(f"step {done + 1}", self.step_budget)
 
     def train_steps(self, stop: StopRequest) -> None:
-        """From the run's start step to train.steps, or to a preemption's save."""
+        """From the run's start step to its last (train.steps, or what train.epochs
+        comes to), or to a preemption's save."""
         run, cfg = self.run, self.run.cfg
-        total_steps = cfg.train.steps
+        total_steps = run.total_steps
         if cfg.train.eval_at_start and run.start_step == 0:
             # The starting model's held-out numbers (e.g. the base model's loss on the
             # SFT data), as the step-0 eval record.

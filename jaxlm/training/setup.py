@@ -41,6 +41,7 @@ from jaxlm.models.params import abstract_model
 from jaxlm.runtime import compilation_cache, distributed
 from jaxlm.sharding import training_mesh
 from jaxlm.training.adapters import initial_lora_state
+from jaxlm.training.epochs import epoch_steps
 from jaxlm.training.hosts import barrier, log
 from jaxlm.training.metrics import MetricsWriter
 from jaxlm.training.optim import learning_rate_schedule, make_optimizer
@@ -103,6 +104,8 @@ class Run:
     tokens_per_step: int  # trained positions (both sides of a preference pair)
     flops_per_token: float
     peak_flops: float
+    total_steps: int  # train.steps, or what train.epochs comes to (jaxlm.training.epochs)
+    epoch_sequences: int = 0  # packed sequences in one epoch, when train.epochs is set
 
 
 def setup(cfg: Config, workdir: Path) -> Run:
@@ -121,8 +124,11 @@ def setup(cfg: Config, workdir: Path) -> Run:
         may_train=task.trains_tokenizer,
     )
 
-    schedule = learning_rate_schedule(cfg.optim, cfg.train.steps)
-    optimizer = make_optimizer(cfg.optim, cfg.train.steps)
+    total_steps, epoch_sequences = cfg.train.steps, 0
+    if cfg.train.epochs:  # the length in steps, counted over the packed data
+        total_steps, epoch_sequences = epoch_steps(cfg, task.one_epoch(tokenizer), log)
+    schedule = learning_rate_schedule(cfg.optim, total_steps)
+    optimizer = make_optimizer(cfg.optim, total_steps)
     start = initial_state(cfg, task, optimizer, mesh, jax.random.key(cfg.train.seed), log=log)
     steps = task.steps(
         start.graphdef,
@@ -182,6 +188,8 @@ def setup(cfg: Config, workdir: Path) -> Run:
         tokens_per_step=tokens_per_step,
         flops_per_token=flops_tok,
         peak_flops=peak,
+        total_steps=total_steps,
+        epoch_sequences=epoch_sequences,
     )
 
 

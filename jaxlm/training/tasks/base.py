@@ -12,6 +12,7 @@ at `data.format` itself:
     prepare               once, before any checkpoint is restored: precomputed tables
                           (the reference log-probs of every pair)
     train_stream          this process's endless, checkpointable batches
+    one_epoch             the training data once, as batches (train.epochs counts it)
     eval_batches          every held-out example once, equal batch counts on all hosts
     data_fingerprint      what the stream reads, for a resume to check
     steps                 the jitted train and eval steps (built in jaxlm.training.steps)
@@ -65,6 +66,10 @@ class Task:
     def eval_batches(
         self, tokenizer, process_index: int, process_count: int, batch_size: int
     ) -> list[dict[str, np.ndarray]]:
+        raise NotImplementedError
+
+    def one_epoch(self, tokenizer):
+        """Every training example once, batched (jaxlm.training.epochs counts them)."""
         raise NotImplementedError
 
     def data_fingerprint(self, tokenizer_sha256: str) -> dict[str, Any]:

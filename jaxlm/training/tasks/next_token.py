@@ -15,6 +15,7 @@ import jax
 
 from jaxlm.data import posttrain_inputs, run_inputs
 from jaxlm.sharding import replicated
+from jaxlm.training import epochs
 from jaxlm.training.hosts import allgather_max
 from jaxlm.training.metrics import bits_per_byte, gzip_bits_per_byte
 from jaxlm.training.steps import jit_eval_step, jit_train_step, make_eval_step, make_lm_step
@@ -68,6 +69,9 @@ class PretrainTask(NextTokenTask):
     def data_fingerprint(self, tokenizer_sha256):
         return run_inputs.text_fingerprint(self.cfg, tokenizer_sha256)
 
+    def one_epoch(self, tokenizer):
+        return epochs.text_epoch(self.cfg, tokenizer)
+
     def finish(self, result) -> None:
         texts = run_inputs.eval_texts(self.cfg)
         if texts:
@@ -109,6 +113,9 @@ class ChatTask(NextTokenTask):
         # bits_per_byte counts the assistant tokens' bytes only; gzip would have to
         # compress whole conversations, prompts included, which is not the same task.
         result.gzip_note = "loss on assistant tokens only; gzip would see whole conversations"
+
+    def one_epoch(self, tokenizer):
+        return epochs.posttrain_epoch(self.cfg, tokenizer, posttrain_inputs.chat_pipeline)
 
 
 def next_token_summary(results: list[dict[str, Any]]) -> dict[str, float]:

@@ -21,6 +21,7 @@ import jax.numpy as jnp
 
 from jaxlm.data import posttrain_inputs
 from jaxlm.errors import InputError
+from jaxlm.training import epochs
 from jaxlm.training.hosts import allgather_max, log
 from jaxlm.training.preference_losses import ranking_accuracy
 from jaxlm.training.preference_steps import make_preference_eval_step, make_preference_step
@@ -110,6 +111,9 @@ class PreferenceTask(Task):
 
     def data_fingerprint(self, tokenizer_sha256):
         return posttrain_inputs.jsonl_fingerprint(self.cfg, tokenizer_sha256)
+
+    def one_epoch(self, tokenizer):  # pairs alone: the reference log-probs do not count
+        return epochs.posttrain_epoch(self.cfg, tokenizer, posttrain_inputs.pair_pipeline)
 
     def steps(self, graphdef, optimizer, schedule, state_shardings, mesh, views, token_bytes):
         cfg = self.cfg
