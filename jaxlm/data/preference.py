@@ -33,7 +33,7 @@ from jaxlm.data.chat import (
     parse_conversation,
 )
 from jaxlm.data.jsonl import BadLineCounter, OnError
-from jaxlm.data.jsonl_records import record_stream
+from jaxlm.data.jsonl_records import WeightedFiles, mixed_record_stream
 from jaxlm.data.packing import add_targets_and_mask
 from jaxlm.errors import InputError
 
@@ -177,14 +177,15 @@ def preference_dataset(
     split: str = "all",
     val_fraction: float = 0.1,
     names: list[str] | None = None,
+    sources: Sequence[WeightedFiles] | None = None,
     stats: PreferenceStats | None = None,
     reference_logps: Mapping[str, np.ndarray] | None = None,
 ) -> grain.IterDataset:
     """Per-process `[B, 2, T]` preference batches from jsonl files."""
     stats = stats if stats is not None else PreferenceStats()
     encoding = functools.partial(encode_pair, tokenizer=tokenizer, seq_len=seq_len)
-    pairs = record_stream(
-        files,
+    pairs = mixed_record_stream(
+        sources or [WeightedFiles(list(files), names)],
         seed=seed,
         shuffle=shuffle,
         repeat=repeat,
@@ -194,7 +195,6 @@ def preference_dataset(
         bad_lines=bad_lines,
         split=split,
         val_fraction=val_fraction,
-        names=names,
         encode=functools.partial(encoding, stats=stats, reference_logps=reference_logps),
         probe=functools.partial(encoding, stats=PreferenceStats()),
         validate=validate_pair,

@@ -20,7 +20,7 @@ import grain
 
 from jaxlm.data.chat import ChatEncoder, ChatStats, encode_conversation, parse_conversation
 from jaxlm.data.jsonl import BadLineCounter, OnError
-from jaxlm.data.jsonl_records import record_stream
+from jaxlm.data.jsonl_records import WeightedFiles, mixed_record_stream
 from jaxlm.data.packing import PackerName, packed_batches
 
 NOTHING_TO_LEARN = (
@@ -67,13 +67,14 @@ def sft_dataset(
     split: str = "all",
     val_fraction: float = 0.1,
     names: list[str] | None = None,
+    sources: Sequence[WeightedFiles] | None = None,
     stats: ChatStats | None = None,
 ) -> grain.IterDataset:
     """Packed SFT batches for this process; `stats` and `bad_lines` count what was skipped."""
     stats = stats if stats is not None else ChatStats()
     encoding = functools.partial(encode_record, tokenizer=tokenizer, seq_len=seq_len)
-    encoded = record_stream(
-        files,
+    encoded = mixed_record_stream(
+        sources or [WeightedFiles(list(files), names)],
         seed=seed,
         shuffle=shuffle,
         repeat=repeat,
@@ -83,7 +84,6 @@ def sft_dataset(
         bad_lines=bad_lines,
         split=split,
         val_fraction=val_fraction,
-        names=names,
         encode=functools.partial(encoding, stats=stats),
         probe=functools.partial(encoding, stats=ChatStats()),
         validate=validate_record,
