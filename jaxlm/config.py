@@ -178,9 +178,14 @@ class DataConfig:
     # content_digest: size + sampled blocks per file) is refused; true continues with a
     # logged warning, on the new data from the saved position.
     allow_changed_data: bool = False
+    # Loss weight of `<think>…</think>` reasoning (tags included) in assistant turns of
+    # chat and preference data: 1 trains it like the answer, 0 excludes it, between
+    # down-weights it (jaxlm.data.think).
+    think_loss_weight: float = 1.0
 
     def __post_init__(self):
         _finite(self)
+        _non_negative(self, "think_loss_weight")
         _positive(self, "seq_len", "batch_size", "tokenizer_vocab_size", "packing_bins")
         _positive(self, "tokenizer_max_chars", "shuffle_window")
         _non_negative(self, "eval_max_docs")

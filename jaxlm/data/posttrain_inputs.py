@@ -36,6 +36,7 @@ from jaxlm.data.preference import WHERE_KEY, PreferenceStats, preference_dataset
 from jaxlm.data.sft import sft_dataset
 from jaxlm.data.sources.paths import matching_files, relative_names
 from jaxlm.data.splits import held_out_split, training_split
+from jaxlm.data.think import loss_mask_dtype
 from jaxlm.errors import InputError
 from jaxlm.source_spec import has_weights, parse_sources
 
@@ -142,14 +143,23 @@ class AttachStats:
 def chat_pipeline(cfg: Config, tokenizer, files: list[Path], **common):
     """Packed SFT rows of conversations (loss on assistant tokens only), with stats."""
     stats = ChatStats()
-    data = sft_dataset(files, tokenizer, packer=cfg.data.packer, stats=stats, **common)
+    data = sft_dataset(
+        files,
+        tokenizer,
+        packer=cfg.data.packer,
+        stats=stats,
+        think_loss_weight=cfg.data.think_loss_weight,
+        **common,
+    )
     return data.map(AttachStats(stats, common["bad_lines"], "chat"))
 
 
 def pair_pipeline(cfg: Config, tokenizer, files: list[Path], **common):
     """`[B, 2, T]` chosen/rejected batches, with stats."""
     stats = PreferenceStats()
-    data = preference_dataset(files, tokenizer, stats=stats, **common)
+    data = preference_dataset(
+        files, tokenizer, stats=stats, think_loss_weight=cfg.data.think_loss_weight, **common
+    )
     return data.map(AttachStats(stats, common["bad_lines"], "pairs"))
 
 
@@ -249,13 +259,20 @@ def all_pairs(
 
 
 def empty_pairs(
-    batch_size: int, seq_len: int, pad_id: int, *, ref_logps: bool = False
+    batch_size: int,
+    seq_len: int,
+    pad_id: int,
+    *,
+    ref_logps: bool = False,
+    think_loss_weight: float = 1.0,
 ) -> dict[str, np.ndarray]:
     """A `[B, 2, T]` preference batch with no valid pair (fills uneven hosts' eval sets);
-    `ref_logps` adds zero reference log-probs, to match precomputed-reference batches."""
+    `ref_logps` adds zero reference log-probs, to match precomputed-reference batches;
+    its loss_mask has the dtype of the run's real batches (jaxlm.data.think)."""
     zeros = np.zeros((batch_size, 2, seq_len), np.int32)
-    names = ("targets", "loss_mask", "positions", "segment_ids")
+    names = ("targets", "positions", "segment_ids")
     batch = {"tokens": np.full_like(zeros, pad_id), **{k: zeros.copy() for k in names}}
+    batch["loss_mask"] = np.zeros_like(zeros, loss_mask_dtype(think_loss_weight))
     if ref_logps:
         batch["ref_logps"] = np.zeros((batch_size, 2), np.float32)
     return batch

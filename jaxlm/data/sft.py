@@ -29,13 +29,19 @@ NOTHING_TO_LEARN = (
 )
 
 
-def encode_record(item, *, tokenizer: ChatEncoder, seq_len: int, stats: ChatStats):
+def encode_record(
+    item, *, tokenizer: ChatEncoder, seq_len: int, stats: ChatStats, think_weight: float = 1.0
+):
     """Stage: `(where, record)` -> `{"tokens", "train_token"}`, or None when skipped."""
     where, record = item
     if record is None:  # a malformed line in skip mode, already counted
         return None
     encoded = encode_conversation(
-        parse_conversation(record, where=where), tokenizer, max_len=seq_len, stats=stats
+        parse_conversation(record, where=where),
+        tokenizer,
+        max_len=seq_len,
+        stats=stats,
+        think_weight=think_weight,
     )
     if encoded is None:
         return None
@@ -69,10 +75,18 @@ def sft_dataset(
     names: list[str] | None = None,
     sources: Sequence[WeightedFiles] | None = None,
     stats: ChatStats | None = None,
+    think_loss_weight: float = 1.0,
 ) -> grain.IterDataset:
-    """Packed SFT batches for this process; `stats` and `bad_lines` count what was skipped."""
+    """Packed SFT batches for this process; `stats` and `bad_lines` count what was skipped.
+
+    `sources` (instead of `files` and `names`): weighted sources, drawn by weight
+    (jaxlm.data.jsonl_records.mixed_record_stream). `think_loss_weight`: the loss
+    weight of `<think>…</think>` spans in assistant turns (jaxlm.data.think).
+    """
     stats = stats if stats is not None else ChatStats()
-    encoding = functools.partial(encode_record, tokenizer=tokenizer, seq_len=seq_len)
+    encoding = functools.partial(
+        encode_record, tokenizer=tokenizer, seq_len=seq_len, think_weight=think_loss_weight
+    )
     encoded = mixed_record_stream(
         sources or [WeightedFiles(list(files), names)],
         seed=seed,
