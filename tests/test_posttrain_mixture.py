@@ -10,11 +10,13 @@ import json
 import math
 
 import numpy as np
+import pytest
 from helpers.batches import ByteTokenizer, byte_decode
 
 from jaxlm.config import Config, apply_overrides
-from jaxlm.data import posttrain_inputs
+from jaxlm.data import posttrain_inputs, run_inputs
 from jaxlm.data.preference import WHERE_KEY
+from jaxlm.errors import InputError
 
 MAIN, IDENTITY = 40, 4  # conversations per file: a small identity set among SFT data
 
@@ -160,3 +162,8 @@ def test_evaluation_reads_every_held_out_pair_once_and_weights_are_fingerprinted
         f"{tmp_path}/main.jsonl@5",
         f"{tmp_path}/identity.jsonl@1",
     ]
+    saved = posttrain_inputs.jsonl_fingerprint(cfg, "tok")
+    other = _config(tmp_path, "preference", "jsonl:{d}/main.jsonl@4,jsonl:{d}/identity.jsonl@1")
+    now = posttrain_inputs.jsonl_fingerprint(other, "tok")
+    with pytest.raises(InputError, match=r"main.jsonl@5: \d+ -> absent documents"):
+        run_inputs.check_fingerprint(saved, now, "ckpt", other, print)
