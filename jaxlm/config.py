@@ -180,7 +180,8 @@ class DataConfig:
     allow_changed_data: bool = False
     # Loss weight of `<think>…</think>` reasoning (tags included) in assistant turns of
     # chat and preference data: 1 trains it like the answer, 0 excludes it, between
-    # down-weights it (jaxlm.data.think).
+    # down-weights it (jaxlm.data.think). Text data have no turns: unused there (a
+    # chat run evaluated on text by `jaxlm eval` keeps its value).
     think_loss_weight: float = 1.0
 
     def __post_init__(self):

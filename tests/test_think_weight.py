@@ -144,4 +144,4 @@ def test_filler_eval_batches_share_the_runs_loss_mask_dtype(tmp_path):
 
 def test_a_negative_weight_is_refused():
     with pytest.raises(ConfigError, match=r"data.think_loss_weight=-1.0 must be >= 0"):
-        apply_overrides(Config(), ["data.think_loss_weight=-1"])
+        apply_overrides(Config(), ["data.format=chat", "data.think_loss_weight=-1"])
