@@ -137,6 +137,10 @@ def test_filler_eval_batches_share_the_runs_loss_mask_dtype(tmp_path):
     cfg = apply_overrides(Config(), ["data.format=chat", "data.think_loss_weight=0.5"])
     batch = run_inputs.equalize_batch_count([], lambda n: 1, cfg, 0)[0]
     assert batch["loss_mask"].dtype == np.float32
+    # `jaxlm eval` of such a run on text data: text batches (and their fillers) are int32.
+    text = apply_overrides(Config(), ["data.format=text", "data.think_loss_weight=0.5"])
+    filler = run_inputs.equalize_batch_count([], lambda n: 1, text, 0)[0]
+    assert filler["loss_mask"].dtype == np.int32
     pairs = posttrain_inputs.empty_pairs(2, 8, 0, think_loss_weight=0.5)
     assert pairs["loss_mask"].dtype == np.float32
     assert posttrain_inputs.empty_pairs(2, 8, 0)["loss_mask"].dtype == np.int32

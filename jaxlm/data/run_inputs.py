@@ -289,10 +289,11 @@ def equalize_batch_count(batches, allgather_max, cfg: Config, pad_id: int):
     while len(batches) < count:  # all-padding batches carry no loss
         rows, seq_len = shape or (cfg.data.batch_size, cfg.data.seq_len)
         filler = padding_batch(rows, seq_len, pad_id=pad_id)
-        # The dtype of the run's real batches (float32 loss weights: jaxlm.data.think).
-        filler["loss_mask"] = filler["loss_mask"].astype(
-            loss_mask_dtype(cfg.data.think_loss_weight)
-        )
+        # The dtype of the run's real batches (float32 loss weights of chat data under a
+        # fractional think_loss_weight: jaxlm.data.think; text batches are int32).
+        chat = cfg.data.format != "text"
+        dtype = loss_mask_dtype(cfg.data.think_loss_weight) if chat else np.int32
+        filler["loss_mask"] = filler["loss_mask"].astype(dtype)
         batches.append(filler)
     return batches
 
