@@ -179,11 +179,17 @@ class DataConfig:
     # content_digest: size + sampled blocks per file) is refused; true continues with a
     # logged warning, on the new data from the saved position.
     allow_changed_data: bool = False
+    # Loss weight of `<think>…</think>` reasoning (tags included) in assistant turns of
+    # chat and preference data: 1 trains it like the answer, 0 excludes it, between
+    # down-weights it (jaxlm.data.think). Text data have no turns: unused there (a
+    # chat run evaluated on text by `jaxlm eval` keeps its value).
+    think_loss_weight: float = 1.0
 
     def __post_init__(self):
         _finite(self)
         _positive(self, "batch_size", "packing_bins", "tokenizer_max_chars", "shuffle_window")
         _non_negative(self, "eval_max_docs", "seq_len", "tokenizer_vocab_size")
+        _non_negative(self, "think_loss_weight")
         if not 0.0 < self.val_fraction < 1.0:
             raise ConfigError(f"data.val_fraction={self.val_fraction} must be in (0, 1)")
         if self.reader_threads < 0 or self.workers < 0:

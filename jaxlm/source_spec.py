@@ -45,6 +45,17 @@ def parse_sources(text: str, *, key: str = "data.sources") -> list[SourceSpec]:
     return specs
 
 
+def has_weights(text: str) -> bool:
+    """Whether any source of `text` has a weight written (`@W`, even `@1`).
+
+    Chat and preference sources without weights are one pool of records, as before
+    mixtures existed (jaxlm.data.posttrain_inputs); written weights make a mixture.
+    A pattern cannot itself hold "@": parse_source reads everything after it as the
+    weight.
+    """
+    return any("@" in part for part in text.split(","))
+
+
 def parse_source(text: str, *, key: str = "data.sources") -> SourceSpec:
     body, at, weight_text = text.rpartition("@") if "@" in text else (text, "", "")
     weight = 1.0

@@ -10,9 +10,12 @@ never text that a user message could imitate. A conversation starts with BOS.
 `train_token[i] = 1` marks the tokens the model learns to *produce*: the content of
 every assistant turn and the `<|im_end|>` that closes it (so the model learns to
 stop). The role header, system, user and tool turns, and the newline after
-`<|im_end|>` are context only. Packing carries `train_token` as a feature
-(jaxlm.data.packing, `features=("tokens", "train_token")`); the loss mask of position
-t is then `train_token[t + 1]` within the same segment (t's target is token t + 1).
+`<|im_end|>` are context only. With a `think_weight` other than 1, the
+`<think>…</think>` spans of assistant turns get that weight instead (jaxlm.data.think);
+`train_token` then holds float32 weights (int32 0/1 otherwise). Packing carries
+`train_token` as a feature (jaxlm.data.packing, `features=("tokens", "train_token")`);
+the loss mask of position t is then `train_token[t + 1]` within the same segment
+(t's target is token t + 1).
 
 Accepted records (one JSON object per line):
     {"conversations": [{"role": ..., "content": ...}, ...]}    MiniMind's SFT format
@@ -27,6 +30,7 @@ from typing import Any, Literal, Protocol
 
 import numpy as np
 
+from jaxlm.data.think import loss_mask_dtype, think_pieces
 from jaxlm.data.tokenizer import BOS_ID, IM_END_ID, IM_START_ID
 from jaxlm.errors import InputError
 
@@ -58,7 +62,9 @@ class EncodedChat:
     """Token ids of one conversation and which of them are trained (same length)."""
 
     tokens: np.ndarray  # int32 [n]
-    train_token: np.ndarray  # int32 [n], 1 where the model learns to produce the token
+    # [n] 1 where the model learns to produce the token, 0 where not; int32, or float32
+    # weights when reasoning spans are weighted (encode_conversation's think_weight)
+    train_token: np.ndarray
 
 
 @dataclasses.dataclass
@@ -99,15 +105,30 @@ def parse_conversation(record: Mapping[str, Any], *, where: str = "<record>") ->
     return messages
 
 
-def encode_turn(message: Message, tokenizer: ChatEncoder) -> tuple[list[int], list[int]]:
-    """Token ids of one rendered turn and its train flags."""
+def encode_turn(
+    message: Message, tokenizer: ChatEncoder, think_weight: float = 1.0
+) -> tuple[list[int], list[float]]:
+    """Token ids of one rendered turn and its train flags (loss weights).
+
+    `think_weight` is the weight of an assistant turn's `<think>…</think>` tokens
+    (jaxlm.data.think); 1.0 encodes the content whole, exactly as without it.
+    """
     header = [IM_START_ID, *tokenizer.encode(f"{message.role}\n")]
-    # Content is untrusted: a literal "<|im_end|>" in it must stay text.
-    body = [*tokenizer.encode_literal(message.content), IM_END_ID]
-    trailer = tokenizer.encode("\n")
     trained = 1 if message.role in TRAINED_ROLES else 0
+    # Content is untrusted: a literal "<|im_end|>" in it must stay text.
+    if trained and think_weight != 1.0:
+        body, body_flags = [], []
+        for piece, in_think in think_pieces(message.content):
+            ids = tokenizer.encode_literal(piece)
+            body += ids
+            body_flags += [think_weight if in_think else 1] * len(ids)
+    else:
+        body = tokenizer.encode_literal(message.content)
+        body_flags = [trained] * len(body)
+    body, body_flags = [*body, IM_END_ID], [*body_flags, trained]
+    trailer = tokenizer.encode("\n")
     tokens = header + body + trailer
-    flags = [0] * len(header) + [trained] * len(body) + [0] * len(trailer)
+    flags = [0] * len(header) + body_flags + [0] * len(trailer)
     return tokens, flags
 
 
@@ -117,8 +138,12 @@ def encode_conversation(
     *,
     max_len: int,
     stats: ChatStats | None = None,
+    think_weight: float = 1.0,
 ) -> EncodedChat | None:
     """BOS + rendered turns, cut to `max_len` tokens; None when there is nothing to learn.
+
+    `think_weight`: the loss weight of reasoning spans in assistant turns (see
+    encode_turn); the flags are float32 weights when it is neither 0 nor 1.
 
     Truncation keeps the beginning (the prompt and the first answers). A conversation
     with no assistant turn, or whose trained tokens all fall past `max_len`, returns
@@ -132,7 +157,7 @@ def encode_conversation(
         return None
     tokens, flags = [BOS_ID], [0]
     for message in messages:
-        turn_tokens, turn_flags = encode_turn(message, tokenizer)
+        turn_tokens, turn_flags = encode_turn(message, tokenizer, think_weight)
         tokens += turn_tokens
         flags += turn_flags
     if len(tokens) > max_len:
@@ -142,7 +167,8 @@ def encode_conversation(
             return None
         stats.truncated += 1
     stats.encoded += 1
-    return EncodedChat(np.asarray(tokens, np.int32), np.asarray(flags, np.int32))
+    flags_array = np.asarray(flags, loss_mask_dtype(think_weight))
+    return EncodedChat(np.asarray(tokens, np.int32), flags_array)
 
 
 def encode_chat_prompt(messages: Sequence[Message], tokenizer: ChatEncoder) -> list[int]:

@@ -2,22 +2,26 @@
 
 `record_source` makes the lines of several files one random-access source (optionally
 one side of a stable train/validation split), `record_stream` shuffles, shards and
-repeats it and maps an encoder over it, and `FirstErrorInFileOrder` makes an encoding
-error name the first bad record in file order, whatever the shuffle. Lines themselves
+repeats it and maps an encoder over it, `mixed_record_stream` draws from several such
+streams by weight (a chat or preference mixture, `jsonl:a.jsonl@3,jsonl:b.jsonl`), and
+`FirstErrorInFileOrder` makes an encoding error name the first bad record in file
+order, whatever the shuffle. Lines themselves
 are read by jaxlm.data.jsonl, which imports neither Grain nor the sources: corpus
 cleaning uses it too.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import functools
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
 import grain
 
 from jaxlm.data.jsonl import BadLineCounter, JsonlLines, OnError
+from jaxlm.data.seeds import source_seed
 from jaxlm.data.sources.documents import SelectedDocuments
 from jaxlm.data.sources.split import kept_indices, record_keys
 from jaxlm.data.usable import RequireUsable, any_usable
@@ -120,6 +124,40 @@ def record_stream(
         message=f"{', '.join(map(str, files))}: {nothing_usable}",
     )
     return lines.map(guard)
+
+
+@dataclasses.dataclass(frozen=True)
+class WeightedFiles:
+    """One source of a record mixture: its files, their split names, its weight."""
+
+    files: list[Path]
+    names: list[str] | None = None  # default: each file's name (see record_source)
+    weight: float = 1.0
+
+
+def mixed_record_stream(sources: Sequence[WeightedFiles], *, seed: int, repeat: bool, **kwargs):
+    """`record_stream` of every source, drawn by weight (or read in turn, once).
+
+    Endless (`repeat`): each next record comes from source i with probability
+    weights[i] / sum, as jaxlm.data.pipeline mixes text sources (Grain's weighted
+    mix, whose position is checkpointable). Each source is shuffled with a seed of its
+    own, reshuffled every epoch, and repeats independently: a small source
+    up-weighted among large ones is read many times per epoch of the others. One
+    pass (`repeat=False`, evaluation) reads every record of every source once, in
+    source order. One source is `record_stream` itself, unchanged.
+    """
+    if len(sources) == 1:
+        only = sources[0]
+        return record_stream(only.files, names=only.names, seed=seed, repeat=repeat, **kwargs)
+    streams = [
+        record_stream(
+            source.files, names=source.names, seed=source_seed(seed, i), repeat=repeat, **kwargs
+        )
+        for i, source in enumerate(sources)
+    ]
+    if not repeat:
+        return grain.MapDataset.concatenate(streams)
+    return grain.MapDataset.mix(streams, [source.weight for source in sources])
 
 
 class FirstErrorInFileOrder:

@@ -4,7 +4,8 @@ Batch schema (numpy int32, every array [B, T]):
 
     tokens       token ids; PAD_ID on padding
     targets      the next token of the same segment, 0 where there is none
-    loss_mask    1 exactly where `targets` holds a real next token
+    loss_mask    1 exactly where `targets` holds a real next token (float32 weights
+                 instead when a chat run down-weights reasoning: jaxlm.data.think)
     segment_ids  1, 2, ... per packed piece within a row; 0 = padding
     positions    position within the piece, 0 at every piece start and on padding
 
@@ -210,7 +211,8 @@ def packed_row(element: Row, *, pad_id: int) -> Row:
         "positions": element["tokens_positions"].astype(np.int32),
     }
     if "train_token" in element:
-        row["train_token"] = np.where(segment_ids == 0, 0, element["train_token"]).astype(np.int32)
+        train_token = element["train_token"]  # int32 flags, or float32 loss weights
+        row["train_token"] = np.where(segment_ids == 0, 0, train_token).astype(train_token.dtype)
     return row
 
 
@@ -246,14 +248,22 @@ def add_targets_and_mask(rows: Row) -> Batch:
 
     With a `train_token` feature (SFT), position t is trained only when token t + 1 is
     one the model should learn to produce; `train_token` itself is dropped, so every
-    objective sees the same batch schema.
+    objective sees the same batch schema. A float `train_token` (loss weights, e.g. a
+    down-weighted reasoning span: jaxlm.data.think) gives a float32 `loss_mask` holding
+    the weight of each position's target; the losses multiply by it.
     """
     rows = dict(rows)
     train_token = rows.pop("train_token", None)
     tokens, segment_ids = rows["tokens"], rows["segment_ids"]
     has_next = (segment_ids[:, 1:] == segment_ids[:, :-1]) & (segment_ids[:, :-1] != 0)
-    trained = has_next if train_token is None else has_next & (train_token[:, 1:] != 0)
-    loss_mask = np.zeros_like(segment_ids, dtype=np.int32)
+    weighted = train_token is not None and train_token.dtype.kind == "f"
+    if train_token is None:
+        trained = has_next
+    elif weighted:
+        trained = np.where(has_next, train_token[:, 1:], 0)
+    else:
+        trained = has_next & (train_token[:, 1:] != 0)
+    loss_mask = np.zeros_like(segment_ids, dtype=np.float32 if weighted else np.int32)
     loss_mask[:, :-1] = trained
     targets = np.zeros_like(tokens, dtype=np.int32)
     targets[:, :-1] = np.where(has_next, tokens[:, 1:], 0)

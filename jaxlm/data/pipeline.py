@@ -36,6 +36,7 @@ from jaxlm.data.packing import (
     packed_batches,
     real_token_fraction,
 )
+from jaxlm.data.seeds import source_seed
 from jaxlm.data.sources import open_source
 from jaxlm.data.sources.documents import is_blank_text
 from jaxlm.data.usable import RequireUsable, any_usable
@@ -100,7 +101,7 @@ def mixture_dataset(
     streams = [
         document_stream(
             source,
-            seed=_source_seed(seed, index),
+            seed=source_seed(seed, index),
             shuffle=shuffle,
             repeat=repeat,
             process_index=process_index,
@@ -287,13 +288,6 @@ def pretrain_dataset(files: Sequence[Path], tokenizer: TextEncoder, **kwargs) ->
     if not files:
         raise InputError("pretrain_dataset needs at least one file, got none")
     return mixture_dataset([text_files_source(files)], tokenizer, names=["files"], **kwargs)
-
-
-def _source_seed(seed: int, index: int) -> int:
-    """Independent shuffle seeds per source; source 0 keeps `seed` itself."""
-    if index == 0:
-        return seed
-    return int(np.random.SeedSequence([seed, index]).generate_state(1)[0])
 
 
 def _check_arguments(

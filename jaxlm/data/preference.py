@@ -9,7 +9,9 @@ Both sides are rendered with the ChatML template (jaxlm.data.chat). Only the
 *response*, the final assistant turn and its `<|im_end|>`, is supervised: earlier
 assistant turns belong to the prompt. Rows are not packed (each choice is one
 segment, padded to T), so per-sequence log-probabilities are plain masked sums.
-A pair where either response is truncated away is skipped and counted.
+A pair where either response is truncated away is skipped and counted. With
+`think_loss_weight` other than 1, the response's `<think>…</think>` tokens count with
+that weight in those sums (jaxlm.data.think); 0 leaves the reasoning out of them.
 """
 
 from __future__ import annotations
@@ -33,8 +35,10 @@ from jaxlm.data.chat import (
     parse_conversation,
 )
 from jaxlm.data.jsonl import BadLineCounter, OnError
-from jaxlm.data.jsonl_records import record_stream
+from jaxlm.data.jsonl_records import WeightedFiles, mixed_record_stream
 from jaxlm.data.packing import add_targets_and_mask
+from jaxlm.data.think import loss_mask_dtype
+from jaxlm.data.tokenizer import IM_START_ID
 from jaxlm.errors import InputError
 
 NO_USABLE_PAIR = (
@@ -77,13 +81,15 @@ def parse_preference(
 
 
 def response_only(encoded: EncodedChat) -> EncodedChat:
-    """Keep only the last run of trained tokens: the final assistant turn."""
+    """Keep only the trained tokens of the last turn: the final assistant response.
+
+    The last turn starts at the last `<|im_start|>` (content can never produce that
+    id); a reasoning span weighted 0 inside the response leaves it whole.
+    """
     flags = encoded.train_token.copy()
-    trained = np.flatnonzero(flags)
-    if trained.size:
-        gaps = np.flatnonzero(np.diff(trained) > 1)
-        start = trained[gaps[-1] + 1] if gaps.size else trained[0]
-        flags[:start] = 0
+    starts = np.flatnonzero(encoded.tokens == IM_START_ID)
+    if starts.size:
+        flags[: starts[-1]] = 0
     return EncodedChat(encoded.tokens, flags)
 
 
@@ -94,6 +100,7 @@ def encode_pair(
     seq_len: int,
     stats: PreferenceStats,
     reference_logps: Mapping[str, np.ndarray] | None = None,
+    think_weight: float = 1.0,
 ) -> dict[str, np.ndarray] | None:
     """Stage: `(where, record)` -> `{"tokens", "train_token"}` of shape [2, T], or None.
 
@@ -106,13 +113,15 @@ def encode_pair(
     stats.pairs += 1
     sides = []
     for conv in parse_preference(record, where=where):
-        enc = encode_conversation(conv, tokenizer, max_len=seq_len, stats=ChatStats())
+        enc = encode_conversation(
+            conv, tokenizer, max_len=seq_len, stats=ChatStats(), think_weight=think_weight
+        )
         if enc is None:
             stats.skipped += 1
             return None
         sides.append(response_only(enc))
     tokens = np.zeros((2, seq_len), np.int32)
-    train = np.zeros((2, seq_len), np.int32)
+    train = np.zeros((2, seq_len), loss_mask_dtype(think_weight))
     segment_ids = np.zeros((2, seq_len), np.int32)
     for i, enc in enumerate(sides):
         n = len(enc.tokens)
@@ -136,7 +145,7 @@ def stack_pairs(pairs: Sequence[dict[str, np.ndarray]], *, batch_size: int, pad_
     ref = [p.pop("ref_logps") for p in pairs if "ref_logps" in p]
     # Which line each pair came from (for jaxlm.training.reference_logps); not a model input.
     wheres = [p.pop("where") for p in pairs]
-    batch = {k: np.zeros((batch_size, 2, seq_len), np.int32) for k in pairs[0]}
+    batch = {k: np.zeros((batch_size, 2, seq_len), v.dtype) for k, v in pairs[0].items()}
     batch["tokens"][:] = pad_id
     for b, pair in enumerate(pairs):
         for k, v in pair.items():
@@ -177,14 +186,23 @@ def preference_dataset(
     split: str = "all",
     val_fraction: float = 0.1,
     names: list[str] | None = None,
+    sources: Sequence[WeightedFiles] | None = None,
     stats: PreferenceStats | None = None,
     reference_logps: Mapping[str, np.ndarray] | None = None,
+    think_loss_weight: float = 1.0,
 ) -> grain.IterDataset:
-    """Per-process `[B, 2, T]` preference batches from jsonl files."""
+    """Per-process `[B, 2, T]` preference batches from jsonl files.
+
+    `sources` (instead of `files` and `names`): weighted sources, drawn by weight
+    (jaxlm.data.jsonl_records.mixed_record_stream). `think_loss_weight`: the weight of
+    the response's `<think>…</think>` tokens in its log-probability (jaxlm.data.think).
+    """
     stats = stats if stats is not None else PreferenceStats()
-    encoding = functools.partial(encode_pair, tokenizer=tokenizer, seq_len=seq_len)
-    pairs = record_stream(
-        files,
+    encoding = functools.partial(
+        encode_pair, tokenizer=tokenizer, seq_len=seq_len, think_weight=think_loss_weight
+    )
+    pairs = mixed_record_stream(
+        sources or [WeightedFiles(list(files), names)],
         seed=seed,
         shuffle=shuffle,
         repeat=repeat,
@@ -194,7 +212,6 @@ def preference_dataset(
         bad_lines=bad_lines,
         split=split,
         val_fraction=val_fraction,
-        names=names,
         encode=functools.partial(encoding, stats=stats, reference_logps=reference_logps),
         probe=functools.partial(encoding, stats=PreferenceStats()),
         validate=validate_pair,

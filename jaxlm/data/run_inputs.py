@@ -32,6 +32,7 @@ from jaxlm.data.packing import padding_batch
 from jaxlm.data.pipeline import dataset_from_specs
 from jaxlm.data.sources import open_source
 from jaxlm.data.splits import held_out_split, training_split
+from jaxlm.data.think import loss_mask_dtype
 from jaxlm.data.tokenizer import Tokenizer, train_tokenizer
 from jaxlm.data.workdir_tokenizer import (
     TOKENIZER_FILE,
@@ -287,7 +288,13 @@ def equalize_batch_count(batches, allgather_max, cfg: Config, pad_id: int):
     shape = batches[0]["tokens"].shape if batches else None
     while len(batches) < count:  # all-padding batches carry no loss
         rows, seq_len = shape or (cfg.data.batch_size, cfg.data.seq_len)
-        batches.append(padding_batch(rows, seq_len, pad_id=pad_id))
+        filler = padding_batch(rows, seq_len, pad_id=pad_id)
+        # The dtype of the run's real batches (float32 loss weights of chat data under a
+        # fractional think_loss_weight: jaxlm.data.think; text batches are int32).
+        chat = cfg.data.format != "text"
+        dtype = loss_mask_dtype(cfg.data.think_loss_weight) if chat else np.int32
+        filler["loss_mask"] = filler["loss_mask"].astype(dtype)
+        batches.append(filler)
     return batches
 
 

@@ -20,7 +20,7 @@ import grain
 
 from jaxlm.data.chat import ChatEncoder, ChatStats, encode_conversation, parse_conversation
 from jaxlm.data.jsonl import BadLineCounter, OnError
-from jaxlm.data.jsonl_records import record_stream
+from jaxlm.data.jsonl_records import WeightedFiles, mixed_record_stream
 from jaxlm.data.packing import PackerName, packed_batches
 
 NOTHING_TO_LEARN = (
@@ -29,13 +29,19 @@ NOTHING_TO_LEARN = (
 )
 
 
-def encode_record(item, *, tokenizer: ChatEncoder, seq_len: int, stats: ChatStats):
+def encode_record(
+    item, *, tokenizer: ChatEncoder, seq_len: int, stats: ChatStats, think_weight: float = 1.0
+):
     """Stage: `(where, record)` -> `{"tokens", "train_token"}`, or None when skipped."""
     where, record = item
     if record is None:  # a malformed line in skip mode, already counted
         return None
     encoded = encode_conversation(
-        parse_conversation(record, where=where), tokenizer, max_len=seq_len, stats=stats
+        parse_conversation(record, where=where),
+        tokenizer,
+        max_len=seq_len,
+        stats=stats,
+        think_weight=think_weight,
     )
     if encoded is None:
         return None
@@ -67,13 +73,22 @@ def sft_dataset(
     split: str = "all",
     val_fraction: float = 0.1,
     names: list[str] | None = None,
+    sources: Sequence[WeightedFiles] | None = None,
     stats: ChatStats | None = None,
+    think_loss_weight: float = 1.0,
 ) -> grain.IterDataset:
-    """Packed SFT batches for this process; `stats` and `bad_lines` count what was skipped."""
+    """Packed SFT batches for this process; `stats` and `bad_lines` count what was skipped.
+
+    `sources` (instead of `files` and `names`): weighted sources, drawn by weight
+    (jaxlm.data.jsonl_records.mixed_record_stream). `think_loss_weight`: the loss
+    weight of `<think>…</think>` spans in assistant turns (jaxlm.data.think).
+    """
     stats = stats if stats is not None else ChatStats()
-    encoding = functools.partial(encode_record, tokenizer=tokenizer, seq_len=seq_len)
-    encoded = record_stream(
-        files,
+    encoding = functools.partial(
+        encode_record, tokenizer=tokenizer, seq_len=seq_len, think_weight=think_loss_weight
+    )
+    encoded = mixed_record_stream(
+        sources or [WeightedFiles(list(files), names)],
         seed=seed,
         shuffle=shuffle,
         repeat=repeat,
@@ -83,7 +98,6 @@ def sft_dataset(
         bad_lines=bad_lines,
         split=split,
         val_fraction=val_fraction,
-        names=names,
         encode=functools.partial(encoding, stats=stats),
         probe=functools.partial(encoding, stats=ChatStats()),
         validate=validate_record,

@@ -91,7 +91,9 @@ def reference_table(
         if specs:
             batches += posttrain_inputs.all_pairs(cfg, tokenizer, specs, key, *where, batch_size)
     count = allgather_max(len(batches))  # every process runs the program equally often
-    filler = posttrain_inputs.empty_pairs(batch_size, cfg.data.seq_len, tokenizer.pad_id)
+    filler = posttrain_inputs.empty_pairs(
+        batch_size, cfg.data.seq_len, tokenizer.pad_id, think_loss_weight=cfg.data.think_loss_weight
+    )
     batches += [{**filler, WHERE: []}] * (count - len(batches))
 
     table: dict[str, np.ndarray] = {}

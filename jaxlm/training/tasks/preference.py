@@ -106,6 +106,7 @@ class PreferenceTask(Task):
             cfg.data.seq_len,
             tokenizer.pad_id,
             ref_logps="reference_logps" in self.pipeline_extra,
+            think_loss_weight=cfg.data.think_loss_weight,
         )
         return batches + [filler] * (count - len(batches))
 
