@@ -223,9 +223,13 @@ def local_batch_size(cfg: Config, process_count: int) -> int:
 
 
 def train_stream(
-    cfg: Config, tokenizer: Tokenizer, process_index: int, process_count: int
+    cfg: Config, tokenizer: Tokenizer, process_index: int, process_count: int, *, repeat=True
 ) -> grain.IterDataset:
-    """This process's endless training batches (with counts under COUNTS_KEY)."""
+    """This process's endless training batches (with counts under COUNTS_KEY).
+
+    `repeat=False` gives one pass, read in this process (no Grain workers): what
+    `train.epochs` counts (jaxlm.training.epochs), built here so the two cannot differ.
+    """
     return dataset_from_specs(
         cfg.data.sources,
         tokenizer,
@@ -240,9 +244,10 @@ def train_stream(
         seed=cfg.data.seed,
         process_index=process_index,
         process_count=process_count,
+        repeat=repeat,
         num_threads=cfg.data.reader_threads,
         shuffle_window=cfg.data.shuffle_window,
-        workers=cfg.data.workers,
+        workers=cfg.data.workers if repeat else 0,
     )
 
 

@@ -25,9 +25,7 @@ from collections.abc import Callable, Iterable
 import numpy as np
 
 from jaxlm.config import Config
-from jaxlm.data import posttrain_inputs
-from jaxlm.data.pipeline import dataset_from_specs
-from jaxlm.data.splits import training_split
+from jaxlm.data import posttrain_inputs, run_inputs
 from jaxlm.errors import InputError
 
 
@@ -68,23 +66,7 @@ def epoch_steps(cfg: Config, one_epoch: Iterable, log: Callable[[str], None]) ->
 
 def text_epoch(cfg: Config, tokenizer) -> Iterable:
     """The training text once, batched as the run's stream batches it (one process)."""
-    training = training_split(cfg)
-    return dataset_from_specs(
-        training.specs,
-        tokenizer,
-        split=training.split,
-        text_field=cfg.data.text_field,
-        val_fraction=cfg.data.val_fraction,
-        on_error=cfg.data.on_bad_record,
-        seq_len=cfg.data.seq_len,
-        batch_size=cfg.data.batch_size,
-        packer=cfg.data.packer,
-        num_packing_bins=cfg.data.packing_bins,
-        seed=cfg.data.seed,
-        repeat=False,
-        num_threads=cfg.data.reader_threads,
-        shuffle_window=cfg.data.shuffle_window,
-    )
+    return run_inputs.train_stream(cfg, tokenizer, 0, 1, repeat=False)
 
 
 def posttrain_epoch(cfg: Config, tokenizer, pipeline) -> Iterable:
