@@ -127,10 +127,11 @@ def test_pickle_only_checkpoint_is_refused(hf_dir, tmp_path, capsys):
     assert "pytorch_model.bin" in err and "safetensors only" in err
 
 
-def test_tokenizer_that_is_not_sentencepiece_is_refused(hf_dir, tmp_path, capsys):
-    # save_pretrained wrote no tokenizer.model, as for a checkpoint with only tokenizer.json.
+def test_directory_without_any_tokenizer_is_refused(hf_dir, tmp_path, capsys):
+    # save_pretrained of the model alone wrote neither tokenizer.json nor tokenizer.model.
     assert main(["convert", "--from-hf", str(hf_dir), str(tmp_path / "out")]) == 2
-    assert "SentencePiece tokenizers only" in capsys.readouterr().err
+    err = capsys.readouterr().err
+    assert f"{hf_dir}: no tokenizer" in err and "--no-tokenizer" in err
 
 
 def test_export_refuses_rope_scalings_transformers_lacks():

@@ -15,6 +15,7 @@ point of a later run (`train.init_from`) or the result of `jaxlm export`:
                          config (jaxlm.checkpointing.integrity), verified on every load
     DIR/tokenizer.model  the matching tokenizer, with its tokenizer.json sidecar,
                          when one was given; config.json's data.tokenizer points here
+                         (hf_tokenizer.json instead for a Hugging Face tokenizer)
 
 Every reader (`load_params`, hence `train.init_from`, generate, chat, eval and
 `convert --to-hf`; `read_params_config` for the config alone) verifies what it reads
@@ -41,7 +42,6 @@ from __future__ import annotations
 
 import dataclasses
 import json
-import shutil
 from pathlib import Path
 
 import jax
@@ -66,8 +66,7 @@ from jaxlm.checkpointing.manager import (
 )
 from jaxlm.checkpointing.shapes import check_fits, saved_shapes
 from jaxlm.config import Config, ModelConfig, config_differences, config_from_dict
-from jaxlm.data.tokenizer_metadata import sidecar_path
-from jaxlm.data.workdir_tokenizer import TOKENIZER_FILE
+from jaxlm.data.workdir_tokenizer import adopt_tokenizer
 from jaxlm.errors import InputError
 from jaxlm.models.lora import merge_lora, plain_config
 from jaxlm.models.params import abstract_lora, abstract_model, keys_keeping_weights
@@ -173,10 +172,7 @@ def save_params(
         raise InputError(f"{directory} exists and is not empty; choose a new directory")
     directory.mkdir(parents=True, exist_ok=True)
     if tokenizer is not None:
-        tokenizer = Path(tokenizer)
-        shutil.copyfile(tokenizer, directory / TOKENIZER_FILE)
-        if sidecar_path(tokenizer).is_file():
-            shutil.copyfile(sidecar_path(tokenizer), sidecar_path(directory / TOKENIZER_FILE))
+        adopt_tokenizer(Path(tokenizer), directory)  # either kind, under its stored name
     config_text = config.to_json()
     checksum = {
         "version": CHECKSUM_VERSION,

@@ -10,16 +10,21 @@ sharded index supported; pickle .bin files are refused) of model type llama,
 mistral, qwen2 or qwen3, and writes a params directory in the layout `jaxlm export`
 writes (jaxlm.checkpointing.params_io), so `train.init_from=OUT`, `jaxlm generate OUT` and
 `jaxlm eval OUT` use it. Tensors load straight into their shardings on the --mesh
-(data,fsdp,tensor; default all devices on fsdp). The tokenizer: HF_DIR/tokenizer.model
-when it is a SentencePiece model with jaxlm's pinned ids (pad 0, <s> 1, </s> 2,
-<unk> 3, <|im_start|> 4, <|im_end|> 5, byte fallback), which jaxlm's own exports
-are; any other tokenizer is refused with a message: pass --tokenizer PATH (a jaxlm
-tokenizer for the same ids) or --no-tokenizer to import the weights alone.
+(data,fsdp,tensor; default all devices on fsdp). The tokenizer comes along whatever
+its kind: HF_DIR/tokenizer.model when it is a SentencePiece model with jaxlm's pinned
+ids (pad 0, <s> 1, </s> 2, <unk> 3, <|im_start|> 4, <|im_end|> 5, byte fallback),
+which jaxlm's own exports are; otherwise the model's Hugging Face tokenizer
+(tokenizer.json with tokenizer_config.json, special_tokens_map.json, the chat template
+and generation_config.json's stop tokens), stored as OUT/hf_tokenizer.json
+(jaxlm.data.hf_tokenizer). A tokenizer that cannot be used is an error naming the
+file and why; --tokenizer PATH picks another one (a .model, a tokenizer.json or a
+directory), --no-tokenizer imports the weights alone.
 
 --to-hf reads SRC, a training workdir (its newest good checkpoint, or --step; LoRA
 runs merged) or a params directory, and writes a directory that
 `transformers.AutoModelForCausalLM.from_pretrained` and `AutoTokenizer.from_pretrained`
-load with no custom code (jaxlm.hf.export_hf, jaxlm.hf.tokenizer_export).
+load with no custom code (jaxlm.hf.export_hf, jaxlm.hf.tokenizer_export); a model
+whose tokenizer was imported gets the imported tokenizer files back unchanged.
 
 --to-peft reads an adapters-only export (`jaxlm export RUN ADAPTERS --adapters-only`)
 and writes a PEFT adapter directory (adapter_config.json, adapter_model.safetensors;
@@ -72,7 +77,12 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         help="--from-hf: data,fsdp,tensor mesh the params load onto (default 1,-1,1)",
     )
     tokenizer = parser.add_mutually_exclusive_group()
-    tokenizer.add_argument("--tokenizer", default=None, help="--from-hf: a jaxlm .model to use")
+    tokenizer.add_argument(
+        "--tokenizer",
+        default=None,
+        help="--from-hf: the tokenizer to import instead of HF_DIR's (a .model, a "
+        "tokenizer.json or a model directory)",
+    )
     tokenizer.add_argument(
         "--no-tokenizer", action="store_true", help="convert the weights without a tokenizer"
     )
@@ -119,7 +129,6 @@ def _to_peft(src, out) -> int:
 def _from_hf(args, src, out) -> int:
     from jaxlm.checkpointing.params_io import save_params
     from jaxlm.data.tokenizer import save_tokenizer
-    from jaxlm.data.workdir_tokenizer import TOKENIZER_FILE
     from jaxlm.hf.import_hf import import_params, read_hf_config
     from jaxlm.sharding import mesh_from_flag
 
@@ -127,57 +136,91 @@ def _from_hf(args, src, out) -> int:
     for note in imported.notes:
         print(f"note: {note}")
     model = imported.model
-    tokenizer_proto = None if args.no_tokenizer else _tokenizer_proto(args, src, model)
+    tokenizer = None if args.no_tokenizer else _import_tokenizer(args, src, model)
     dtype = args.dtype or "float32"
     model = dataclasses.replace(model, param_dtype=dtype)
     mesh = mesh_from_flag(args.mesh)
     params = import_params(src, model, mesh, dtype=dtype)
+    stored = None
+    if tokenizer is not None:
+        stored = out / (
+            "hf_tokenizer.json" if tokenizer.kind == "huggingface" else "tokenizer.model"
+        )
     data = DataConfig(
-        tokenizer=str(out / TOKENIZER_FILE) if tokenizer_proto else "",
+        tokenizer=str(stored) if stored else "",
         tokenizer_vocab_size=model.vocab_size,
         seq_len=min(256, model.max_seq_len),
     )
     cfg = Config(name=f"hf-{imported.family}", model=model, data=data)
     with tempfile.TemporaryDirectory() as tmp:
-        tokenizer = None
-        if tokenizer_proto is not None:
+        source = None
+        if tokenizer is not None and tokenizer.kind == "huggingface":
+            source = Path(tmp) / "hf_tokenizer.json"
+            source.write_bytes(tokenizer.bundle())
+        elif tokenizer is not None:
             # Written with jaxlm's sidecar: HF_DIR/tokenizer.json is transformers' file.
-            tokenizer = save_tokenizer(tokenizer_proto, Path(tmp) / "tokenizer").path
-        save_params(out, params, cfg, tokenizer=tokenizer)
+            source = save_tokenizer(tokenizer.model_proto, Path(tmp) / "tokenizer").path
+        save_params(out, params, cfg, tokenizer=source)
     print(f"imported {imported.family} checkpoint {src} -> {out}")
     print(f"  params     {out / 'params'}  ({dtype}, mesh {dict(mesh.shape)})")
     print(f"  config     {out / 'config.json'}")
-    print(f"  tokenizer  {out / TOKENIZER_FILE if tokenizer_proto else '(none)'}")
+    if tokenizer is None:
+        print("  tokenizer  (none)")
+    else:
+        template = "jaxlm ChatML" if tokenizer.kind != "huggingface" else "the model's own"
+        if tokenizer.kind == "huggingface" and tokenizer.chat_template_source() is None:
+            template = "none"
+        print(
+            f"  tokenizer  {stored}  ({tokenizer.kind}, {tokenizer.vocab_size} tokens, "
+            f"chat template: {template})"
+        )
     return 0
 
 
-def _tokenizer_proto(args, src, model) -> bytes:
-    """The SentencePiece model bytes to import, checked to be usable by jaxlm."""
-
+def _import_tokenizer(args, src, model):
+    """The tokenizer to import, checked to be usable by jaxlm and to fit the model."""
+    from jaxlm.data.hf_tokenizer import HFTokenizer
     from jaxlm.data.tokenizer import Tokenizer
+    from jaxlm.data.tokenizer_files import load_tokenizer
 
-    path = Path(args.tokenizer) if args.tokenizer else src / "tokenizer.model"
-    if not path.is_file():
-        if args.tokenizer:
-            raise FileNotFoundError(f"--tokenizer: no such file {path}")
-        raise InputError(
-            f"{src}: no tokenizer.model; jaxlm imports SentencePiece tokenizers only. Pass "
-            "--tokenizer PATH (a jaxlm .model for the same ids) or --no-tokenizer"
-        )
-    proto = path.read_bytes()
-    try:
-        tokenizer = Tokenizer(proto, path)  # checks jaxlm's pinned ids and byte fallback
-    except InputError as error:
-        raise InputError(
-            f"{error}. Only tokenizers with jaxlm's ids can be imported; pass --tokenizer "
-            "PATH or --no-tokenizer"
-        ) from None
+    if args.tokenizer:
+        path = Path(args.tokenizer).absolute()
+        if not path.exists():
+            raise FileNotFoundError(f"--tokenizer: no such file or directory {path}")
+        tokenizer = load_tokenizer(path)
+    else:
+        tokenizer, path = _own_tokenizer(src, Tokenizer, HFTokenizer)
     if tokenizer.vocab_size > model.vocab_size:
         raise InputError(
-            f"{path}: {tokenizer.vocab_size} pieces, more than the model's vocab_size "
+            f"{path}: {tokenizer.vocab_size} tokens, more than the model's vocab_size "
             f"{model.vocab_size}"
         )
-    return proto
+    return tokenizer
+
+
+def _own_tokenizer(src, sentencepiece, huggingface):
+    """HF_DIR's tokenizer: a jaxlm SentencePiece model (jaxlm's own exports), else the
+    Hugging Face tokenizer.json."""
+    model_file, json_file = src / "tokenizer.model", src / "tokenizer.json"
+    reason = None
+    if model_file.is_file():
+        try:
+            # Not Tokenizer.load: HF_DIR/tokenizer.json is transformers' file, no sidecar.
+            return sentencepiece(model_file.read_bytes(), model_file), model_file
+        except InputError as error:
+            reason = str(error)
+    if json_file.is_file():
+        return huggingface.load(src), json_file
+    if reason is not None:
+        raise InputError(
+            f"{reason}; and {src} has no tokenizer.json, which jaxlm reads for any other "
+            "tokenizer (save one with transformers: AutoTokenizer.from_pretrained(DIR)"
+            ".save_pretrained(DIR)), or pass --tokenizer PATH or --no-tokenizer"
+        )
+    raise InputError(
+        f"{src}: no tokenizer (neither tokenizer.json nor tokenizer.model); pass "
+        "--tokenizer PATH or --no-tokenizer to import the weights alone"
+    )
 
 
 def _to_hf(args, src, out) -> int:
@@ -187,7 +230,7 @@ def _to_hf(args, src, out) -> int:
         read_params_config,
         restore_params,
     )
-    from jaxlm.data.tokenizer import Tokenizer
+    from jaxlm.data.tokenizer_files import load_tokenizer
     from jaxlm.data.workdir_tokenizer import TOKENIZER_FILE, owned_tokenizer
     from jaxlm.hf.export_hf import export_to_hf
 
@@ -217,7 +260,7 @@ def _to_hf(args, src, out) -> int:
                 f"data.tokenizer '{cfg.data.tokenizer}'); pass --no-tokenizer to export the "
                 "weights alone"
             )
-        tokenizer = Tokenizer.load(found)
+        tokenizer = load_tokenizer(found)
     files = export_to_hf(
         params, cfg, out, tokenizer=tokenizer, dtype=args.dtype, max_shard_bytes=max_shard_bytes
     )

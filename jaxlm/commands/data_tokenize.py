@@ -35,10 +35,10 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 def run(args: argparse.Namespace) -> int:
     from jaxlm.data.sources.tokenize import tokenize_sources
-    from jaxlm.data.tokenizer import Tokenizer
+    from jaxlm.data.tokenizer_files import load_tokenizer
 
     specs = parse_sources(args.sources, key="SOURCES")
-    tokenizer = Tokenizer.load(args.tokenizer)
+    tokenizer = load_tokenizer(args.tokenizer)
     summary = tokenize_sources(
         specs,
         tokenizer,

@@ -60,7 +60,8 @@ def run(args: argparse.Namespace) -> int:
     import numpy as np
 
     from jaxlm.checkpointing.params_io import restore_params, save_params
-    from jaxlm.data.workdir_tokenizer import TOKENIZER_FILE, require_owned_tokenizer
+    from jaxlm.data.tokenizer_files import stored_name
+    from jaxlm.data.workdir_tokenizer import require_owned_tokenizer
 
     workdir, out = Path(args.workdir).absolute(), Path(args.out).absolute()
     if out.exists() and any(out.iterdir()):
@@ -77,7 +78,7 @@ def run(args: argparse.Namespace) -> int:
         dtype = jnp.dtype(args.dtype)
         params = jax.tree.map(lambda x: np.asarray(x).astype(dtype), params)
     data = cfg.to_dict()
-    data["data"]["tokenizer"] = str(out / TOKENIZER_FILE)  # self-contained
+    data["data"]["tokenizer"] = str(out / stored_name(tokenizer))  # self-contained
     save_params(out, params, config_from_dict(data), tokenizer=tokenizer)
     if fingerprint is not None:
         from jaxlm.checkpointing.adapters_io import write_base_record
@@ -90,7 +91,7 @@ def run(args: argparse.Namespace) -> int:
     print(f"exported {workdir / 'checkpoints' / str(step)} -> {out}")
     print(f"  params     {out / 'params'}  ({stored}, {nbytes / 2**20:.1f} MiB)")
     print(f"  config     {out / 'config.json'}")
-    print(f"  tokenizer  {out / TOKENIZER_FILE}")
+    print(f"  tokenizer  {out / stored_name(tokenizer)}")
     if fingerprint is not None:
         base = cfg.train.init_from or "a random base"
         print(f"  base       {out / 'lora_base.json'}  (trained on {base})")

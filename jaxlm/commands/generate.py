@@ -86,17 +86,21 @@ def read_prompts(path: str) -> list[str]:
 
 def stop_ids(tokenizer, pieces: list[str], *, eos: bool, end_of_turn: bool) -> list[int]:
     ids = [tokenizer.eos_id] if eos else []
-    if end_of_turn:
-        ids.append(tokenizer.piece_to_id(tokenizer.chat_template.stop_piece))
+    if end_of_turn:  # the chat template's end of turn, and the model's other stop tokens
+        ids += [token_id for token_id in tokenizer.stop_ids if token_id != tokenizer.eos_id]
     for piece in pieces:
         token_id = tokenizer.piece_to_id(piece)
-        if token_id == tokenizer.unk_id and piece != tokenizer.id_to_piece(tokenizer.unk_id):
+        unknown = token_id is None or (
+            token_id == tokenizer.unk_id and piece != tokenizer.id_to_piece(tokenizer.unk_id)
+        )
+        if unknown:
             raise InputError(f"--stop {piece!r}: not a piece of the tokenizer's vocabulary")
         ids.append(token_id)
     return ids
 
 
 def run(args: argparse.Namespace) -> int:
+    from jaxlm.data.packing import document_prefix
     from jaxlm.inference.cli_options import load, sampling_config
     from jaxlm.inference.streaming import TextStream, complete_text
     from jaxlm.inference.think import ThinkFilter, split_think
@@ -116,7 +120,7 @@ def run(args: argparse.Namespace) -> int:
     results = []
     for first in range(0, len(prompts), args.batch_size):
         batch = prompts[first : first + args.batch_size]
-        ids = [[tokenizer.bos_id, *tokenizer.encode(p)] for p in batch]
+        ids = [[*document_prefix(tokenizer), *tokenizer.encode(p)] for p in batch]
         on_tokens = None
         if stream:
             text_stream, think = TextStream(tokenizer), ThinkFilter(args.think)

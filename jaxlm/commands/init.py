@@ -157,9 +157,9 @@ def _tokenizer_pieces(path: str) -> int:
     """The vocabulary size of the tokenizer at `path` (0: none given)."""
     if not path:
         return 0
-    from jaxlm.data.tokenizer import Tokenizer  # sentencepiece: only for this command
+    from jaxlm.data.tokenizer_files import load_tokenizer  # heavy: only for this command
 
-    return Tokenizer.load(Path(path)).vocab_size
+    return load_tokenizer(Path(path)).vocab_size
 
 
 def _q(text: str) -> str:

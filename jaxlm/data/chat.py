@@ -1,4 +1,10 @@
-"""Conversations to token ids with an exact per-token training mask (ChatML template).
+"""Conversations to token ids with an exact per-token training mask.
+
+Two layouts: jaxlm's own ChatML (below; the default for models trained from scratch,
+with a SentencePiece tokenizer), and a model's own Jinja chat template when its
+tokenizer is a Hugging Face one that carries one (jaxlm.data.jinja_chat: rendered as
+transformers renders it, the mask from `{% generation %}` markers or rendered
+prefixes). `encode_conversation` and `encode_chat_prompt` pick the tokenizer's.
 
 Every turn renders as
 
@@ -51,10 +57,16 @@ class ChatFormatError(InputError):
     """A record that is not a conversation; the message names file:line."""
 
 
+# Message keys a model's own chat template may read besides role and content (tool
+# calls, a tool's name, reasoning); jaxlm's ChatML has no place for them.
+EXTRA_KEYS = ("tool_calls", "name", "tool_call_id", "reasoning_content")
+
+
 @dataclasses.dataclass(frozen=True)
 class Message:
     role: Literal["system", "user", "assistant", "tool"]
     content: str
+    extra: dict[str, Any] = dataclasses.field(default_factory=dict, compare=False, repr=False)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -65,6 +77,9 @@ class EncodedChat:
     # [n] 1 where the model learns to produce the token, 0 where not; int32, or float32
     # weights when reasoning spans are weighted (encode_conversation's think_weight)
     train_token: np.ndarray
+    # Index of the first token of the last message's turn (preference pairs train on
+    # that response alone); None where not known.
+    last_turn_start: int | None = None
 
 
 @dataclasses.dataclass
@@ -101,8 +116,35 @@ def parse_conversation(record: Mapping[str, Any], *, where: str = "<record>") ->
             raise ChatFormatError(f"{here}: unknown role {role!r} (known: {list(ROLES)})")
         if not isinstance(content, str):
             raise ChatFormatError(f"{here}: 'content' must be a string")
-        messages.append(Message(role, content))
+        unknown = sorted(set(turn) - {"role", "content", *EXTRA_KEYS})
+        if unknown:
+            raise ChatFormatError(
+                f"{here}: unknown message key {unknown[0]!r} (known: role, content, "
+                f"{', '.join(EXTRA_KEYS)})"
+            )
+        extra = {k: turn[k] for k in EXTRA_KEYS if turn.get(k) is not None}
+        messages.append(Message(role, content, extra))
     return messages
+
+
+def model_template(tokenizer):
+    """The tokenizer's Jinja chat template (jaxlm.data.jinja_chat), or None for ChatML."""
+    template = getattr(tokenizer, "chat_template", None)
+    if getattr(tokenizer, "kind", None) == "huggingface" and template is None:
+        raise InputError(
+            f"tokenizer {tokenizer.path} has no chat_template (tokenizer_config.json or "
+            "chat_template.jinja); chat data and chat need one"
+        )
+    return template if hasattr(template, "encode_conversation") else None
+
+
+def _chatml_only(messages: Sequence[Message]) -> None:
+    for message in messages:
+        if message.extra:
+            raise ChatFormatError(
+                f"message key {sorted(message.extra)[0]!r}: jaxlm's ChatML template renders "
+                "role and content only (a model with its own chat template can use it)"
+            )
 
 
 def encode_turn(
@@ -155,11 +197,20 @@ def encode_conversation(
     if not any(m.role in TRAINED_ROLES for m in messages):
         stats.skipped_no_assistant += 1
         return None
-    tokens, flags = [BOS_ID], [0]
-    for message in messages:
-        turn_tokens, turn_flags = encode_turn(message, tokenizer, think_weight)
-        tokens += turn_tokens
-        flags += turn_flags
+    template = model_template(tokenizer)
+    if template is not None:
+        tokens, weights, last_start = template.encode_conversation(
+            messages, think_weight=think_weight
+        )
+        flags = [w if think_weight not in (0.0, 1.0) else int(w) for w in weights]
+    else:
+        _chatml_only(messages)
+        tokens, flags = [BOS_ID], [0]
+        for message in messages:
+            turn_tokens, turn_flags = encode_turn(message, tokenizer, think_weight)
+            last_start = len(tokens)
+            tokens += turn_tokens
+            flags += turn_flags
     if len(tokens) > max_len:
         tokens, flags = tokens[:max_len], flags[:max_len]
         if not any(flags):
@@ -168,7 +219,7 @@ def encode_conversation(
         stats.truncated += 1
     stats.encoded += 1
     flags_array = np.asarray(flags, loss_mask_dtype(think_weight))
-    return EncodedChat(np.asarray(tokens, np.int32), flags_array)
+    return EncodedChat(np.asarray(tokens, np.int32), flags_array, last_start)
 
 
 def encode_chat_prompt(messages: Sequence[Message], tokenizer: ChatEncoder) -> list[int]:
@@ -177,6 +228,10 @@ def encode_chat_prompt(messages: Sequence[Message], tokenizer: ChatEncoder) -> l
     Token for token what SFT trained on up to the point where the answer starts, so a
     chat model sees at inference exactly the layout it learnt.
     """
+    template = model_template(tokenizer)
+    if template is not None:
+        return template.encode_prompt(messages)
+    _chatml_only(messages)
     tokens = [BOS_ID]
     for message in messages:
         tokens += encode_turn(message, tokenizer)[0]

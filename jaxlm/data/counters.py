@@ -67,7 +67,7 @@ class DataTotals:
     def as_dict(self) -> dict[str, int]:
         return dict(sorted(self.totals.items()))
 
-    def count_consumed(self, batch: Mapping[str, np.ndarray], bos_id: int) -> None:
+    def count_consumed(self, batch: Mapping[str, np.ndarray], bos_id: int | None) -> None:
         """Adds what the step about to run on `batch` consumes (see the module docstring)."""
         segments = np.asarray(batch["segment_ids"])
         if segments.ndim == 3:  # [B, 2, T] preference pairs; filler pairs are all padding
@@ -75,5 +75,6 @@ class DataTotals:
             self.totals["consumed_pairs"] += int(valid.sum())
             return
         starts = (np.asarray(batch["positions"]) == 0) & (segments > 0)
-        starts &= np.asarray(batch["tokens"]) == bos_id
+        if bos_id is not None:  # a document's start, not the rest of a split one
+            starts &= np.asarray(batch["tokens"]) == bos_id
         self.totals["consumed_documents"] += int(starts.sum())

@@ -37,21 +37,23 @@ Batch = dict[str, np.ndarray]
 class TextEncoder(Protocol):
     """What packing needs from a tokenizer (jaxlm.data.tokenizer.Tokenizer has it)."""
 
-    bos_id: int
+    bos_id: int | None  # None: the tokenizer's documents start without one (Qwen)
     eos_id: int
     pad_id: int
 
     def encode(self, text: str) -> list[int]: ...
 
 
+def document_prefix(tokenizer: TextEncoder) -> list[int]:
+    """What starts every document: [BOS], or nothing for tokenizers without one."""
+    return [] if tokenizer.bos_id is None else [tokenizer.bos_id]
+
+
 def document_tokens(text: str, tokenizer: TextEncoder) -> np.ndarray:
-    """`[BOS] + encode(text) + [EOS]` as int32."""
-    ids = encode_ids(text, tokenizer)
-    tokens = np.empty(len(ids) + 2, dtype=np.int32)
-    tokens[0] = tokenizer.bos_id
-    tokens[1:-1] = ids
-    tokens[-1] = tokenizer.eos_id
-    return tokens
+    """`[BOS] + encode(text) + [EOS]` as int32 (no BOS when the tokenizer has none)."""
+    return np.asarray(
+        [*document_prefix(tokenizer), *encode_ids(text, tokenizer), tokenizer.eos_id], np.int32
+    )
 
 
 def split_long_document(tokens: np.ndarray, max_len: int) -> list[np.ndarray]:

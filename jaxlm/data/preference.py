@@ -38,7 +38,6 @@ from jaxlm.data.jsonl import BadLineCounter, OnError
 from jaxlm.data.jsonl_records import WeightedFiles, mixed_record_stream
 from jaxlm.data.packing import add_targets_and_mask
 from jaxlm.data.think import loss_mask_dtype
-from jaxlm.data.tokenizer import IM_START_ID
 from jaxlm.errors import InputError
 
 NO_USABLE_PAIR = (
@@ -83,14 +82,15 @@ def parse_preference(
 def response_only(encoded: EncodedChat) -> EncodedChat:
     """Keep only the trained tokens of the last turn: the final assistant response.
 
-    The last turn starts at the last `<|im_start|>` (content can never produce that
-    id); a reasoning span weighted 0 inside the response leaves it whole.
+    The encoder says where the last turn starts (ChatML: its `<|im_start|>`, which
+    content can never produce; a model's template: its last trained span); a
+    reasoning span weighted 0 inside the response leaves it whole.
     """
+    if encoded.last_turn_start is None:
+        raise ValueError("response_only needs an EncodedChat that knows its last turn's start")
     flags = encoded.train_token.copy()
-    starts = np.flatnonzero(encoded.tokens == IM_START_ID)
-    if starts.size:
-        flags[: starts[-1]] = 0
-    return EncodedChat(encoded.tokens, flags)
+    flags[: encoded.last_turn_start] = 0
+    return EncodedChat(encoded.tokens, flags, encoded.last_turn_start)
 
 
 def encode_pair(

@@ -34,6 +34,7 @@ from jaxlm.data.sources import open_source
 from jaxlm.data.splits import held_out_split, training_split
 from jaxlm.data.think import loss_mask_dtype
 from jaxlm.data.tokenizer import Tokenizer, train_tokenizer
+from jaxlm.data.tokenizer_files import load_tokenizer, stored_name, stored_tokenizer
 from jaxlm.data.workdir_tokenizer import (
     TOKENIZER_FILE,
     adopt_tokenizer,
@@ -100,26 +101,26 @@ def ensure_tokenizer(
         return _trained_tokenizer(cfg, workdir, log=log, is_leader=is_leader, barrier=barrier)
     if cfg.data.tokenizer and cfg.train.init_from:
         _check_init_from_tokenizer(cfg, log)
-    own = workdir / TOKENIZER_FILE
+    own = stored_tokenizer(workdir) or workdir / stored_name(source)
     if own.is_file():
-        if source.is_file() and not same_tokenizer(source, own):
+        if source.exists() and not same_tokenizer(source, own):
             raise InputError(
                 f"{source} (the tokenizer this run was given) differs from {own}, the "
                 f"tokenizer {workdir} was trained with (sha256 {file_sha256(source)[:12]} "
                 f"vs {file_sha256(own)[:12]}); point data.tokenizer at the run's own "
                 "tokenizer, or use a new --workdir"
             )
-        if not source.is_file():
+        if not source.exists():
             log(f"{source} not found here; using the workdir's own tokenizer {own}")
-        return Tokenizer.load(own)
-    given = Tokenizer.load(source)  # a file that is no tokenizer is refused before it is copied
+        return load_tokenizer(own)
+    given = load_tokenizer(source)  # a file that is no tokenizer is refused before it is copied
     if not workdir.is_dir():  # a look at the data before any run (jaxlm data inspect)
         return given
     if is_leader:
         adopt_tokenizer(source, workdir)
     barrier("tokenizer")
     log(f"tokenizer {source} copied to {own}")
-    return Tokenizer.load(own)
+    return load_tokenizer(own)
 
 
 def _tokenizer_to_copy(cfg: Config, may_train: bool) -> Path | None:
@@ -130,9 +131,8 @@ def _tokenizer_to_copy(cfg: Config, may_train: bool) -> Path | None:
         return None
     # Only a copy the model's directory holds; never one its config merely names (a
     # grow-vocab output without --tokenizer names the smaller tokenizer it grew from).
-    inherited = (
-        Path(cfg.train.init_from).absolute() / TOKENIZER_FILE if cfg.train.init_from else None
-    )
+    init_from = Path(cfg.train.init_from).absolute() if cfg.train.init_from else None
+    inherited = init_from and (stored_tokenizer(init_from) or init_from / TOKENIZER_FILE)
     if inherited is None or not inherited.is_file():
         what = "train.init_from" if cfg.train.init_from else f"data.format={cfg.data.format}"
         raise InputError(
@@ -147,7 +147,7 @@ def _init_from_tokenizer(cfg: Config) -> Path | None:
     init_from = Path(cfg.train.init_from).absolute()
     saved = ""
     config_file = init_from / "config.json"
-    if not (init_from / TOKENIZER_FILE).is_file() and config_file.is_file():
+    if stored_tokenizer(init_from) is None and config_file.is_file():
         # An older directory (or grow-vocab without --tokenizer) names its tokenizer.
         saved = config_from_dict(json.loads(config_file.read_text(encoding="utf-8"))).data.tokenizer
     return owned_tokenizer(init_from, saved)

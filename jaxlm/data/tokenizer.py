@@ -284,10 +284,13 @@ class Tokenizer:
     model itself says when there is no sidecar.
     """
 
+    kind = "sentencepiece"
     pad_id = PAD_ID
     bos_id = BOS_ID
     eos_id = EOS_ID
     unk_id = UNK_ID
+    # What ends a generation: EOS, and the end of a chat turn.
+    stop_ids = (EOS_ID, IM_END_ID)
 
     def __init__(
         self,
@@ -413,6 +416,15 @@ class Tokenizer:
     def piece(self, token_id: int) -> str:
         """The SentencePiece piece of one id (e.g. '▁def', '<0x0A>')."""
         return self._sp.id_to_piece(int(token_id))
+
+    def piece_bytes(self, token_id: int) -> bytes:
+        """The UTF-8 bytes one id adds to decoded text (b"" for pad, BOS, EOS, <unk>)."""
+        token_id = int(token_id)
+        if self._sp.is_control(token_id) or self._sp.is_unknown(token_id):
+            return b""
+        if self._sp.is_byte(token_id):
+            return bytes([int(self._sp.id_to_piece(token_id)[3:5], 16)])
+        return self._sp.id_to_piece(token_id).replace(_SPACE_MARK, " ").encode("utf-8")
 
     def vocab_listing(self) -> str:
         """`piece<TAB>score` per line, as SentencePiece writes `.vocab` files."""

@@ -1,7 +1,9 @@
 """The tokenizer a training workdir or params directory owns, found from that directory.
 
-    DIR/tokenizer.model   the tokenizer DIR's model was trained with
-    DIR/tokenizer.json    its sidecar (jaxlm.data.tokenizer_metadata), when it has one
+    DIR/tokenizer.model      the tokenizer DIR's model was trained with (SentencePiece)
+    DIR/tokenizer.json       its sidecar (jaxlm.data.tokenizer_metadata), when it has one
+    DIR/hf_tokenizer.json    or instead: a Hugging Face tokenizer (an imported model's,
+                             jaxlm.data.hf_tokenizer), its files in one
 
 A training run keeps its own copy: a text run trains one there, and a run given
 `data.tokenizer` or `train.init_from` copies that tokenizer in at its start
@@ -18,26 +20,37 @@ from the current directory), and its absence is an error saying what to copy whe
 
 from __future__ import annotations
 
-import hashlib
+import os
 import shutil
 import sys
 from pathlib import Path
 
+from jaxlm.data.tokenizer_files import (
+    HF_TOKENIZER_FILE,
+    SENTENCEPIECE_FILE,
+    STORED_NAMES,
+    stored_bytes,
+    stored_name,
+    stored_tokenizer,
+    tokenizer_fingerprint,
+)
 from jaxlm.data.tokenizer_metadata import sidecar_path
 from jaxlm.errors import InputError
 
-# The tokenizer's file name in a workdir, an export or a params directory.
-TOKENIZER_FILE = "tokenizer.model"
+# The SentencePiece tokenizer's file name in a workdir, an export or a params directory
+# (a Hugging Face tokenizer's is HF_TOKENIZER_FILE).
+TOKENIZER_FILE = SENTENCEPIECE_FILE
+__all__ = ["HF_TOKENIZER_FILE", "TOKENIZER_FILE", "stored_tokenizer"]
 
 
 def file_sha256(path: Path) -> str:
-    """sha256 of a file's bytes (a tokenizer model: a few hundred KB)."""
-    return hashlib.sha256(Path(path).read_bytes()).hexdigest()
+    """sha256 of the tokenizer at `path` as a directory stores it."""
+    return tokenizer_fingerprint(path)
 
 
 def same_tokenizer(a: Path, b: Path) -> bool:
-    """Whether two `.model` files are the same tokenizer: identical bytes."""
-    return Path(a).samefile(b) or file_sha256(a) == file_sha256(b)
+    """Whether two paths hold the same tokenizer: identical stored bytes."""
+    return Path(a).absolute() == Path(b).absolute() or file_sha256(a) == file_sha256(b)
 
 
 def owned_tokenizer(directory: Path | str, data_tokenizer: str) -> Path | None:
@@ -45,10 +58,10 @@ def owned_tokenizer(directory: Path | str, data_tokenizer: str) -> Path | None:
     None when neither is found. A relative `data_tokenizer` found from the current
     directory is used with a warning: nothing says it is the file the run used."""
     directory = Path(directory).absolute()
-    own = directory / TOKENIZER_FILE
-    if own.is_file():
+    own = stored_tokenizer(directory)
+    if own is not None:
         return own
-    if not data_tokenizer or not Path(data_tokenizer).is_file():
+    if not data_tokenizer or not Path(data_tokenizer).exists():
         return None
     named = Path(data_tokenizer).absolute()
     if not Path(data_tokenizer).is_absolute():
@@ -80,13 +93,25 @@ def require_owned_tokenizer(directory: Path | str, data_tokenizer: str) -> Path:
 
 
 def adopt_tokenizer(source: Path, directory: Path) -> Path:
-    """Copies `source` (and its sidecar) to DIR/tokenizer.model; returns the copy.
+    """Copies `source` (and its sidecar) to DIR/tokenizer.model, or a Hugging Face
+    tokenizer (a model directory, its tokenizer.json, a stored one) to
+    DIR/hf_tokenizer.json; returns the copy.
 
     Each file is written under a temporary name and renamed, the model last: a copy
-    cut short leaves no tokenizer.model, and the next run copies again. A sidecar left
-    there by another tokenizer goes when `source` has none (it would not match).
+    cut short leaves no tokenizer, and the next run copies again. A sidecar left
+    there by another tokenizer goes when `source` has none (it would not match), and
+    so does a stored tokenizer of the other kind.
     """
-    target = Path(directory) / TOKENIZER_FILE
+    target = Path(directory) / stored_name(source)
+    for name in STORED_NAMES:
+        if name != target.name:
+            (Path(directory) / name).unlink(missing_ok=True)
+    if target.name == HF_TOKENIZER_FILE:
+        sidecar_path(Path(directory) / TOKENIZER_FILE).unlink(missing_ok=True)
+        partial = target.with_name(f".{target.name}.partial-{os.getpid()}")
+        partial.write_bytes(stored_bytes(source))
+        partial.replace(target)
+        return target
     pairs = [(sidecar_path(source), sidecar_path(target)), (Path(source), target)]
     for src, dst in pairs:
         if src.is_file():

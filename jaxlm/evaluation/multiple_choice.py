@@ -56,6 +56,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from jaxlm.data.packing import document_prefix
 from jaxlm.errors import InputError
 from jaxlm.evaluation.language_model import mesh_context, place_batch
 from jaxlm.training.losses import token_nll
@@ -227,7 +228,7 @@ def score_examples(
         raise InputError(f"max_len and batch_size must be positive, got {max_len}, {batch_size}")
     rows, owners = [], []
     for e_index, example in enumerate(examples):
-        context = [tokenizer.bos_id, *tokenizer.encode(example.context)]
+        context = [*document_prefix(tokenizer), *tokenizer.encode(example.context)]
         for c_index, choice in enumerate(example.choices):
             rows.append(choice_row(context, tokenizer.encode(choice), max_len))
             owners.append((e_index, c_index))

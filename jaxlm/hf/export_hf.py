@@ -8,7 +8,9 @@ writes into the new directory `out`:
                               (jaxlm.hf.config_map), dtype, bos/eos/pad ids
     generation_config.json    bos, eos (</s> and <|im_end|>, where chat replies end), pad
     model.safetensors         or model-0000i-of-0000n.safetensors + the index
-    tokenizer files           (jaxlm.hf.tokenizer_export) when a tokenizer is given
+    tokenizer files           (jaxlm.hf.tokenizer_export) when a tokenizer is given; an
+                              imported Hugging Face tokenizer's own files, unchanged
+                              (its generation_config.json too, when it came with one)
 
 that `transformers.AutoModelForCausalLM.from_pretrained(out)` loads with no custom
 code. Each HF tensor is produced from one layer of one parameter only when the writer
@@ -27,6 +29,7 @@ import numpy as np
 from flax import nnx
 
 from jaxlm.config import Config
+from jaxlm.data.hf_tokenizer import HFTokenizer, write_bundle_files
 from jaxlm.data.tokenizer import BOS_ID, EOS_ID, IM_END_ID, PAD_ID, Tokenizer
 from jaxlm.errors import InputError
 from jaxlm.hf.config_map import export_family, hf_config_from_model
@@ -61,12 +64,21 @@ def _pending(mapping: TensorMapping, value, n_layers: int, dtype: np.dtype) -> l
     ]
 
 
+def _special_ids(tokenizer) -> dict:
+    """bos/eos/pad ids for config.json and generation_config.json (eos: every stop id)."""
+    if getattr(tokenizer, "kind", None) != "huggingface":
+        return {"bos_token_id": BOS_ID, "eos_token_id": [EOS_ID, IM_END_ID], "pad_token_id": PAD_ID}
+    bos = tokenizer.piece_to_id(tokenizer.bos_token) if tokenizer.bos_token else None
+    pad = tokenizer.piece_to_id(tokenizer.pad_token) if tokenizer.pad_token else None
+    return {"bos_token_id": bos, "eos_token_id": list(tokenizer.stop_ids), "pad_token_id": pad}
+
+
 def export_to_hf(
     params: nnx.State,
     cfg: Config,
     out: Path | str,
     *,
-    tokenizer: Tokenizer | None,
+    tokenizer: Tokenizer | HFTokenizer | None,
     dtype: str | None = None,
     max_shard_bytes: int = 5 * 2**30,
 ) -> list[Path]:
@@ -79,8 +91,13 @@ def export_to_hf(
     if dtype not in EXPORT_DTYPES:
         raise InputError(f"--dtype {dtype}: choose one of {list(EXPORT_DTYPES)}")
     np_dtype = DTYPES[EXPORT_DTYPES[dtype]]
+    special = _special_ids(tokenizer)
     hf_config = hf_config_from_model(
-        model, bos_id=BOS_ID, eos_id=EOS_ID, pad_id=PAD_ID, dtype=dtype
+        model,
+        bos_id=special["bos_token_id"],
+        eos_id=special["eos_token_id"][0],
+        pad_id=special["pad_token_id"],
+        dtype=dtype,
     )  # refuses what transformers cannot compute, before anything is written
     if tokenizer is not None and tokenizer.vocab_size > model.vocab_size:
         raise InputError(
@@ -106,14 +123,12 @@ def export_to_hf(
                 )
             )
     files = write_checkpoint(out, tensors, max_shard_bytes=max_shard_bytes)
-    generation = {
-        "bos_token_id": BOS_ID,
-        "eos_token_id": [EOS_ID, IM_END_ID],
-        "pad_token_id": PAD_ID,
-    }
-    if tokenizer is not None:
+    if getattr(tokenizer, "kind", None) == "huggingface":
+        write_bundle_files(tokenizer.files, out)  # the imported files, byte for byte
+    elif tokenizer is not None:
         write_tokenizer_files(tokenizer, out)
-    (out / "generation_config.json").write_text(json.dumps(generation, indent=2) + "\n")
+    if not (out / "generation_config.json").is_file():
+        (out / "generation_config.json").write_text(json.dumps(special, indent=2) + "\n")
     # config.json last: a directory with it is complete.
     (out / "config.json").write_text(json.dumps(hf_config, indent=2) + "\n", encoding="utf-8")
     return files

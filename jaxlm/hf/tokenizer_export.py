@@ -56,7 +56,14 @@ def chat_template_jinja(tokenizer: Tokenizer) -> str:
         "{% for message in messages %}"
         f"{{% if message['role'] not in [{roles}] %}}"
         "{{ raise_exception('unknown role: ' + message['role']) }}{% endif %}"
-        f"{{{{ '{start}' + message['role'] + '\\n' + message['content'] + '{end}' + '\\n' }}}}"
+        f"{{{{ '{start}' + message['role'] + '\\n' }}}}"
+        # The assistant's words and end of turn are what SFT trains on: marked, so
+        # transformers' return_assistant_tokens_mask and TRL's assistant_only_loss see them.
+        "{% if message['role'] == 'assistant' %}{% generation %}"
+        f"{{{{ message['content'] + '{end}' }}}}"
+        "{% endgeneration %}"
+        f"{{% else %}}{{{{ message['content'] + '{end}' }}}}{{% endif %}}"
+        "{{ '\\n' }}"
         "{% endfor %}"
         f"{{% if add_generation_prompt %}}{{{{ '{start}assistant\\n' }}}}{{% endif %}}"
     )

@@ -12,7 +12,8 @@ remat, maximum length, RoPE settings): anything else would not fit the saved wei
 and is refused with the key named. With a
 `mesh`, params are restored straight into their shardings (jaxlm.sharding's logical
 rules), so a model larger than one device loads without passing through one.
-The tokenizer is the directory's own tokenizer.model (jaxlm.data.workdir_tokenizer), found
+The tokenizer is the directory's own tokenizer.model or hf_tokenizer.json (a Hugging
+Face tokenizer; jaxlm.data.tokenizer_files) (jaxlm.data.workdir_tokenizer), found
 from the directory, never from the current one. `adapters` names an adapters-only
 export to apply to the base at `path` (jaxlm.inference.adapters checks it is their base).
 """
@@ -21,6 +22,7 @@ from __future__ import annotations
 
 import dataclasses
 from pathlib import Path
+from typing import Any
 
 import jax
 import numpy as np
@@ -34,7 +36,7 @@ from jaxlm.checkpointing.params_io import (
     restore_params,
 )
 from jaxlm.config import Config, apply_overrides, config_differences
-from jaxlm.data.tokenizer import Tokenizer
+from jaxlm.data.tokenizer_files import load_tokenizer
 from jaxlm.data.workdir_tokenizer import require_owned_tokenizer
 from jaxlm.errors import InputError
 from jaxlm.inference.adapters import apply_adapters
@@ -50,7 +52,7 @@ class LoadedModel:
     cfg: Config
     graphdef: nnx.GraphDef
     params: nnx.State
-    tokenizer: Tokenizer
+    tokenizer: Any  # jaxlm.data.tokenizer.Tokenizer or jaxlm.data.hf_tokenizer.HFTokenizer
     source: str  # what was read, for messages
     mesh: Mesh | None = None
 
@@ -132,7 +134,7 @@ def load_model(
             shardings=shardings,
         )
         source = f"{source} + adapters {Path(adapters).absolute()}"
-    tokenizer = Tokenizer.load(tokenizer_path)
+    tokenizer = load_tokenizer(tokenizer_path)
     return LoadedModel(cfg, graphdef, params, tokenizer, source, mesh)
 
 

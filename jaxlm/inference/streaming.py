@@ -1,13 +1,17 @@
 """Turn a growing list of token ids into text pieces that are safe to print.
 
-SentencePiece pieces do not map one-to-one onto characters: a character outside the
-vocabulary is spelt as 2 to 4 byte-fallback tokens, and decoding only some of them
-gives U+FFFD. So the stream holds back a trailing run of byte tokens that is the
-unfinished start of a UTF-8 character, prints it once its last byte arrives, and
-drops it if generation ends first (max tokens, a stop token, Ctrl-C): a cut in the
-middle of a character never prints a replacement character. Bytes that can never
-become a character (a continuation byte with no lead, a lead followed by a normal
-piece) are the model's own output and decode to U+FFFD as SentencePiece decodes them.
+Tokens do not map one-to-one onto characters: SentencePiece spells a character
+outside its vocabulary as 2 to 4 byte-fallback tokens, and a byte-level BPE token
+(Qwen, Llama-3) may end in the first bytes of a character that the next token
+finishes. Decoding only some of them gives U+FFFD. So the stream holds back the
+trailing tokens that carry the unfinished start of a UTF-8 character, prints them
+once the character's last byte arrives, and drops them if generation ends first (max
+tokens, a stop token, Ctrl-C): a cut in the middle of a character never prints a
+replacement character. Bytes that can never become a character (a continuation byte
+with no lead, a lead followed by an ASCII byte) are the model's own output and decode
+to U+FFFD as the tokenizer decodes them.
+
+Works with any tokenizer that says which bytes each id stands for (`piece_bytes`).
 
     stream = TextStream(tokenizer)
     for token in tokens:
@@ -33,18 +37,25 @@ def _utf8_length(lead: int) -> int:
     return 1
 
 
-def unfinished_tail(tokenizer, ids: Sequence[int]) -> int:
-    """How many trailing ids are byte tokens that begin a character not yet complete."""
-    tail: list[int] = []  # byte values of the last (at most 3) byte tokens, last first
-    for token_id in reversed(ids[-3:]):
-        if not tokenizer.is_byte(token_id):
-            break
-        tail.append(int(tokenizer.id_to_piece(token_id)[3:5], 16))  # "<0xE4>" -> 0xE4
-    for count, byte in enumerate(tail, 1):
+def unfinished_bytes(data: bytes) -> int:
+    """How many trailing bytes of `data` begin a UTF-8 character not yet complete."""
+    tail = data[-3:]
+    for count, byte in enumerate(reversed(tail), 1):
         if byte & 0xC0 == 0x80:  # a continuation byte: its lead is further back
             continue
         return count if count < _utf8_length(byte) else 0
     return 0
+
+
+def unfinished_tail(tokenizer, ids: Sequence[int]) -> int:
+    """How many trailing ids carry the unfinished start of a character (0 when none)."""
+    pieces = [tokenizer.piece_bytes(token_id) for token_id in ids[-4:]]
+    missing = unfinished_bytes(b"".join(pieces))
+    held = 0
+    while missing > 0 and pieces:
+        missing -= len(pieces.pop())
+        held += 1
+    return held
 
 
 def complete_text(tokenizer, ids: Sequence[int]) -> str:

@@ -24,7 +24,7 @@ from pathlib import Path
 from types import ModuleType
 
 from jaxlm.config import Config, ConfigError, ModelConfig, apply_overrides
-from jaxlm.data.tokenizer import Tokenizer
+from jaxlm.data.tokenizer_files import load_tokenizer
 from jaxlm.presets import get_preset
 from jaxlm.training.init_from_shape import (
     inherited_overrides,
@@ -139,9 +139,9 @@ def _tokenizer_vocab(cfg: Config, chosen: dict[str, str]) -> list[str]:
     set by --set or the experiment (a preset's size is its own tokenizer's: replaced).
     A set size smaller than the tokenizer is refused: its ids would not fit."""
     path = Path(cfg.data.tokenizer)
-    if not cfg.data.tokenizer or not path.is_file():
+    if not cfg.data.tokenizer or not path.exists():
         return []  # none, or not here (yet): the run says what is missing
-    pieces = Tokenizer.load(path).vocab_size
+    pieces = load_tokenizer(path).vocab_size
     where = chosen.get("vocab_size", "")
     if where and not where.startswith("--preset"):
         if cfg.model.vocab_size < pieces:

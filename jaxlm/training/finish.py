@@ -15,6 +15,7 @@ import jax
 import numpy as np
 
 from jaxlm.analysis.plotting import plot_loss_curves
+from jaxlm.data.packing import document_prefix
 from jaxlm.inference.decode import Generator
 from jaxlm.training.hosts import barrier
 
@@ -86,7 +87,8 @@ def _report_extras(run, state, result: RunResult) -> None:
         # A sample of what the model learnt, never a reason to fail the run: the prompt
         # keeps its end and the completion is cut to fit model.max_seq_len.
         limit = cfg.model.max_seq_len
-        prompt = [tokenizer.bos_id, *tokenizer.encode(cfg.train.generate_prompt)][-(limit - 1) :]
+        prompt = [*document_prefix(tokenizer), *tokenizer.encode(cfg.train.generate_prompt)]
+        prompt = prompt[-(limit - 1) :]
         model_params = run.start.views.policy(state.params, state.frozen)
         out = Generator(cfg.model, run.start.graphdef, model_params).generate(
             [prompt],

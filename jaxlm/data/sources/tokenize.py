@@ -20,6 +20,7 @@ from typing import Any
 import numpy as np
 
 from jaxlm.data.long_text import ENCODE_CHARS, encode_ids
+from jaxlm.data.packing import document_prefix
 from jaxlm.data.sources.documents import DocumentSource, is_blank_text
 from jaxlm.data.sources.open_source import open_documents
 from jaxlm.data.sources.record_checks import OnError
@@ -76,14 +77,16 @@ class _ChunkEncoder:
                 texts.append(text)
                 kept.append(index)
         ids = self._encode(texts)
-        lengths = np.asarray([len(doc) + 2 for doc in ids], np.int64)
+        prefix = document_prefix(self.tokenizer)  # [BOS], or [] (a tokenizer without one)
+        lengths = np.asarray([len(prefix) + len(doc) + 1 for doc in ids], np.int64)
         tokens = np.empty(int(lengths.sum()), self.dtype)
         position = 0
         for doc in ids:
-            tokens[position] = self.tokenizer.bos_id
-            tokens[position + 1 : position + 1 + len(doc)] = doc
-            tokens[position + 1 + len(doc)] = self.tokenizer.eos_id
-            position += len(doc) + 2
+            start = position + len(prefix)
+            tokens[position:start] = prefix
+            tokens[start : start + len(doc)] = doc
+            tokens[start + len(doc)] = self.tokenizer.eos_id
+            position = start + len(doc) + 1
         text_bytes = sum(len(text.encode("utf-8")) for text in texts)
         return _Chunk(tokens, lengths, np.asarray(kept, np.int64), empty, skipped, text_bytes)
 
