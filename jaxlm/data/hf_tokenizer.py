@@ -382,7 +382,13 @@ class HFTokenizer:
 
     def token_bytes(self) -> np.ndarray:
         """Bytes each id adds to the text (int32 [vocab_size]); bos, eos and pad count 0
-        (jaxlm inserts them; they are not text), for exact bits per byte."""
+        (jaxlm inserts them; they are not text), for exact bits per byte.
+
+        Exact for the text as the tokenizer sees it: after its normaliser (NFC for
+        Qwen and Llama-3, which composes "e" + U+0301 into one character) and with the
+        space a SentencePiece-style tokenizer prepends to each text (Llama-2/Mistral:
+        one byte more per document).
+        """
         counts = np.array([len(b) for b in self._piece_bytes], dtype=np.int32)
         for token_id in {self.bos_id, self.eos_id, self.pad_id} - {None}:
             counts[token_id] = 0
@@ -394,7 +400,9 @@ class HFTokenizer:
         for token, token_id in self._fast.get_vocab(with_added_tokens=False).items():
             pieces[token_id] = _token_to_bytes(token, self._byte_kind)
         for token_id, token in self.added_tokens.items():
-            pieces[token_id] = token.content.encode("utf-8")
+            # An added <0xAB> in a byte-fallback tokenizer is still that byte.
+            byte = _byte_piece(token.content) if self._byte_kind == "metaspace" else None
+            pieces[token_id] = token.content.encode("utf-8") if byte is None else bytes([byte])
         return pieces
 
 
