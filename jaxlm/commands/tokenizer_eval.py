@@ -31,8 +31,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         dest="models",
         action="append",
         required=True,
-        metavar="PATH.model",
-        help="a tokenizer to measure (repeat to compare)",
+        metavar="PATH",
+        help="a tokenizer to measure: a .model, or a Hugging Face model directory or "
+        "tokenizer.json (repeat to compare)",
     )
     parser.add_argument("--max-chars", type=int, default=10_000_000, help="read at most this much")
     parser.add_argument("--repeats", type=int, default=3, help="timings are the best of these")
@@ -41,13 +42,15 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from jaxlm.data.tokenizer import Tokenizer
     from jaxlm.data.tokenizer_eval import evaluate_tokenizer, format_reports
     from jaxlm.data.tokenizer_inputs import open_inputs, read_texts
 
     if args.max_chars <= 0 or args.repeats <= 0:
         raise InputError("--max-chars and --repeats must be positive")
-    tokenizers = [Tokenizer.load(path, require_lossless=False) for path in args.models]
+    from jaxlm.data.tokenizer_files import load_tokenizer
+
+    # Either kind: a .model, or a Hugging Face model directory / tokenizer.json.
+    tokenizers = [load_tokenizer(path, require_lossless=False) for path in args.models]
     opened = open_inputs(
         args.inputs, text_field=args.text_field, split=args.split, stdlib_split="validation"
     )

@@ -17,8 +17,6 @@ from collections.abc import Sequence
 
 import numpy as np
 
-from jaxlm.data.tokenizer import Tokenizer
-
 
 @dataclasses.dataclass(frozen=True)
 class TokenizerReport:
@@ -43,9 +41,7 @@ class TokenizerReport:
         return dataclasses.asdict(self)
 
 
-def evaluate_tokenizer(
-    tokenizer: Tokenizer, documents: Sequence[str], *, repeats: int = 3
-) -> TokenizerReport:
+def evaluate_tokenizer(tokenizer, documents: Sequence[str], *, repeats: int = 3) -> TokenizerReport:
     """Compression, coverage and encode speed of `tokenizer` on `documents`."""
     if not documents:
         raise ValueError("no documents to evaluate on")
@@ -75,7 +71,9 @@ def evaluate_tokenizer(
         chars_per_token=chars / tokens,
         tokens_per_document=len(ids) / len(documents),
         byte_fallback_token_fraction=float(is_byte[ids].sum()) / tokens,
-        unk_token_fraction=float((ids == tokenizer.unk_id).sum()) / tokens,
+        unk_token_fraction=(
+            0.0 if tokenizer.unk_id is None else float((ids == tokenizer.unk_id).sum()) / tokens
+        ),
         encode_mb_per_s=megabytes / single_seconds,
         encode_tokens_per_s=len(ids) / single_seconds,
         batch_mb_per_s=megabytes / batch_seconds,
