@@ -41,7 +41,9 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+from tokenizers import Tokenizer as FastTokenizer
 
+from jaxlm.data.jinja_chat import JinjaChatTemplate
 from jaxlm.errors import InputError
 
 BUNDLE_FILE = "hf_tokenizer.json"
@@ -185,8 +187,6 @@ class HFTokenizer:
     kind = "huggingface"
 
     def __init__(self, files: Mapping[str, bytes], path: Path | str):
-        from tokenizers import Tokenizer as FastTokenizer
-
         self.path = Path(path)
         self.files = dict(files)
         self._bundle = bundle_bytes(self.files)
@@ -198,7 +198,8 @@ class HFTokenizer:
             self._fast = FastTokenizer.from_str(raw.decode("utf-8"))
         except Exception as error:  # tokenizers raises plain Exception subclasses
             first = str(error).splitlines()[0] if str(error) else type(error).__name__
-            raise InputError(f"{where}: not a usable Hugging Face tokenizer ({first})") from None
+            reason = f"not a usable Hugging Face tokenizer.json ({first})"
+            raise InputError(f"{where}: {reason}") from None
         self._where = where
         self._byte_kind = _byte_kind(spec, where)
         self.config = self._json("tokenizer_config.json")
@@ -309,8 +310,6 @@ class HFTokenizer:
     @property
     def chat_template(self):
         """The model's Jinja chat template (jaxlm.data.jinja_chat), or None without one."""
-        from jaxlm.data.jinja_chat import JinjaChatTemplate
-
         source = self.chat_template_source()
         return None if source is None else JinjaChatTemplate(source, self)
 

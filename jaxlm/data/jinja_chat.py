@@ -36,8 +36,12 @@ from collections.abc import Sequence
 from datetime import datetime
 from typing import Any
 
+import jinja2
 import numpy as np
+from jinja2.ext import Extension, loopcontrols
+from jinja2.sandbox import ImmutableSandboxedEnvironment
 
+from jaxlm.data.think import think_pieces
 from jaxlm.errors import InputError
 
 MARK_START, MARK_END = "\U000f0000", "\U000f0001"
@@ -50,10 +54,6 @@ class ChatTemplateError(InputError):
 
 @functools.lru_cache(maxsize=8)
 def _compile(source: str):
-    import jinja2
-    from jinja2.ext import Extension, loopcontrols
-    from jinja2.sandbox import ImmutableSandboxedEnvironment
-
     class GenerationSpans(Extension):
         """`{% generation %}` records where its text lands in the output."""
 
@@ -127,8 +127,6 @@ class _TemplateDict:
 
 def _literal_text(source: str) -> str:
     """The template's literal strings, joined by NULs so a search cannot span two."""
-    import jinja2
-
     env, _ = _compile(source)
     ast = env.parse(source)
     literals = {node.data for node in ast.find_all(jinja2.nodes.TemplateData)}
@@ -305,8 +303,6 @@ class JinjaChatTemplate:
         self, messages: Sequence[Any], *, tools: list | None = None, think_weight: float = 1.0
     ) -> tuple[list[int], np.ndarray, int]:
         """(ids, per-id loss weights, index of the first id of the last trained span)."""
-        from jaxlm.data.think import think_pieces
-
         text, spans = self.trained_spans(messages, tools=tools)
         ids, offsets = self.encode_marked(text)
         weights = np.zeros(len(ids), np.float32)

@@ -51,9 +51,15 @@ def document_prefix(tokenizer: TextEncoder) -> list[int]:
 
 def document_tokens(text: str, tokenizer: TextEncoder) -> np.ndarray:
     """`[BOS] + encode(text) + [EOS]` as int32 (no BOS when the tokenizer has none)."""
-    return np.asarray(
-        [*document_prefix(tokenizer), *encode_ids(text, tokenizer), tokenizer.eos_id], np.int32
-    )
+    prefix = document_prefix(tokenizer)
+    ids = encode_ids(text, tokenizer)
+    # Filled in place: unpacking `ids` into a list would hold ~36 bytes a token as
+    # Python ints, where the int32 array needs 4 (one long line can be ~10^6 tokens).
+    tokens = np.empty(len(prefix) + len(ids) + 1, dtype=np.int32)
+    tokens[: len(prefix)] = prefix
+    tokens[len(prefix) : -1] = ids
+    tokens[-1] = tokenizer.eos_id
+    return tokens
 
 
 def split_long_document(tokens: np.ndarray, max_len: int) -> list[np.ndarray]:
