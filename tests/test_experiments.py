@@ -121,7 +121,8 @@ def shrunk_overrides(name: str, cfg: Config, shared) -> list[str]:
 # The longest to shrink and run (24-71 s each on 2 cores) run with the slow tests; the
 # default run trains every other experiment, and the config/docstring test above covers
 # every experiment.
-SLOW_EXPERIMENTS = {"context_extension", "llama_1b", "dpo"}
+# posttrain_chain: test_console_summaries.py runs the same pretrain -> SFT -> DPO chain by the CLI.
+SLOW_EXPERIMENTS = {"context_extension", "llama_1b", "dpo", "posttrain_chain"}
 
 
 @pytest.mark.parametrize(
