@@ -57,18 +57,27 @@ class ModelConfig:
     # RoPE scaling for context extension (jaxlm.models.rope): "linear" (position
     # interpolation), "ntk" (NTK-aware base change), "yarn" or "llama3" (Llama 3.1's
     # frequency-banded interpolation), by rope_scaling_factor (new context / original
-    # context, >= 1). rope_original_max_len is the context the model was trained at
-    # before extension: yarn and llama3 need it (> 0); 0 means not given, which linear
-    # and ntk, defined by the factor alone, do not read.
-    rope_scaling: Literal["none", "linear", "ntk", "yarn", "llama3"] = dataclasses.field(
-        default="none", metadata=KEEPS_WEIGHTS
+    # context, >= 1). "yarn_hf" and "dynamic_ntk" are YaRN and dynamic NTK exactly as
+    # transformers computes them (rope types "yarn", "dynamic"; jaxlm.models.rope_hf),
+    # for imported checkpoints. rope_original_max_len is the context the model was
+    # trained at before extension: every method but linear and ntk needs it (> 0; for
+    # dynamic_ntk it is transformers' max_position_embeddings); 0 means not given.
+    rope_scaling: Literal["none", "linear", "ntk", "yarn", "llama3", "yarn_hf", "dynamic_ntk"] = (
+        dataclasses.field(default="none", metadata=KEEPS_WEIGHTS)
     )
     rope_scaling_factor: float = dataclasses.field(default=1.0, metadata=KEEPS_WEIGHTS)
     rope_original_max_len: int = dataclasses.field(default=0, metadata=KEEPS_WEIGHTS)
-    # yarn: extrapolate dims turning more often than beta_fast, interpolate those
-    # turning less often than beta_slow.
+    # yarn and yarn_hf: extrapolate dims turning more often than beta_fast, interpolate
+    # those turning less often than beta_slow.
     rope_yarn_beta_fast: float = dataclasses.field(default=32.0, metadata=KEEPS_WEIGHTS)
     rope_yarn_beta_slow: float = dataclasses.field(default=1.0, metadata=KEEPS_WEIGHTS)
+    # yarn_hf only (transformers' rope_parameters of the same names): round the ramp's
+    # edges to whole pairs; the factor cos and sin are multiplied by (0 = derive it:
+    # mscale / mscale_all_dim ratio when both are non-zero, else 0.1 ln(s) + 1).
+    rope_yarn_truncate: bool = dataclasses.field(default=True, metadata=KEEPS_WEIGHTS)
+    rope_yarn_attention_factor: float = dataclasses.field(default=0.0, metadata=KEEPS_WEIGHTS)
+    rope_yarn_mscale: float = dataclasses.field(default=0.0, metadata=KEEPS_WEIGHTS)
+    rope_yarn_mscale_all_dim: float = dataclasses.field(default=0.0, metadata=KEEPS_WEIGHTS)
     # llama3: pairs whose wavelength is below original_max_len / high_freq_factor keep
     # their frequency, above original_max_len / low_freq_factor are interpolated.
     rope_llama3_low_freq_factor: float = dataclasses.field(default=1.0, metadata=KEEPS_WEIGHTS)
@@ -429,12 +438,21 @@ def config_differences(old: dict[str, Any], new: dict[str, Any], prefix: str = "
     return changes
 
 
+_ROPE_METHODS = ("none", "linear", "ntk", "yarn", "llama3", "yarn_hf", "dynamic_ntk")
+# yarn_hf's own keys and their "not set" values: other methods never read them.
+_YARN_HF_ONLY = {
+    "rope_yarn_truncate": True,
+    "rope_yarn_attention_factor": 0.0,
+    "rope_yarn_mscale": 0.0,
+    "rope_yarn_mscale_all_dim": 0.0,
+}
+
+
 def _check_rope_scaling(cfg: ModelConfig) -> None:
     method, factor = cfg.rope_scaling, cfg.rope_scaling_factor
-    if method not in ("none", "linear", "ntk", "yarn", "llama3"):
-        raise ConfigError(
-            f"model.rope_scaling={method!r} is not one of 'none', 'linear', 'ntk', 'yarn', 'llama3'"
-        )
+    if method not in _ROPE_METHODS:
+        listed = ", ".join(repr(m) for m in _ROPE_METHODS)
+        raise ConfigError(f"model.rope_scaling={method!r} is not one of {listed}")
     if cfg.rope_theta <= 0:
         raise ConfigError(f"model.rope_theta={cfg.rope_theta} must be positive")
     if not factor >= 1.0:  # also refuses NaN
@@ -444,17 +462,17 @@ def _check_rope_scaling(cfg: ModelConfig) -> None:
     if method == "none" and factor != 1.0:
         raise ConfigError(
             f"model.rope_scaling_factor={factor} has no effect with model.rope_scaling=none; "
-            "choose linear, ntk, yarn or llama3"
+            "choose linear, ntk, yarn, llama3, yarn_hf or dynamic_ntk"
         )
     if cfg.rope_original_max_len < 0:
         raise ConfigError(
             f"model.rope_original_max_len={cfg.rope_original_max_len} must be >= 0 (0 = not given)"
         )
-    if method == "ntk" and cfg.resolved_head_dim < 4:
+    if method in ("ntk", "dynamic_ntk") and cfg.resolved_head_dim < 4:
         raise ConfigError(
-            f"model.rope_scaling=ntk needs model.head_dim >= 4, got {cfg.resolved_head_dim}"
+            f"model.rope_scaling={method} needs model.head_dim >= 4, got {cfg.resolved_head_dim}"
         )
-    if method in ("llama3", "yarn") and cfg.rope_original_max_len <= 0:
+    if method in ("llama3", "yarn", "yarn_hf", "dynamic_ntk") and cfg.rope_original_max_len <= 0:
         raise ConfigError(
             f"model.rope_scaling={method} needs model.rope_original_max_len > 0 (the context "
             "length the model was trained at before extension)"
@@ -466,12 +484,22 @@ def _check_rope_scaling(cfg: ModelConfig) -> None:
             f"model.rope_llama3_high_freq_factor={high} must "
             "satisfy 0 < low_freq_factor < high_freq_factor"
         )
-    if method == "yarn" and not 0 < cfg.rope_yarn_beta_slow < cfg.rope_yarn_beta_fast:
+    if method in ("yarn", "yarn_hf") and not 0 < cfg.rope_yarn_beta_slow < cfg.rope_yarn_beta_fast:
         raise ConfigError(
             f"model.rope_yarn_beta_slow={cfg.rope_yarn_beta_slow} and "
             f"model.rope_yarn_beta_fast={cfg.rope_yarn_beta_fast} must satisfy "
             "0 < beta_slow < beta_fast"
         )
+    for key in ("rope_yarn_attention_factor", "rope_yarn_mscale", "rope_yarn_mscale_all_dim"):
+        if getattr(cfg, key) < 0:
+            raise ConfigError(f"model.{key}={getattr(cfg, key)} must be >= 0 (0 = not given)")
+    if method != "yarn_hf":
+        for key, unset in _YARN_HF_ONLY.items():
+            if getattr(cfg, key) != unset:
+                raise ConfigError(
+                    f"model.{key}={getattr(cfg, key)} has no effect with "
+                    f"model.rope_scaling={method}; only yarn_hf reads it"
+                )
 
 
 def _check_name(name: str) -> None:

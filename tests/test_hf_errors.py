@@ -51,8 +51,12 @@ def _write_raw(path, header: dict, data: bytes):
         ({"auto_map": {"AutoModel": "x.Y"}}, "auto_map"),
         ({"use_sliding_window": True}, "use_sliding_window"),
         ({"model_type": "gpt2"}, "model_type"),
-        ({"rope_parameters": {"rope_type": "yarn", "factor": 4.0}}, "rope_type"),
-        ({"rope_parameters": {"rope_type": "dynamic", "factor": 2.0}}, "rope_type"),
+        ({"rope_parameters": {"rope_type": "longrope", "factor": 4.0}}, "rope_type"),
+        (
+            {"rope_parameters": {"rope_type": "yarn", "factor": 4.0, "partial_rotary_factor": 0.5}},
+            "partial_rotary_factor",
+        ),
+        ({"rope_parameters": {"rope_type": "dynamic"}}, r"rope_parameters\.factor is missing"),
     ],
 )
 def test_unsupported_config_is_refused_naming_file_and_key(hf_dir, tmp_path, changes, named):

@@ -23,6 +23,7 @@ stack (on the stack that wrote the fixture they are bitwise equal). Arrays that 
 only stored and read back must agree bit for bit.
 """
 
+import dataclasses
 import json
 import shutil
 import subprocess
@@ -35,6 +36,7 @@ import pytest
 from helpers import runs
 
 from jaxlm import cli
+from jaxlm.config import ModelConfig
 
 FIXTURE = Path(__file__).parent / "fixtures" / "pre_packages"
 EXPERIMENT = Path(__file__).resolve().parents[1] / "experiments" / "quickstart.py"
@@ -111,8 +113,15 @@ def test_the_old_run_resumes_from_its_checkpoint_to_the_old_losses(old):
 def test_exporting_the_old_run_writes_the_old_export(old, tmp_path):
     jaxlm("export", old / "run", tmp_path / "export")
     assert_same_arrays(tmp_path / "export", old / "export")
-    config = json.loads((tmp_path / "export" / "config.json").read_text())
-    assert config["model"] == json.loads((old / "export" / "config.json").read_text())["model"]
+    model = json.loads((tmp_path / "export" / "config.json").read_text())["model"]
+    old_model = json.loads((old / "export" / "config.json").read_text())["model"]
+    assert {key: model[key] for key in old_model} == old_model
+    # Keys added since the fixture was written take their defaults (what the old code
+    # computed), e.g. the yarn_hf options.
+    defaults = {field.name: field.default for field in dataclasses.fields(ModelConfig)}
+    assert {key: model[key] for key in set(model) - set(old_model)} == {
+        key: defaults[key] for key in set(model) - set(old_model)
+    }
 
 
 def test_exporting_the_old_lora_run_writes_its_old_adapters(old, tmp_path):

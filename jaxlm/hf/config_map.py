@@ -2,7 +2,7 @@
 
 Import reads the four model types jaxlm computes exactly:
 
-    llama    Llama 2 / 3 / 3.x (rope types default, linear, llama3)
+    llama    Llama 2 / 3 / 3.x (rope types default, linear, llama3, yarn, dynamic)
     mistral  Llama with grouped-query attention and a sliding window (see below)
     qwen2    q/k/v projection biases
     qwen3    QK-norm (RMSNorm over each head, before RoPE)
@@ -23,8 +23,17 @@ Qwen's use_sliding_window=true is refused (it applies to some layers only).
 
 Export picks the architecture from the features a model uses: QK-norm -> Qwen3,
 attention biases -> Qwen2, otherwise Llama (which Mistral without a window is).
-RoPE scalings without a transformers equivalent (jaxlm's ntk and yarn, whose ramp is
-continuous where transformers' is rounded to whole pairs) are refused.
+
+RoPE: rope types default, linear and llama3 map to jaxlm's methods of those names;
+"yarn" to yarn_hf and "dynamic" to dynamic_ntk, jaxlm's exact copies of transformers'
+computations (jaxlm.models.rope_hf), and back on export. transformers' YaRN reads
+original_max_position_embeddings (default max_position_embeddings) and, without a
+factor, takes max_position_embeddings / original; its dynamic NTK grows the base past
+max_position_embeddings, which becomes model.rope_original_max_len (model.max_seq_len
+starts there too: raise it with --set to run longer sequences), and an export of
+dynamic_ntk writes rope_original_max_len as max_position_embeddings. jaxlm's own ntk
+and yarn have no transformers equivalent (yarn's ramp runs over rotation counts, not
+pair indices) and are refused on export.
 """
 
 from __future__ import annotations
@@ -106,6 +115,20 @@ _ROPE_KEYS = {
         "high_freq_factor",
         "original_max_position_embeddings",
     },
+    "yarn": {
+        "rope_type",
+        "type",
+        "rope_theta",
+        "factor",
+        "original_max_position_embeddings",
+        "beta_fast",
+        "beta_slow",
+        "truncate",
+        "attention_factor",
+        "mscale",
+        "mscale_all_dim",
+    },
+    "dynamic": {"rope_type", "type", "rope_theta", "factor"},
 }
 
 
@@ -178,6 +201,12 @@ def model_config_from_hf(data: dict[str, Any], where: Path | str) -> ImportedCon
         attention_bias=family == "qwen2" or bool(data.get("attention_bias", False)),
         **_rope_fields(data, where),
     )
+    if fields.get("rope_scaling") == "dynamic_ntk":
+        notes.append(
+            f"rope dynamic: the base grows past max_position_embeddings={max_len}; "
+            "model.max_seq_len stays there, raise it with --set model.max_seq_len=... "
+            "to run longer sequences"
+        )
     try:
         model = ModelConfig(**fields)
     except ConfigError as error:
@@ -201,16 +230,57 @@ def _rope_fields(data: dict[str, Any], where: Path | str) -> dict[str, Any]:
     extra = set(params) - _ROPE_KEYS[kind]
     if extra:
         raise InputError(f"{where}: {key}.{sorted(extra)[0]} is not supported for rope {kind}")
+
+    def number(name: str, default: Any = None) -> Any:
+        """params[name] (a missing or null one is `default`), checked to be a number."""
+        value = params.get(name)
+        value = default if value is None else value
+        if value is None:
+            raise InputError(f"{where}: {key}.{name} is missing (rope {kind} needs it)")
+        if isinstance(value, bool) or not isinstance(value, (int, float)):
+            raise InputError(f"{where}: {key}.{name}={value!r} is not a number")
+        return value
+
     fields: dict[str, Any] = {"rope_theta": float(theta)}
     if kind == "linear":
-        fields.update(rope_scaling="linear", rope_scaling_factor=float(params["factor"]))
+        fields.update(rope_scaling="linear", rope_scaling_factor=float(number("factor")))
     elif kind == "llama3":
         fields.update(
             rope_scaling="llama3",
-            rope_scaling_factor=float(params["factor"]),
-            rope_original_max_len=int(params["original_max_position_embeddings"]),
-            rope_llama3_low_freq_factor=float(params.get("low_freq_factor", 1.0)),
-            rope_llama3_high_freq_factor=float(params.get("high_freq_factor", 4.0)),
+            rope_scaling_factor=float(number("factor")),
+            rope_original_max_len=int(number("original_max_position_embeddings")),
+            rope_llama3_low_freq_factor=float(number("low_freq_factor", 1.0)),
+            rope_llama3_high_freq_factor=float(number("high_freq_factor", 4.0)),
+        )
+    elif kind == "yarn":
+        # transformers' defaults: the original length is max_position_embeddings, the
+        # factor their ratio; beta_fast/slow are read with `or`, so 0 is the default too.
+        original = int(number("original_max_position_embeddings", data["max_position_embeddings"]))
+        if original <= 0:
+            raise InputError(
+                f"{where}: {key}.original_max_position_embeddings={original} must be positive"
+            )
+        truncate = params.get("truncate", True)
+        if not isinstance(truncate, bool):
+            raise InputError(f"{where}: {key}.truncate={truncate!r} is not true or false")
+        fields.update(
+            rope_scaling="yarn_hf",
+            rope_scaling_factor=float(number("factor", data["max_position_embeddings"] / original)),
+            rope_original_max_len=original,
+            rope_yarn_beta_fast=float(number("beta_fast", 32.0) or 32.0),
+            rope_yarn_beta_slow=float(number("beta_slow", 1.0) or 1.0),
+            rope_yarn_truncate=truncate,
+            # 0 = not given, as transformers' None (its tests are truthiness too).
+            rope_yarn_attention_factor=float(number("attention_factor", 0.0)),
+            rope_yarn_mscale=float(number("mscale", 0.0)),
+            rope_yarn_mscale_all_dim=float(number("mscale_all_dim", 0.0)),
+        )
+    elif kind == "dynamic":
+        # transformers grows the base past max_position_embeddings: the original length.
+        fields.update(
+            rope_scaling="dynamic_ntk",
+            rope_scaling_factor=float(number("factor")),
+            rope_original_max_len=int(data["max_position_embeddings"]),
         )
     return fields
 
@@ -243,7 +313,12 @@ def hf_config_from_model(
         "num_key_value_heads": model.n_kv_heads,
         "head_dim": model.resolved_head_dim,
         "hidden_act": "silu",
-        "max_position_embeddings": model.max_seq_len,
+        # dynamic NTK grows its base past max_position_embeddings: the original length.
+        "max_position_embeddings": (
+            model.rope_original_max_len
+            if model.rope_scaling == "dynamic_ntk"
+            else model.max_seq_len
+        ),
         "rms_norm_eps": model.norm_eps,
         "tie_word_embeddings": model.tie_embeddings,
         "rope_parameters": _rope_parameters(model),
@@ -278,7 +353,28 @@ def _rope_parameters(model: ModelConfig) -> dict[str, Any]:
             "high_freq_factor": model.rope_llama3_high_freq_factor,
             "original_max_position_embeddings": model.rope_original_max_len,
         }
+    if model.rope_scaling == "yarn_hf":
+        params = {
+            "rope_type": "yarn",
+            "rope_theta": theta,
+            "factor": model.rope_scaling_factor,
+            "original_max_position_embeddings": model.rope_original_max_len,
+            "beta_fast": model.rope_yarn_beta_fast,
+            "beta_slow": model.rope_yarn_beta_slow,
+            "truncate": model.rope_yarn_truncate,
+        }
+        # Only what was given: transformers reads a missing key as "derive it".
+        for name, value in (
+            ("attention_factor", model.rope_yarn_attention_factor),
+            ("mscale", model.rope_yarn_mscale),
+            ("mscale_all_dim", model.rope_yarn_mscale_all_dim),
+        ):
+            if value:
+                params[name] = value
+        return params
+    if model.rope_scaling == "dynamic_ntk":
+        return {"rope_type": "dynamic", "rope_theta": theta, "factor": model.rope_scaling_factor}
     raise InputError(
         f"model.rope_scaling={model.rope_scaling} has no exact transformers equivalent "
-        "(export supports none, linear and llama3)"
+        "(export supports none, linear, llama3, yarn_hf and dynamic_ntk)"
     )

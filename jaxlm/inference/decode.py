@@ -93,7 +93,10 @@ class Generator:
     def _prefill_fn(self, params, cache, tokens_BP, lengths_B, key, *, sampling):
         B, P = tokens_BP.shape
         valid_BP = jnp.arange(P)[None, :] < lengths_B[:, None]
-        positions_BP = jnp.broadcast_to(jnp.arange(P, dtype=jnp.int32), (B, P))
+        # Padding slots get position 0 (they are never attended to): dynamic RoPE scaling
+        # reads the call's length from the largest position, which must then be the
+        # longest prompt's, as in transformers, not the padded bucket's.
+        positions_BP = jnp.where(valid_BP, jnp.arange(P, dtype=jnp.int32)[None, :], 0)
         logits_BV, cache = forward_cached(
             self.cfg,
             self.graphdef,

@@ -42,10 +42,17 @@ gives m_i = 1, plain RoPE, for every method):
   between is blended linearly in r_i. No attention temperature. This is exactly
   what Hugging Face's "llama3" rope type computes, so imported Llama 3.x checkpoints
   reproduce their logits.
+- "yarn_hf" and "dynamic_ntk": YaRN and dynamic NTK exactly as transformers computes
+  them (rope types "yarn" and "dynamic"), for imported checkpoints; formulas and what
+  is exact in jaxlm.models.rope_hf. transformers' YaRN ramps linearly in the pair
+  index with band edges rounded to whole pairs, so its frequencies differ from "yarn"
+  above; dynamic NTK's base depends on the length of each call.
 
-The multipliers depend only on the static configuration, so they are computed once
-in float64 and enter the traced computation as constants; the rotation itself runs
-in float32 whatever the compute dtype.
+The multipliers of every method but dynamic_ntk depend only on the static
+configuration, so they are computed once on the host (in float64; yarn_hf in float32,
+as transformers does) and enter the traced computation as constants; dynamic_ntk's
+depend on the traced length of the call. The rotation itself runs in float32
+whatever the compute dtype.
 
 Dimension legend: B batch, T sequence, N heads, H head dim.
 """
@@ -61,9 +68,17 @@ import jax.numpy as jnp
 import numpy as np
 
 from jaxlm.config import ModelConfig
+from jaxlm.models.rope_hf import (
+    dynamic_ntk_frequencies,
+    yarn_hf_attention_factor,
+    yarn_hf_frequencies,
+)
 
-ScalingMethod = Literal["none", "linear", "ntk", "yarn", "llama3"]
-METHODS: tuple[str, ...] = ("none", "linear", "ntk", "yarn", "llama3")
+ScalingMethod = Literal["none", "linear", "ntk", "yarn", "llama3", "yarn_hf", "dynamic_ntk"]
+METHODS: tuple[str, ...] = ("none", "linear", "ntk", "yarn", "llama3", "yarn_hf", "dynamic_ntk")
+# Methods that read original_max_len (> 0 required); those that read beta_fast/slow.
+_NEED_ORIGINAL = ("yarn", "llama3", "yarn_hf", "dynamic_ntk")
+_BANDED = ("yarn", "llama3", "yarn_hf")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -71,9 +86,11 @@ class RopeScaling:
     """How RoPE is scaled; hashable, so it can be a static argument of a jitted function.
 
     `factor` is s = new context / original context; `original_max_len` is the context
-    the model was trained at before extension (only "yarn" and "llama3" read it; 0 =
-    not given). "llama3" reads its band edges from beta_slow (low_freq_factor) and
-    beta_fast (high_freq_factor).
+    the model was trained at before extension (read by yarn, llama3, yarn_hf and
+    dynamic_ntk; 0 = not given). "llama3" reads its band edges from beta_slow
+    (low_freq_factor) and beta_fast (high_freq_factor). Only "yarn_hf" reads
+    `truncate`, `fixed_attention_factor` (0 = derive it), `mscale` and
+    `mscale_all_dim` (0 = not given), transformers' YaRN options.
     ModelConfig validates these with messages naming the config keys; the checks here
     only guard direct use.
     """
@@ -83,16 +100,19 @@ class RopeScaling:
     original_max_len: int = 0
     beta_fast: float = 32.0
     beta_slow: float = 1.0
+    truncate: bool = True
+    fixed_attention_factor: float = 0.0
+    mscale: float = 0.0
+    mscale_all_dim: float = 0.0
 
     def __post_init__(self):
         if self.method not in METHODS:
             raise ValueError(f"RoPE scaling method {self.method!r} is not one of {METHODS}")
         if not self.factor >= 1.0:
             raise ValueError(f"RoPE scaling factor {self.factor} must be >= 1")
-        banded = self.method in ("yarn", "llama3")
-        if banded and self.original_max_len <= 0:
+        if self.method in _NEED_ORIGINAL and self.original_max_len <= 0:
             raise ValueError(f"{self.method} needs original_max_len > 0")
-        if banded and not 0 < self.beta_slow < self.beta_fast:
+        if self.method in _BANDED and not 0 < self.beta_slow < self.beta_fast:
             raise ValueError(f"{self.method} needs 0 < beta_slow ({self.beta_slow}) < beta_fast")
 
     @classmethod
@@ -102,17 +122,31 @@ class RopeScaling:
             beta_fast, beta_slow = cfg.rope_llama3_high_freq_factor, cfg.rope_llama3_low_freq_factor
         else:
             beta_fast, beta_slow = cfg.rope_yarn_beta_fast, cfg.rope_yarn_beta_slow
+        hf_yarn_options = {}
+        if cfg.rope_scaling == "yarn_hf":
+            hf_yarn_options = dict(
+                truncate=cfg.rope_yarn_truncate,
+                fixed_attention_factor=cfg.rope_yarn_attention_factor,
+                mscale=cfg.rope_yarn_mscale,
+                mscale_all_dim=cfg.rope_yarn_mscale_all_dim,
+            )
         return cls(
             method=cfg.rope_scaling,
             factor=cfg.rope_scaling_factor,
             original_max_len=cfg.rope_original_max_len,
             beta_fast=beta_fast,
             beta_slow=beta_slow,
+            **hf_yarn_options,
         )
 
     @property
     def attention_factor(self) -> float:
-        """What rotated q and k are multiplied by: YaRN's sqrt(1/t) = 0.1 ln(s) + 1; else 1."""
+        """What rotated q and k are multiplied by: YaRN's sqrt(1/t) = 0.1 ln(s) + 1
+        (yarn_hf: transformers' rule, see rope_hf); else 1."""
+        if self.method == "yarn_hf":
+            return yarn_hf_attention_factor(
+                self.factor, self.fixed_attention_factor, self.mscale, self.mscale_all_dim
+            )
         if self.method != "yarn":
             return 1.0
         return 0.1 * math.log(self.factor) + 1.0
@@ -141,11 +175,17 @@ def frequency_multipliers(head_dim: int, theta: float, scaling: RopeScaling) -> 
     """m_i such that the scaled inverse frequency of pair i is m_i * theta^(-2i/H).
 
     float64; exactly 1 for every pair when the factor is 1 (see the module docstring).
+    dynamic_ntk: those at or below the original length (plain RoPE); yarn_hf: the ratio
+    of its float32 table to plain RoPE's.
     """
     s = float(scaling.factor)
     half = head_dim // 2
-    if scaling.method == "none":
+    if scaling.method in ("none", "dynamic_ntk"):
         return np.ones(half)
+    if scaling.method == "yarn_hf":
+        return _yarn_hf_table(head_dim, theta, scaling).astype(np.float64) / (
+            theta ** (-np.arange(0, head_dim, 2, dtype=np.float64) / head_dim)
+        )
     if scaling.method == "linear":
         return np.full(half, 1.0 / s)
     if scaling.method == "ntk":
@@ -157,8 +197,30 @@ def frequency_multipliers(head_dim: int, theta: float, scaling: RopeScaling) -> 
     return 1.0 - (1.0 - gamma) * (1.0 - 1.0 / s)
 
 
+def _yarn_hf_table(head_dim: int, theta: float, scaling: RopeScaling) -> np.ndarray:
+    return yarn_hf_frequencies(
+        head_dim,
+        theta,
+        scaling.factor,
+        scaling.original_max_len,
+        scaling.beta_fast,
+        scaling.beta_slow,
+        scaling.truncate,
+    )
+
+
 def scaled_frequencies(head_dim: int, theta: float, scaling: RopeScaling = NO_SCALING) -> jax.Array:
-    """The inverse frequencies apply_rope rotates by: m_i * theta^(-2i/H), float32."""
+    """The inverse frequencies apply_rope rotates by: m_i * theta^(-2i/H), float32.
+
+    yarn_hf: transformers' float32 table itself; dynamic_ntk: the table at or below the
+    original length (apply_rope computes the grown one from the positions).
+    """
+    if scaling.method == "yarn_hf":
+        return jnp.asarray(_yarn_hf_table(head_dim, theta, scaling))
+    if scaling.method == "dynamic_ntk":
+        return dynamic_ntk_frequencies(
+            head_dim, theta, scaling.factor, scaling.original_max_len, jnp.int32(0)
+        )
     freqs = rope_frequencies(head_dim, theta)
     if scaling.method == "none":
         return freqs
@@ -174,18 +236,27 @@ def apply_rope(
 ) -> jax.Array:
     """Rotate pairs (x[i], x[i + H/2]) by position * frequency[i], in float32.
 
-    With a scaling, the frequencies are `scaled_frequencies` and the result is
-    multiplied by `scaling.attention_factor` (YaRN); queries and keys alike go
-    through here, so a KV cache stores keys exactly as training computed them.
+    With a scaling, the frequencies are `scaled_frequencies` and cos and sin are
+    multiplied by `scaling.attention_factor` (YaRN), as transformers does; queries and
+    keys alike go through here, so a KV cache stores keys exactly as training computed
+    them. dynamic_ntk's frequencies depend on the call's length, the largest position
+    in `positions_BT` + 1 (over the whole batch, as transformers): callers give padding
+    a position no larger than the real tokens' (packing and the decoder use 0).
     """
     head_dim = x_BTNH.shape[-1]
-    freqs = scaled_frequencies(head_dim, theta, scaling)
+    if scaling.method == "dynamic_ntk":
+        length = jnp.max(positions_BT) + 1
+        freqs = dynamic_ntk_frequencies(
+            head_dim, theta, scaling.factor, scaling.original_max_len, length
+        )
+    else:
+        freqs = scaled_frequencies(head_dim, theta, scaling)
     angles_BTh = positions_BT.astype(jnp.float32)[..., None] * freqs
     sin = jnp.sin(angles_BTh)[:, :, None, :]
     cos = jnp.cos(angles_BTh)[:, :, None, :]
+    if scaling.attention_factor != 1.0:
+        sin, cos = sin * scaling.attention_factor, cos * scaling.attention_factor
     x32 = x_BTNH.astype(jnp.float32)
     first, second = jnp.split(x32, 2, axis=-1)
     rotated = jnp.concatenate([first * cos - second * sin, second * cos + first * sin], axis=-1)
-    if scaling.attention_factor != 1.0:
-        rotated = rotated * scaling.attention_factor
     return rotated.astype(x_BTNH.dtype)

@@ -45,7 +45,13 @@ CASES = {
 
 def build(case: str, seed: int = 0) -> transformers.PreTrainedModel:
     """A random fp32 model of `case` (CASES), in eval mode."""
-    config_cls, model_cls, overrides = CASES[case]
+    return build_model(*CASES[case], seed=seed)
+
+
+def build_model(
+    config_cls: str, model_cls: str, overrides: dict, seed: int = 0
+) -> transformers.PreTrainedModel:
+    """A random fp32 model of the named transformers classes with these config overrides."""
     kwargs = dict(
         vocab_size=VOCAB,
         hidden_size=D,
