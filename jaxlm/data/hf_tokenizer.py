@@ -202,6 +202,7 @@ class HFTokenizer:
             raise InputError(f"{where}: {reason}") from None
         self._where = where
         self._byte_kind = _byte_kind(spec, where)
+        self._token_sources: dict[str, str] = {}  # special token key -> file naming it
         self.config = self._json("tokenizer_config.json")
         self.special_tokens_map = self._json("special_tokens_map.json")
         self.generation_config = self._json("generation_config.json")
@@ -254,13 +255,17 @@ class HFTokenizer:
 
     def _token_name(self, key: str) -> str | None:
         """A special token's text from tokenizer_config.json, else special_tokens_map.json."""
-        for source in (self.config, self.special_tokens_map):
+        for name, source in (
+            ("tokenizer_config.json", self.config),
+            ("special_tokens_map.json", self.special_tokens_map),
+        ):
             value = source.get(key)
             if isinstance(value, dict):  # {"content": "<s>", "lstrip": false, ...}
                 value = value.get("content")
             if value is not None:
                 if not isinstance(value, str):
-                    raise InputError(f"{self.path}: {key} must be a string, got {value!r}")
+                    raise InputError(f"{self.path}: {name} {key} must be a string, got {value!r}")
+                self._token_sources[key] = name
                 return value
         return None
 
@@ -269,7 +274,11 @@ class HFTokenizer:
             return None
         token_id = self._fast.token_to_id(token)
         if token_id is None:
-            raise InputError(f"{self.path}: {key} {token!r} is not in {self._where}'s vocabulary")
+            source = self._token_sources.get(key, "tokenizer_config.json")
+            raise InputError(
+                f"{self.path}: {source} names {key} {token!r}, which is not in "
+                f"{self._where.name}'s vocabulary"
+            )
         return token_id
 
     def _required_id(self, token: str | None, key: str) -> int:
@@ -292,7 +301,14 @@ class HFTokenizer:
         ids = [self.eos_id]
         configured = self.generation_config.get("eos_token_id")
         for token_id in configured if isinstance(configured, list) else [configured]:
-            if isinstance(token_id, int) and token_id not in ids:
+            if token_id is None:
+                continue
+            if not isinstance(token_id, int) or isinstance(token_id, bool):
+                raise InputError(
+                    f"{self.path}: generation_config.json eos_token_id must be an id or a list "
+                    f"of ids, got {configured!r}"
+                )
+            if token_id not in ids:
                 if not 0 <= token_id < self.vocab_size:
                     raise InputError(
                         f"{self.path}: generation_config.json eos_token_id {token_id} is outside "

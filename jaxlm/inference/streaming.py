@@ -47,13 +47,25 @@ def unfinished_bytes(data: bytes) -> int:
     return 0
 
 
+def _last_bytes(tokenizer, ids: Sequence[int], end: int) -> bytes:
+    """At least the last 3 bytes of ids[:end] (fewer only when that is all there is)."""
+    data, start = b"", end
+    while start > 0 and len(data) < 3:
+        start -= 1
+        data = tokenizer.piece_bytes(ids[start]) + data
+    return data
+
+
 def unfinished_tail(tokenizer, ids: Sequence[int]) -> int:
-    """How many trailing ids carry the unfinished start of a character (0 when none)."""
-    pieces = [tokenizer.piece_bytes(token_id) for token_id in ids[-4:]]
-    missing = unfinished_bytes(b"".join(pieces))
+    """How many trailing ids to hold so the rest ends on a character boundary.
+
+    Holding the ids that carry an unfinished character is not always enough: a
+    byte-level BPE token can finish one character and start the next (Qwen's
+    b"\xa5\xe6\x99" ends "工" and begins "智"), so once it is held the token before it
+    ends inside "工" in turn. Walk back until the kept prefix ends cleanly.
+    """
     held = 0
-    while missing > 0 and pieces:
-        missing -= len(pieces.pop())
+    while held < len(ids) and unfinished_bytes(_last_bytes(tokenizer, ids, len(ids) - held)):
         held += 1
     return held
 
