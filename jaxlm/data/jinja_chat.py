@@ -8,10 +8,10 @@ Python internals, files or the network), `trim_blocks` and `lstrip_blocks`, the
 `loopcontrols` extension, `raise_exception`, `strftime_now`, a `tojson` that keeps
 non-ASCII text, and the special token names (bos_token, eos_token, ...) as variables.
 
-Message content is untrusted too. As transformers does with
-`sanitize_control_tokens=True`, every control token a message spells (a special added
-token, or an added token the template itself writes, such as `<|im_end|>`) is wrapped
-in private-use markers before rendering; the rendered text is cut at the markers and
+Message content is untrusted too. Every control token a message spells (a special
+added token such as `<|im_end|>`; non-special added tokens like Qwen's `<think>` and
+`<tool_call>` are content the model is meant to produce) is wrapped in private-use
+markers before rendering; the rendered text is cut at the markers and
 those tokens are encoded as plain text, so a user who types `<|im_end|>` cannot close
 their turn. Without such tokens in the content, the ids equal
 `apply_chat_template(messages, tokenize=True)`.
@@ -125,15 +125,6 @@ class _TemplateDict:
         return dict.fromkeys(*args, **kwargs)
 
 
-def _literal_text(source: str) -> str:
-    """The template's literal strings, joined by NULs so a search cannot span two."""
-    env, _ = _compile(source)
-    ast = env.parse(source)
-    literals = {node.data for node in ast.find_all(jinja2.nodes.TemplateData)}
-    literals |= {n.value for n in ast.find_all(jinja2.nodes.Const) if isinstance(n.value, str)}
-    return "\0".join(sorted(literals))
-
-
 class JinjaChatTemplate:
     """A Hugging Face chat template bound to its tokenizer (jaxlm.data.hf_tokenizer)."""
 
@@ -146,14 +137,13 @@ class JinjaChatTemplate:
         except Exception as error:
             raise ChatTemplateError(f"{self.name}: does not compile ({error})") from None
         self.has_generation_markers = bool(_GENERATION_TAG.search(source))
-        template_text = _literal_text(source)
+        # Control tokens are the special added tokens (the ones transformers'
+        # split_special_tokens keeps as text). Non-special added tokens such as Qwen's
+        # <think> and <tool_call> are what assistant content legitimately contains, so
+        # they are encoded as tokens wherever they appear, as transformers does.
         self.control_tokens = tuple(
             sorted(
-                (
-                    t.content
-                    for t in tokenizer.added_tokens.values()
-                    if t.special or (t.content in template_text and not t.content.isspace())
-                ),
+                (t.content for t in tokenizer.added_tokens.values() if t.special),
                 key=len,
                 reverse=True,
             )
@@ -216,8 +206,8 @@ class JinjaChatTemplate:
 
     def encode_marked(self, text: str) -> tuple[list[int], list[tuple[int, int]]]:
         """Ids of a marked rendering and each id's (start, end) in `text` (marked
-        coordinates). Marked control tokens are encoded as plain text, as transformers'
-        `sanitize_control_tokens=True` does; the rest as the tokenizer encodes text."""
+        coordinates). Marked control tokens (ones a message spelt) are encoded as plain
+        text, the rest as the tokenizer encodes text."""
         tok = self.tokenizer
         parts = self._pieces.split(text)  # text, token-or-None, text, ...
         ids, offsets = [], []
