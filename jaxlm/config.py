@@ -392,7 +392,10 @@ class Config:
                 f"{self.model.max_seq_len}; leave data.seq_len unset (0) to train at the "
                 "model's length, or raise model.max_seq_len"
             )
-        if self.data.tokenizer == "" and self.data.tokenizer_vocab_size != self.model.vocab_size:
+        # Trained only without data.tokenizer and train.init_from (whose model brings
+        # its own tokenizer, jaxlm.data.run_inputs).
+        trained = self.data.tokenizer == "" and self.train.init_from == ""
+        if trained and self.data.tokenizer_vocab_size != self.model.vocab_size:
             raise ConfigError(
                 f"data.tokenizer_vocab_size={self.data.tokenizer_vocab_size} must equal "
                 f"model.vocab_size={self.model.vocab_size} when the tokenizer is trained"

@@ -68,9 +68,13 @@ def run(args: argparse.Namespace) -> int:
     )
     history = Path(args.history).expanduser() if args.history else None
     reader = LineReader("> ", history)
+    template = model.tokenizer.chat_template
+    if getattr(model.tokenizer, "kind", None) == "huggingface":
+        layout = "its own chat template"
+    else:
+        layout = f"{template.name} template"
     print(
-        f"chatting with {model.source} ({model.tokenizer.chat_template.name} template); "
-        "/reset starts over, /quit leaves",
+        f"chatting with {model.source} ({layout}); /reset starts over, /quit leaves",
         file=sys.stderr,
     )
     try:
