@@ -25,7 +25,7 @@ from types import ModuleType
 
 GROUP_HELP = {
     "data": "prepare corpora: clean, tokenize into shards, inspect batches, post-training sets",
-    "tokenizer": "train, evaluate and extend SentencePiece tokenizers",
+    "tokenizer": "train SentencePiece tokenizers; evaluate and extend either kind",
     "checkpoint": "operate on saved checkpoints",
 }
 

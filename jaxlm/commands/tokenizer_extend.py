@@ -13,6 +13,12 @@ domain in the same script). See jaxlm.data.tokenizer_extend for what is guarante
 It then reports characters per token of the base and the extended model on the
 first MB of the inputs (training text: measure held-out text with `tokenizer eval`).
 Grow a checkpoint to match with `jaxlm checkpoint grow-vocab`.
+
+A Hugging Face tokenizer (a model directory, its tokenizer.json, or an import's
+hf_tokenizer.json) is extended the same way with a BPE trained through its own
+normaliser and pre-tokenizer (jaxlm.data.hf_tokenizer_extend); --out is then a
+directory that receives tokenizer.json and the unchanged files beside it. A byte-level
+BPE (Qwen, Llama-3) has no unknown characters: it takes `--pieces all`.
 """
 
 from __future__ import annotations
@@ -28,11 +34,18 @@ _SAMPLE_CHARS = 1_000_000
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("base", metavar="BASE.model", help="the tokenizer to extend")
+    parser.add_argument(
+        "base", metavar="BASE", help="the tokenizer to extend (a .model, or a Hugging Face one)"
+    )
     parser.add_argument(
         "inputs", nargs="+", metavar="INPUT", help="stdlib, a path/glob, or kind:GLOB"
     )
-    parser.add_argument("--out", required=True, metavar="PREFIX", help="writes PREFIX.model")
+    parser.add_argument(
+        "--out",
+        required=True,
+        metavar="PREFIX",
+        help="writes PREFIX.model (a Hugging Face base: the directory PREFIX)",
+    )
     parser.add_argument(
         "--vocab-size", type=int, required=True, help="target size (at most this many pieces)"
     )
@@ -57,15 +70,17 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from jaxlm.data.tokenizer import Tokenizer
     from jaxlm.data.tokenizer_extend import extend_tokenizer
-    from jaxlm.data.tokenizer_inputs import iter_texts, open_inputs, read_texts
+    from jaxlm.data.tokenizer_files import load_tokenizer
+    from jaxlm.data.tokenizer_inputs import iter_texts, open_inputs
     from jaxlm.data.tokenizer_metadata import sidecar_path
 
     if args.max_chars <= 0 or args.domain_vocab_size < 0:
         raise InputError("--max-chars must be positive and --domain-vocab-size >= 0")
-    base = Tokenizer.load(args.base)
+    base = load_tokenizer(args.base)  # a SentencePiece model or a Hugging Face tokenizer
     opened = open_inputs(args.inputs, text_field=args.text_field, split=args.split)
+    if base.kind == "huggingface":
+        return _extend_hf(args, base, opened)
     result = extend_tokenizer(
         base,
         iter_texts(opened),
@@ -88,6 +103,40 @@ def run(args: argparse.Namespace) -> int:
         f"{plan.over_budget} over the budget"
     )
     print(f"  sidecar {sidecar_path(extended.path)}")
+    _compare(base, extended, opened)
+    return 0
+
+
+def _extend_hf(args, base, opened) -> int:
+    from jaxlm.data.hf_tokenizer_extend import extend_hf_tokenizer
+    from jaxlm.data.tokenizer_inputs import iter_texts
+
+    result = extend_hf_tokenizer(
+        base,
+        iter_texts(opened),
+        args.out,
+        vocab_size=args.vocab_size,
+        pieces=args.pieces,
+        domain_vocab_size=args.domain_vocab_size or None,
+        max_chars=args.max_chars,
+    )
+    extended = result.tokenizer
+    print(f"extended {base.path} ({base.vocab_size} ids) -> {extended.path}")
+    print(f"  ids 0..{base.vocab_size - 1} unchanged; {len(result.added)} tokens appended")
+    print(f"  vocab size {extended.vocab_size} (target {args.vocab_size})")
+    print(
+        f"  domain BPE: {result.domain_vocab_size} tokens; not added: "
+        f"{result.already_in_base} already in the base, {result.only_known_chars} of known "
+        f"characters only (--pieces {args.pieces}), {result.unreachable} unreachable merges, "
+        f"{result.over_budget} over the budget"
+    )
+    _compare(base, extended, opened)
+    return 0
+
+
+def _compare(base, extended, opened) -> None:
+    from jaxlm.data.tokenizer_inputs import read_texts
+
     # The sources are random access, so reading them again starts from the beginning.
     sample = "".join(read_texts(opened, _SAMPLE_CHARS))
     before, after = len(base.encode(sample)), len(extended.encode(sample))
@@ -97,4 +146,3 @@ def run(args: argparse.Namespace) -> int:
             f"{len(sample) / before:.3f} -> {len(sample) / after:.3f} chars/token "
             f"({before / after:.2f}x fewer tokens)"
         )
-    return 0

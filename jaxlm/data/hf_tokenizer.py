@@ -320,6 +320,11 @@ class HFTokenizer:
     # -- the interface every tokenizer has
 
     @property
+    def byte_kind(self) -> str:
+        """'byte_level' (Qwen, Llama-3) or 'metaspace' (SentencePiece-style with byte fallback)."""
+        return self._byte_kind
+
+    @property
     def vocab_size(self) -> int:
         return self._vocab_size
 

@@ -39,6 +39,7 @@ def grow_vocab(
     rng: jax.Array | None = None,
     method: Literal["mean"] = "mean",
     noise_std: float = 0.0,
+    fresh_from: int | None = None,
 ) -> nnx.State:
     """`params` with the embedding (and untied output head) grown to `new_vocab_size`.
 
@@ -47,6 +48,10 @@ def grow_vocab(
     shape. A numpy value stays numpy (host memory, e.g. restored for conversion);
     a jax.Array with a NamedSharding is placed on the same mesh, sharded by its
     logical axes for the new shape.
+
+    `fresh_from` (default: the old size): rows from there on are new tokens. Below the
+    old size they are rows that held no token (a Hugging Face model's padding rows):
+    replaced like appended rows, and left out of the mean.
     """
     if method != "mean":
         raise ValueError(f"method must be 'mean', got {method!r}")
@@ -57,6 +62,9 @@ def grow_vocab(
     old_vocab_size = params["embed"].shape[0]
     if new_vocab_size < old_vocab_size:
         raise ValueError(f"cannot shrink the vocabulary from {old_vocab_size} to {new_vocab_size}")
+    fresh_from = old_vocab_size if fresh_from is None else fresh_from
+    if not 0 < fresh_from <= old_vocab_size:
+        raise ValueError(f"fresh_from must be in (0, {old_vocab_size}], got {fresh_from}")
     grown = jax.tree.map(lambda x: x, params)  # new Variables; the caller's stay as they are
     keys = jax.random.split(rng, len(VOCAB_AXES)) if rng is not None else [None] * len(VOCAB_AXES)
     for (name, axis), key in zip(VOCAB_AXES.items(), keys, strict=True):
@@ -68,14 +76,16 @@ def grow_vocab(
                 f"'{name}' has {var.shape[axis]} vocabulary entries on axis {axis}, but "
                 f"'embed' has {old_vocab_size}"
             )
-        value = _grown(var.get_value(), axis, new_vocab_size, key, noise_std)
+        value = _grown(var.get_value(), axis, new_vocab_size, key, noise_std, fresh_from)
         grown[name] = var.replace(_placed(value, var.get_value(), var.get_metadata()))
     return grown
 
 
-def _grown(value, axis: int, new_size: int, key, noise_std: float):
-    """`value` with rows (axis 0) or columns (axis 1) appended up to `new_size`."""
+def _grown(value, axis: int, new_size: int, key, noise_std: float, fresh_from: int):
+    """`value` kept up to `fresh_from` rows (axis 0) or columns (axis 1), then new ones
+    up to `new_size`."""
     xp = np if isinstance(value, np.ndarray) else jnp
+    value = value[:fresh_from] if axis == 0 else value[:, :fresh_from]
     extra = new_size - value.shape[axis]
     # The mean in float32 whatever the storage dtype: a bfloat16 sum of thousands of
     # rows would lose most of its digits.
