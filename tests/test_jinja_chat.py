@@ -257,3 +257,34 @@ def test_a_template_that_raises_is_an_error_naming_it(families):
     with pytest.raises(ChatTemplateError) as error:
         encode_chat_prompt([Message("tool", "x")], ours)
     assert "unsupported role tool" in str(error.value) and "chat_template" in str(error.value)
+
+
+@pytest.mark.parametrize("family", ["qwen2", "llama3"])
+def test_chat_stops_at_the_models_own_end_of_turn_tokens(families, family):
+    """Not at jaxlm's ChatML ids: an imported model's id 3 is an ordinary token."""
+    import types
+
+    from jaxlm.inference.chat_session import ChatSession
+
+    ours, reference = families[family]
+    answer = ours.encode("Paris.")
+
+    class Recorder:
+        cfg = types.SimpleNamespace(max_seq_len=4096)
+
+        def generate(self, prompts, **kwargs):
+            self.prompts, self.kwargs = prompts, kwargs
+            return types.SimpleNamespace(tokens=[answer])
+
+    generator = Recorder()
+    session = ChatSession(generator, ours, system="Be brief.")
+    assert session.reply("Capital of France?") == "Paris."
+    chat = [
+        {"role": "system", "content": "Be brief."},
+        {"role": "user", "content": "Capital of France?"},
+    ]
+    assert generator.prompts == [their_ids(reference, chat, add_generation_prompt=True)[0]]
+    stops = set(generator.kwargs["stop_ids"])
+    end_of_turn = "<|im_end|>" if family == "qwen2" else "<|eot_id|>"
+    assert ours.piece_to_id(end_of_turn) in stops
+    assert stops == set(ours.stop_ids) and 3 not in stops

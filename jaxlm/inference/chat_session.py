@@ -12,7 +12,6 @@ from __future__ import annotations
 from collections.abc import Callable
 
 from jaxlm.data.chat import Message, encode_chat_prompt
-from jaxlm.data.tokenizer import IM_END_ID
 from jaxlm.errors import InputError
 from jaxlm.inference.decode import Generator
 from jaxlm.inference.sampling import SamplingConfig
@@ -85,7 +84,9 @@ class ChatSession:
             [prompt],
             max_new_tokens=self.max_new_tokens,
             sampling=self.sampling,
-            stop_ids=[IM_END_ID, self.tokenizer.eos_id],
+            # The end of a turn: <|im_end|> for jaxlm's ChatML; an imported model's
+            # eos and generation_config.json's eos_token_id list (<|eot_id|>, ...).
+            stop_ids=[self.tokenizer.eos_id, *self.tokenizer.stop_ids],
             seed=self.seed + self.turns,
             on_tokens=on_tokens,
             should_stop=should_stop,
