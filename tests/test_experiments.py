@@ -122,7 +122,8 @@ def shrunk_overrides(name: str, cfg: Config, shared) -> list[str]:
 # default run trains every other experiment, and the config/docstring test above covers
 # every experiment.
 # posttrain_chain: test_console_summaries.py runs the same pretrain -> SFT -> DPO chain by the CLI.
-SLOW_EXPERIMENTS = {"context_extension", "llama_1b", "dpo", "posttrain_chain"}
+# hf_finetune: tests/test_hf_finetune_roundtrip.py runs its import -> SFT -> export path.
+SLOW_EXPERIMENTS = {"context_extension", "llama_1b", "dpo", "posttrain_chain", "hf_finetune"}
 
 
 @pytest.mark.parametrize(

@@ -5,6 +5,9 @@
     jsonl.py           random-access JSON lines whose errors name file:line
     jsonl_records.py   JSON-lines files as shuffled, sharded record streams (SFT, preference)
     tokenizer*.py      train, load, evaluate and extend lossless SentencePiece tokenizers
+    hf_tokenizer*.py   a Hugging Face tokenizer.json with its config files; its extension
+    tokenizer_files.py either kind from a path (load_tokenizer)
+    jinja_chat.py      a model's own Jinja chat template, sandboxed, with exact loss masks
     workdir_tokenizer.py  the tokenizer a workdir or params directory owns
     packing.py         documents -> packed [B, T] batches; the batch schema is defined there
     pipeline.py        sources -> shuffled, sharded, tokenized, packed, checkpointable batches

