@@ -288,3 +288,22 @@ def test_chat_stops_at_the_models_own_end_of_turn_tokens(families, family):
     end_of_turn = "<|im_end|>" if family == "qwen2" else "<|eot_id|>"
     assert ours.piece_to_id(end_of_turn) in stops
     assert stops == set(ours.stop_ids) and 3 not in stops
+
+
+@pytest.mark.parametrize("family", ["qwen2", "smollm", "llama3"])
+def test_preference_pairs_train_only_the_final_answer_in_the_models_format(families, family):
+    from jaxlm.data.preference import PreferenceStats, encode_pair
+
+    ours, reference = families[family]
+    record = {
+        "chosen": [*PLAIN[:4], {"role": "assistant", "content": "日本語 is Japanese."}],
+        "rejected": [*PLAIN[:4], {"role": "assistant", "content": "No idea"}],
+    }
+    pair = encode_pair(("f:1", record), tokenizer=ours, seq_len=512, stats=PreferenceStats())
+    end = "<|eot_id|>" if family == "llama3" else "<|im_end|>"
+    for side, answer in ((0, "日本語 is Japanese."), (1, "No idea")):
+        n = int(pair["segment_ids"][side].sum())
+        tokens = pair["tokens"][side, :n].tolist()
+        assert tokens == their_ids(reference, record[("chosen", "rejected")[side]])[0]
+        trained = pair["tokens"][side][pair["train_token"][side] > 0].tolist()
+        assert ours.decode(trained) == answer + end  # the earlier answer is context
