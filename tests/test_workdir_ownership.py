@@ -256,3 +256,56 @@ def test_a_precomputed_reference_table_is_refused_for_changed_pairs(tmp_path, to
     # A table from before content digests: checked on its line counts alone.
     save_table(tmp_path / FILE, table, lines)
     assert reread().keys() == table.keys()
+
+
+# ------------------------------------------------------------- multi-process barriers
+
+
+@pytest.mark.parametrize("given", [True, False], ids=["copied", "trained"])
+def test_every_process_passes_the_same_barriers_whatever_it_finds(tmp_path, tokenizers, given):
+    """Two processes as threads with a real barrier: the follower starts late, when the
+    leader's copy (or trained tokenizer) may already be in the workdir. Both must pass
+    the same barriers; before, the follower found the file and skipped one, and its
+    next collective met the leader's barrier (gloo aborted two-process CI runs so)."""
+    import threading
+    import time
+
+    first, _ = tokenizers
+    extra = [f"data.tokenizer={first.path}"] if given else ["data.tokenizer_max_chars=100000"]
+    cfg = apply_overrides(Config(), [*FAST, *extra])
+    workdir = tmp_path / "run"
+    workdir.mkdir()
+    barriers, lock = {}, threading.Lock()
+    passed = {"leader": [], "follower": []}
+    errors = []
+
+    def run(process):
+        def barrier(name):
+            passed[process].append(name)
+            with lock:
+                shared = barriers.setdefault(name, threading.Barrier(2, timeout=20))
+            shared.wait()
+
+        if process == "follower":  # late: after the leader's file appears, or 3 s
+            deadline = time.monotonic() + 3
+            while time.monotonic() < deadline and not any(workdir.glob("tokenizer*")):
+                time.sleep(0.01)
+        try:
+            ensure_tokenizer(
+                cfg,
+                workdir,
+                log=lambda message: None,
+                is_leader=process == "leader",
+                barrier=barrier,
+                may_train=task_for(cfg).trains_tokenizer,
+            )
+        except threading.BrokenBarrierError as error:
+            errors.append((process, error))
+
+    threads = [threading.Thread(target=run, args=(p,)) for p in passed]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join(60)
+    assert not errors, (errors, passed)
+    assert passed["leader"] and passed["leader"] == passed["follower"]

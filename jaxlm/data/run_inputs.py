@@ -102,7 +102,12 @@ def ensure_tokenizer(
     if cfg.data.tokenizer and cfg.train.init_from:
         _check_init_from_tokenizer(cfg, log)
     own = stored_tokenizer(workdir) or workdir / stored_name(source)
-    if own.is_file():
+    have_copy = own.is_file()
+    # Every process looks before the leader writes: one that looked after the copy
+    # appeared would skip the barrier below, and its next collective (the data check
+    # of the first device_put) would meet the others' barrier in gloo, which aborts.
+    barrier("tokenizer_looked")
+    if have_copy:
         if source.exists() and not same_tokenizer(source, own):
             raise InputError(
                 f"{source} (the tokenizer this run was given) differs from {own}, the "
@@ -181,7 +186,9 @@ def _trained_tokenizer(
     """The tokenizer trained into the workdir on the training documents (once)."""
     prefix = workdir / "tokenizer"
     model_path = prefix.with_suffix(".model")
-    if not model_path.exists():
+    missing = not model_path.exists()
+    barrier("tokenizer_looked")  # before the leader writes it (see ensure_tokenizer)
+    if missing:
         if is_leader:
             log(f"training a {cfg.data.tokenizer_vocab_size}-piece tokenizer -> {model_path}")
             t0 = time.perf_counter()

@@ -96,13 +96,6 @@ def maybe_initialize(
     # the flag only affects the CPU client. No backend may be touched before
     # initialize(), so this cannot ask which backend will be used.
     jax.config.update("jax_cpu_collectives_implementation", "gloo")
-    # The CPU client runs dispatched programs asynchronously and, when one does not
-    # wait on another's output, possibly at the same time; two programs that both hold
-    # cross-process collectives may then reach gloo in a different order on each
-    # process, which aborts the job ("op.preamble.length <= op.nbytes. 768 vs 2", seen
-    # in a two-process test run). Synchronous CPU dispatch keeps every process's
-    # collectives in program order. GPU and TPU streams order them already.
-    jax.config.update("jax_cpu_enable_async_dispatch", False)
     heartbeat_s = _env_seconds("JAXLM_HEARTBEAT_TIMEOUT_S", HEARTBEAT_TIMEOUT_S)
     jax.distributed.initialize(
         coordinator_address=coordinator,
