@@ -23,11 +23,15 @@ $(STAMP): pyproject.toml constraints.txt
 quickstart: setup
 	$(PY) -m experiments.quickstart --workdir runs/quickstart
 
+# Two workers (a 2-core machine's both cores), each test file whole on one worker so its
+# module fixtures are built once.
+PYTEST_WORKERS ?= -n 2 --dist loadfile
+
 test: setup
-	$(PY) -m pytest -q -m "not slow"
+	$(PY) -m pytest -q -m "not slow" $(PYTEST_WORKERS)
 
 test-all: setup
-	$(PY) -m pytest -q
+	$(PY) -m pytest -q $(PYTEST_WORKERS)
 
 lint: setup
 	$(VENV)/bin/ruff check . && $(VENV)/bin/ruff format --check .
