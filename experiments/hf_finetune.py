@@ -59,41 +59,44 @@ def stage_overrides(steps: int, lora_rank: int) -> list[str]:
     ]
 
 
-def sft_config(init_from, train, val, *, steps=100, lora_rank=16) -> Config:
-    return apply_overrides(
-        Config(name="hf_sft"),
-        [
-            *stage_overrides(steps, lora_rank),
-            "data.format=chat",
-            f"data.sources=jsonl:{train}",
-            f"data.eval_sources=jsonl:{val}",
-            f"train.init_from={init_from}",
-            "optim.lr=2e-4",
-        ],
-    )
+def sft_overrides(init_from, train, val, *, steps=100, lora_rank=16) -> list[str]:
+    return [
+        *stage_overrides(steps, lora_rank),
+        "data.format=chat",
+        f"data.sources=jsonl:{train}",
+        f"data.eval_sources=jsonl:{val}",
+        f"train.init_from={init_from}",
+        "optim.lr=2e-4",
+    ]
 
 
-def dpo_config(init_from, train, val, *, steps=50, lora_rank=16, beta=0.1) -> Config:
-    return apply_overrides(
-        Config(name="hf_dpo"),
-        [
-            *stage_overrides(steps, lora_rank),
-            "data.format=preference",
-            f"data.sources=jsonl:{train}",
-            f"data.eval_sources=jsonl:{val}",
-            f"train.init_from={init_from}",
-            "optim.lr=5e-5",
-            f"preference.beta={beta}",
-        ],
-    )
+def dpo_overrides(init_from, train, val, *, steps=50, lora_rank=16, beta=0.1) -> list[str]:
+    return [
+        *stage_overrides(steps, lora_rank),
+        "data.format=preference",
+        f"data.sources=jsonl:{train}",
+        f"data.eval_sources=jsonl:{val}",
+        f"train.init_from={init_from}",
+        "optim.lr=5e-5",
+        f"preference.beta={beta}",
+    ]
+
+
+def stage_config(name: str, overrides: list[str]) -> Config:
+    """The stage's config with the shape of the model it starts from (train.init_from),
+    as `jaxlm train` resolves it."""
+    from jaxlm.training.experiment import resolve_config
+
+    return resolve_config(None, overrides, name)
 
 
 def get_config() -> Config:
     """Stage 2 (LoRA SFT) from the default workdir's import, on the embedded SFT set."""
     data = Path(DEFAULT_WORKDIR) / "data"
-    return sft_config(
+    overrides = sft_overrides(
         Path(DEFAULT_WORKDIR) / "import", data / "sft_train.jsonl", data / "sft_val.jsonl"
     )
+    return apply_overrides(Config(name="hf_sft"), overrides)
 
 
 def build_demo_model(directory: Path) -> Path:
@@ -220,14 +223,18 @@ def main(argv: list[str] | None = None) -> int:
     imported = root / "import"
     if not (imported / "config.json").is_file():
         _timed(summary, "import", lambda: _cli("convert", "--from-hf", str(hf_dir), str(imported)))
-    sft_cfg = sft_config(
-        imported, sft_train, sft_val, steps=args.sft_steps, lora_rank=args.lora_rank
+    sft_cfg = stage_config(
+        "hf_sft",
+        sft_overrides(imported, sft_train, sft_val, steps=args.sft_steps, lora_rank=args.lora_rank),
     )
     sft = _timed(
         summary, "sft", lambda: _train_and_export(sft_cfg, root / "sft", root / "sft_export")
     )
-    dpo_cfg = dpo_config(
-        root / "sft_export", dpo_train, dpo_val, steps=args.dpo_steps, lora_rank=args.lora_rank
+    dpo_cfg = stage_config(
+        "hf_dpo",
+        dpo_overrides(
+            root / "sft_export", dpo_train, dpo_val, steps=args.dpo_steps, lora_rank=args.lora_rank
+        ),
     )
     dpo = _timed(
         summary, "dpo", lambda: _train_and_export(dpo_cfg, root / "dpo", root / "dpo_export")
