@@ -125,7 +125,7 @@ def test_chat_session_keeps_history_in_the_training_layout(loaded):
 
     def spy(prompts_, **kwargs):
         prompts.append(prompts_[0])
-        assert kwargs["stop_ids"][0] == IM_END_ID
+        assert IM_END_ID in kwargs["stop_ids"]  # a set to the generator: order is moot
         return original(prompts_, **kwargs)
 
     generator.generate = spy

@@ -93,15 +93,7 @@ def run(args: argparse.Namespace) -> int:
         seed=args.seed,
     )
     extended, plan = result.tokenizer, result.plan
-    print(f"extended {base.path} ({base.vocab_size} pieces) -> {extended.path}")
-    print(f"  ids 0..{base.vocab_size - 1} unchanged; {len(plan.added)} pieces appended")
-    print(f"  vocab size {extended.vocab_size} (target {args.vocab_size})")
-    print(
-        f"  domain model: {result.domain_vocab_size} pieces; not added: "
-        f"{plan.already_in_base} already in the base, {plan.only_known_chars} of known "
-        f"characters only (--pieces {args.pieces}), {plan.unreachable} unreachable merges, "
-        f"{plan.over_budget} over the budget"
-    )
+    _report(args, base, extended, "pieces", "model", plan, result.domain_vocab_size)
     print(f"  sidecar {sidecar_path(extended.path)}")
     _compare(base, extended, opened)
     return 0
@@ -121,17 +113,22 @@ def _extend_hf(args, base, opened) -> int:
         max_chars=args.max_chars,
     )
     extended = result.tokenizer
-    print(f"extended {base.path} ({base.vocab_size} ids) -> {extended.path}")
-    print(f"  ids 0..{base.vocab_size - 1} unchanged; {len(result.added)} tokens appended")
-    print(f"  vocab size {extended.vocab_size} (target {args.vocab_size})")
-    print(
-        f"  domain BPE: {result.domain_vocab_size} tokens; not added: "
-        f"{result.already_in_base} already in the base, {result.only_known_chars} of known "
-        f"characters only (--pieces {args.pieces}), {result.unreachable} unreachable merges, "
-        f"{result.over_budget} over the budget"
-    )
+    _report(args, base, extended, "tokens", "BPE", result, result.domain_vocab_size)
     _compare(base, extended, opened)
     return 0
+
+
+def _report(args, base, extended, unit: str, domain: str, plan, domain_size: int) -> None:
+    """What was appended and why the domain's other pieces were not (either kind)."""
+    print(f"extended {base.path} ({base.vocab_size} {unit}) -> {extended.path}")
+    print(f"  ids 0..{base.vocab_size - 1} unchanged; {len(plan.added)} {unit} appended")
+    print(f"  vocab size {extended.vocab_size} (target {args.vocab_size})")
+    print(
+        f"  domain {domain}: {domain_size} {unit}; not added: "
+        f"{plan.already_in_base} already in the base, {plan.only_known_chars} of known "
+        f"characters only (--pieces {args.pieces}), {plan.unreachable} unreachable merges, "
+        f"{plan.over_budget} over the budget"
+    )
 
 
 def _compare(base, extended, opened) -> None:

@@ -86,7 +86,7 @@ class ChatSession:
             sampling=self.sampling,
             # The end of a turn: <|im_end|> for jaxlm's ChatML; an imported model's
             # eos and generation_config.json's eos_token_id list (<|eot_id|>, ...).
-            stop_ids=[self.tokenizer.eos_id, *self.tokenizer.stop_ids],
+            stop_ids=list(self.tokenizer.stop_ids),  # eos comes first in both kinds
             seed=self.seed + self.turns,
             on_tokens=on_tokens,
             should_stop=should_stop,
