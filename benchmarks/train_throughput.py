@@ -96,6 +96,12 @@ def parse_args(argv=None) -> argparse.Namespace:
         "until one fails or LIMIT is passed; reports the largest batch that trained",
     )
     p.add_argument("--json", help="also write the results to this JSON file")
+    p.add_argument(
+        "--trace",
+        metavar="DIR",
+        help="after the timed steps, record 3 more in a jax.profiler trace in DIR "
+        "(TensorBoard / Perfetto: kernel times, fusions, host gaps)",
+    )
     return p.parse_args(argv)
 
 
@@ -179,6 +185,9 @@ def synthetic_batches(cfg: ModelConfig, batch: int, seq: int, seed: int, count: 
     return out
 
 
+TRACED_STEPS = 3  # steps recorded by --trace
+
+
 def _timed(step_once, steps: int, warmup: int) -> tuple[float, list[float]]:
     """Run warmup + steps calls of `step_once` (which must block); median timed seconds."""
     for i in range(warmup):
@@ -191,8 +200,8 @@ def _timed(step_once, steps: int, warmup: int) -> tuple[float, list[float]]:
     return statistics.median(times), times
 
 
-def bench_jax(cfg, ocfg, batches, steps, warmup, seed) -> dict:
-    total_steps = steps + warmup
+def bench_jax(cfg, ocfg, batches, steps, warmup, seed, trace: str | None = None) -> dict:
+    total_steps = steps + warmup + (TRACED_STEPS if trace else 0)
     optimizer = make_optimizer(ocfg, total_steps)
     schedule = learning_rate_schedule(ocfg, total_steps)
     mesh = make_mesh((-1, 1, 1))  # data parallel over every local device
@@ -213,6 +222,10 @@ def bench_jax(cfg, ocfg, batches, steps, warmup, seed) -> dict:
         step_once(0)
         compile_s = time.perf_counter() - first
         median, times = _timed(step_once, steps, max(warmup - 1, 0))
+        if trace:  # after the timing, so the trace's overhead is not in the figures
+            with jax.profiler.trace(trace):
+                for i in range(TRACED_STEPS):
+                    step_once(steps + warmup + i)
     return {
         "median_step_s": median,
         "step_times_s": times,
@@ -381,7 +394,7 @@ def main(argv=None) -> dict:
             f"loss {r['losses'][0]:.3f} -> {r['losses'][-1]:.3f})"
         )
 
-    jr = bench_jax(cfg, ocfg, batches, args.steps, args.warmup, args.seed)
+    jr = bench_jax(cfg, ocfg, batches, args.steps, args.warmup, args.seed, trace=args.trace)
     results["jax"] = jr
     print(f"   jax: compile + first step {jr['compile_and_first_step_s']:.1f} s")
     if jr["peak_memory_bytes"]:
