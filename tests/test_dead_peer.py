@@ -65,3 +65,33 @@ def test_survivor_of_a_killed_peer_exits_nonzero_within_seconds(tmp_path):
     assert len(said) == 1, tail(log0)
     assert "process 1 of this job has given no sign of life" in said[0], said
     assert "run the same command again" in said[0], said
+
+
+def test_the_peer_watch_ends_before_the_interpreter_does():
+    """At exit the watch thread must be out of the coordination client (a daemon thread
+    coming back from C++ during finalisation aborts the process), then say "exited"."""
+    import threading
+
+    from jaxlm.runtime.distributed import _PeerWatch
+
+    class Client:  # the coordination service's key-value store, in memory
+        def __init__(self):
+            self.store, self.calls = {}, 0
+
+        def key_value_set(self, key, value, allow_overwrite):
+            self.calls += 1
+            self.store[key] = value
+
+        def key_value_dir_get(self, prefix):
+            self.calls += 1
+            self.store[f"{prefix}1"] = str(self.calls)  # the peer is alive
+            return [(k, v) for k, v in self.store.items() if k.startswith(prefix)]
+
+    client = Client()
+    watch = _PeerWatch(client, 0, 2, silent_s=60)
+    thread = threading.Thread(target=watch.run, daemon=True)
+    thread.start()
+    time.sleep(0.2)
+    watch.stop(thread, timeout_s=5)
+    assert not thread.is_alive()
+    assert client.store[f"{_PeerWatch.PREFIX}0"] == _PeerWatch.EXITED
