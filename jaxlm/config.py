@@ -165,7 +165,7 @@ class DataConfig:
     # What a record is: "text" (pretraining documents), "chat" (conversations; SFT
     # trains only assistant tokens) or "preference" (chosen/rejected pairs: the run
     # optimises config.preference). chat and preference read jsonl: sources.
-    format: Literal["text", "chat", "preference"] = "text"
+    format: Literal["text", "chat", "preference", "rl"] = "text"
     text_field: str = "text"  # jsonl key / parquet column holding the document
     tokenizer: str = ""  # path to a .model; empty means train one into the workdir
     # 0 means model.vocab_size (filled in by Config; see IMPLIED below)
@@ -372,6 +372,87 @@ class PreferenceConfig:
 
 
 @dataclasses.dataclass(frozen=True, kw_only=True)
+class RLConfig:
+    """Reinforcement learning on prompts (data.format=rl); jaxlm.training.tasks.rl.
+
+    algorithm fixes what defines each method (jaxlm.training.rl_losses):
+        grpo     advantages (r - group mean) / group std; per-response mean of tokens
+        dr_grpo  advantages r - group mean; token sum / (responses x max_response_tokens)
+        dapo     grpo's advantages; token mean over the batch; clip_high defaults to
+                 0.28; groups whose rewards are all equal are dropped (dynamic
+                 sampling, as a mask: the batch is not refilled); truncated responses
+                 are masked out (overlong filtering)
+    Each step samples group_size responses for each of data.batch_size prompts, scores
+    them with `rewards` (jaxlm.training.rewards: "answer=1,format=0.2", built-ins or
+    "module:function"), then makes `epochs` x `minibatches` updates on them with the
+    sampler's log-probs as the old policy. kl_weight > 0 adds β · k3 KL to the frozen
+    reference (the starting model; with LoRA the base, adapters off).
+    Prompts get data.seq_len - max_response_tokens tokens at most.
+    """
+
+    algorithm: Literal["grpo", "dr_grpo", "dapo"] = "grpo"
+    group_size: int = 8
+    max_response_tokens: int = 64
+    temperature: float = 1.0
+    top_p: float = 1.0
+    top_k: int = 0
+    epochs: int = 1
+    minibatches: int = 1
+    clip_low: float = 0.2
+    clip_high: float = 0.0  # 0: clip_low (dapo: 0.28)
+    kl_weight: float = 0.04
+    rewards: str = "answer"
+    overlong_buffer: int = 0  # the "overlong" reward's soft-penalty span; 0: a quarter
+    # "auto": what the algorithm does (dapo on, the others off)
+    dynamic_sampling: Literal["auto", "on", "off"] = "auto"
+    mask_truncated: Literal["auto", "on", "off"] = "auto"
+    eval_samples: int = 4  # pass@k on held-out prompts, k samples at the temperature
+
+    def __post_init__(self):
+        _finite(self)
+        _positive(self, "max_response_tokens", "epochs", "minibatches", "eval_samples")
+        if self.group_size < 2:
+            raise ConfigError(
+                f"rl.group_size={self.group_size} must be >= 2 (advantages compare the "
+                "responses to one prompt)"
+            )
+        if self.temperature < 0 or self.top_k < 0 or not 0 < self.top_p <= 1:
+            raise ConfigError("rl.temperature, rl.top_k must be >= 0 and rl.top_p in (0, 1]")
+        if not 0 <= self.clip_low < 1 or self.clip_high < 0:
+            raise ConfigError(
+                f"rl.clip_low={self.clip_low} must be in [0, 1) and rl.clip_high="
+                f"{self.clip_high} >= 0"
+            )
+        _non_negative(self, "kl_weight", "overlong_buffer")
+
+    @property
+    def resolved_clip_high(self) -> float:
+        if self.clip_high > 0:
+            return self.clip_high
+        return 0.28 if self.algorithm == "dapo" else self.clip_low
+
+    @property
+    def drops_equal_groups(self) -> bool:
+        return _auto(self.dynamic_sampling, self.algorithm == "dapo")
+
+    @property
+    def masks_truncated(self) -> bool:
+        return _auto(self.mask_truncated, self.algorithm == "dapo")
+
+    @property
+    def aggregation(self) -> str:
+        return {"grpo": "sequence", "dr_grpo": "constant", "dapo": "token"}[self.algorithm]
+
+    @property
+    def scales_by_std(self) -> bool:
+        return self.algorithm != "dr_grpo"
+
+
+def _auto(choice: str, default: bool) -> bool:
+    return default if choice == "auto" else choice == "on"
+
+
+@dataclasses.dataclass(frozen=True, kw_only=True)
 class Config:
     """A whole run."""
 
@@ -382,6 +463,7 @@ class Config:
     mesh: MeshConfig = dataclasses.field(default_factory=MeshConfig)
     train: TrainConfig = dataclasses.field(default_factory=TrainConfig)
     preference: PreferenceConfig = dataclasses.field(default_factory=PreferenceConfig)
+    rl: RLConfig = dataclasses.field(default_factory=RLConfig)
 
     def __post_init__(self):
         _check_name(self.name)
@@ -399,6 +481,11 @@ class Config:
             raise ConfigError(
                 f"data.tokenizer_vocab_size={self.data.tokenizer_vocab_size} must equal "
                 f"model.vocab_size={self.model.vocab_size} when the tokenizer is trained"
+            )
+        if self.data.format == "rl" and self.rl.max_response_tokens >= self.data.seq_len:
+            raise ConfigError(
+                f"rl.max_response_tokens={self.rl.max_response_tokens} leaves no room for "
+                f"the prompt in data.seq_len={self.data.seq_len}"
             )
         if self.data.batch_size % self.optim.grad_accum:
             raise ConfigError(

@@ -124,11 +124,14 @@ def setup(cfg: Config, workdir: Path) -> Run:
         may_train=task.trains_tokenizer,
     )
 
+    task.bind_tokenizer(tokenizer)
+
     total_steps, epoch_sequences = cfg.train.steps, 0
     if cfg.train.epochs:  # the length in steps, counted over the packed data
         total_steps, epoch_sequences = epoch_steps(cfg, task.one_epoch(tokenizer), log)
-    schedule = learning_rate_schedule(cfg.optim, total_steps)
-    optimizer = make_optimizer(cfg.optim, total_steps)
+    total_updates = total_steps * task.updates_per_step
+    schedule = learning_rate_schedule(cfg.optim, total_updates)
+    optimizer = make_optimizer(cfg.optim, total_updates)
     start = initial_state(cfg, task, optimizer, mesh, jax.random.key(cfg.train.seed), log=log)
     steps = task.steps(
         start.graphdef,

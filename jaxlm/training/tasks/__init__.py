@@ -4,6 +4,8 @@
     chat        ChatTask        the same loss on assistant tokens only (next_token.py)
     preference  PreferenceTask  DPO / IPO / SimPO + NLL on chosen/rejected pairs
                                 (preference.py)
+    rl          RLTask          GRPO / Dr.GRPO / DAPO on prompts with reward functions
+                                (rl.py)
 
 A Task (base.py) holds everything that depends on what a run optimises; the loop
 asks it and never branches on the format. A new objective is one file here and one
@@ -19,11 +21,13 @@ from jaxlm.config import Config
 from jaxlm.training.tasks.base import Steps, Task
 from jaxlm.training.tasks.next_token import ChatTask, PretrainTask
 from jaxlm.training.tasks.preference import PreferenceTask
+from jaxlm.training.tasks.rl import RLTask
 
 TASKS: dict[str, type[Task]] = {
     "text": PretrainTask,
     "chat": ChatTask,
     "preference": PreferenceTask,
+    "rl": RLTask,
 }
 
 

@@ -5,6 +5,7 @@ checkpoints, metrics, signals. It asks the run's Task for the rest, and never lo
 at `data.format` itself:
 
     trains_tokenizer      may the run train its own tokenizer (pretraining on text)
+    updates_per_step      optimizer updates per loop step (1; RL: epochs x minibatches)
     rows_per_example      trained sequences per example (2 for a preference pair)
     frozen_params         the frozen part of the state beside the trained params
                           (a reference model's copy), or None; adapters' frozen base
@@ -53,6 +54,13 @@ class Task:
 
     def __init__(self, cfg: Config):
         self.cfg = cfg
+        self.tokenizer = None  # the run's, bound by setup before the steps are built
+        # Optimizer updates one loop step makes (RL: epochs x minibatches per rollout);
+        # the learning-rate schedule spans train.steps x this many updates.
+        self.updates_per_step = 1
+
+    def bind_tokenizer(self, tokenizer) -> None:
+        self.tokenizer = tokenizer
 
     def frozen_params(self, params: Any, log: Callable[[str], None]) -> Any | None:
         return None
