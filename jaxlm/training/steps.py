@@ -330,3 +330,28 @@ def jit_scoring_step(score_fn, mesh: Mesh):
     """score_fn(params, frozen, batch) -> per-row numbers, left sharded like the batch
     (the precomputed reference log-probs, jaxlm.training.reference_logps)."""
     return jax.jit(score_fn, out_shardings=batch_sharding(mesh))
+
+
+def jit_rollout_step(rollout_fn, state_shardings: TrainState, mesh: Mesh):
+    """rollout_fn(params, frozen, prompt batch) -> rollout batch, every output sharded
+    like the batch (RL, jaxlm.training.rl_steps); the state is read, not donated."""
+    return _meet_after_compiling(
+        jax.jit(
+            rollout_fn,
+            in_shardings=(state_shardings.params, state_shardings.frozen, batch_sharding(mesh)),
+            out_shardings=batch_sharding(mesh),
+        )
+    )
+
+
+def jit_update_step(update_fn, state_shardings: TrainState, mesh: Mesh):
+    """update_fn(state, rollout batch, minibatch index) -> (state, metrics); the state is
+    donated, as in jit_train_step (RL, jaxlm.training.rl_steps)."""
+    return _meet_after_compiling(
+        jax.jit(
+            update_fn,
+            in_shardings=(state_shardings, batch_sharding(mesh), replicated(mesh)),
+            out_shardings=(state_shardings, replicated(mesh)),
+            donate_argnums=(0,),
+        )
+    )

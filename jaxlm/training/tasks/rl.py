@@ -42,11 +42,11 @@ from jax.experimental import multihost_utils
 from jaxlm.data import prompt_inputs
 from jaxlm.data.posttrain_inputs import jsonl_fingerprint
 from jaxlm.errors import InputError
-from jaxlm.sharding import batch_sharding, replicated
+from jaxlm.sharding import batch_sharding
 from jaxlm.training import rl_losses
 from jaxlm.training.rewards import Rewards, Sample
 from jaxlm.training.rl_steps import make_rollout_step, make_update_step, rollout_sampling
-from jaxlm.training.steps import _meet_after_compiling
+from jaxlm.training.steps import jit_rollout_step, jit_update_step
 from jaxlm.training.tasks.base import Steps, Task
 
 # Salts of the rollout keys: training draws and pass@k draws never share a key.
@@ -114,7 +114,6 @@ class RLTask(Task):
 
     def steps(self, graphdef, optimizer, schedule, state_shardings, mesh, views, token_bytes):
         cfg, rl = self.cfg, self.cfg.rl
-        batch_sh, rep = batch_sharding(mesh), replicated(mesh)
         stops = self._stop_ids()
         pad = self._pad_id()
 
@@ -130,26 +129,14 @@ class RLTask(Task):
                 with_reference=with_reference,
                 salt=salt,
             )
-            return _meet_after_compiling(
-                jax.jit(
-                    fn,
-                    in_shardings=(state_shardings.params, state_shardings.frozen, batch_sh),
-                    out_shardings=batch_sh,
-                )
-            )
+            return jit_rollout_step(fn, state_shardings, mesh)
 
         with_reference = rl.kl_weight > 0
         self._rollout = rollout_jit(rl.group_size, rollout_sampling(cfg), with_reference, 0)
         self._greedy = rollout_jit(1, rollout_sampling(cfg, greedy=True), False, _EVAL_SALT)
         self._pass_at_k = rollout_jit(rl.eval_samples, rollout_sampling(cfg), False, _EVAL_SALT)
-        self._update = _meet_after_compiling(
-            jax.jit(
-                make_update_step(cfg, graphdef, optimizer, schedule, views),
-                in_shardings=(state_shardings, batch_sh, rep),
-                out_shardings=(state_shardings, rep),
-                donate_argnums=(0,),
-            )
-        )
+        update = make_update_step(cfg, graphdef, optimizer, schedule, views)
+        self._update = jit_update_step(update, state_shardings, mesh)
         self._mesh = mesh
         return Steps(self._train_step, self._eval_step)
 
