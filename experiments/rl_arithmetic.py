@@ -155,6 +155,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--train-problems", type=int, default=20_000)
     parser.add_argument("--held-out", type=int, default=256)
     parser.add_argument("--set", action="append", default=[], help="extra RL overrides")
+    parser.add_argument("--name", default="", help="the RL run's directory (default: algorithm)")
     args = parser.parse_args(argv)
     root = Path(args.workdir).absolute()
     data = root / "data"
@@ -169,7 +170,8 @@ def main(argv: list[str] | None = None) -> int:
     rl_cfg = rl_config(
         data, root / "warm_export", steps=args.rl_steps, algorithm=args.algorithm, extra=args.set
     )
-    records = run_stage(rl_cfg, root / args.algorithm, None)
+    name = args.name or args.algorithm
+    records = run_stage(rl_cfg, root / name, None)
     t2 = time.perf_counter()
 
     evals = [r for r in records if r["split"] == "eval"]
@@ -190,7 +192,7 @@ def main(argv: list[str] | None = None) -> int:
         "update_s_mean": sum(r["update_s"] for r in trains) / len(trains),
         "wall_s": {"warm_start": round(t1 - t0, 1), "rl": round(t2 - t1, 1)},
     }
-    (root / f"rl_summary_{args.algorithm}.json").write_text(json.dumps(summary, indent=2) + "\n")
+    (root / f"rl_summary_{name}.json").write_text(json.dumps(summary, indent=2) + "\n")
     print(json.dumps(summary, indent=2))
     return 0
 

@@ -87,6 +87,9 @@ def shared(tmp_path_factory):
     for name in ("sft_train", "sft_val", "dpo_train", "dpo_val"):  # keep them small
         path = data / f"{name}.jsonl"
         path.write_text("".join(path.read_text().splitlines(keepends=True)[:24]))
+    from experiments.rl_arithmetic import write_data
+
+    write_data(data, train_problems=64, held_out=8)  # rl_train.jsonl, rl_held_out.jsonl
     cfg = apply_overrides(Config(), [*SHRINK, f"data.tokenizer={tokenizer}"])
     params = jax.tree.map(np.asarray, init_params(cfg.model, jax.random.key(0)))
     export = save_params(root / "export", params, cfg, tokenizer=tokenizer)
@@ -108,6 +111,15 @@ def shrunk_overrides(name: str, cfg: Config, shared) -> list[str]:
             f"data.sources=jsonl:{data / 'dpo_train.jsonl'}",
             f"data.eval_sources=jsonl:{data / 'dpo_val.jsonl'}",
             "data.batch_size=8",
+        ]
+    elif cfg.data.format == "rl":
+        extra += [
+            f"data.sources=jsonl:{data / 'rl_train.jsonl'}",
+            f"data.eval_sources=jsonl:{data / 'rl_held_out.jsonl'}",
+            "data.batch_size=8",
+            "rl.group_size=2",
+            "rl.max_response_tokens=4",
+            "rl.eval_samples=2",
         ]
     else:
         extra += ["data.sources=stdlib", "data.eval_sources="]

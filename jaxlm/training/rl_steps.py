@@ -47,7 +47,16 @@ from jaxlm.training.steps import accumulate, guarded_update
 Batch = dict[str, jax.Array]
 
 # Sums each update reports (divided into means by `update_metrics`).
-UPDATE_SUMS = ("loss_sum", "denominator", "tokens", "kl_sum", "clipped_sum", "entropy_sum")
+UPDATE_SUMS = (
+    "loss_sum",
+    "policy_loss_sum",
+    "denominator",
+    "tokens",
+    "kl_sum",
+    "clipped_sum",
+    "entropy_sum",
+    "ratio_sum",
+)
 
 
 def rollout_sampling(cfg: Config, *, greedy: bool = False) -> SamplingConfig:
@@ -159,11 +168,14 @@ def make_update_step(
         loss_sum = jnp.sum(weights_NR * per_token_NR)
         sums = {
             "loss_sum": loss_sum,
+            "policy_loss_sum": jnp.sum(weights_NR * pg_NR),
             "denominator": denominator,
             "tokens": counted_NR.sum(),
             "kl_sum": jnp.sum(counted_NR * kl_NR),
             "clipped_sum": jnp.sum(counted_NR * clipped_NR),
             "entropy_sum": jnp.sum(counted_NR * entropy_NR),
+            # exp(log π - log π_old): 1 on a rollout's first update, up to float rounding
+            "ratio_sum": jnp.sum(counted_NR * jnp.exp(logps_NR - b["old_logps"])),
         }
         return loss_sum, sums
 
@@ -198,6 +210,9 @@ def make_update_step(
         tokens = sums["tokens"]
         metrics = {
             "loss": loss,
+            # the clipped surrogate alone (loss = it + kl_weight x the KL term)
+            "policy_loss": safe_mean(sums["policy_loss_sum"], denominator),
+            "ratio": safe_mean(sums["ratio_sum"], tokens),
             "grad_norm": grad_norm,
             "lr": schedule(state.step),
             "kl": safe_mean(sums["kl_sum"], tokens),

@@ -44,10 +44,14 @@ from jaxlm.data.posttrain_inputs import jsonl_fingerprint
 from jaxlm.errors import InputError
 from jaxlm.sharding import batch_sharding
 from jaxlm.training import rl_losses
+from jaxlm.training.hosts import log
 from jaxlm.training.rewards import Rewards, Sample
 from jaxlm.training.rl_steps import make_rollout_step, make_update_step, rollout_sampling
 from jaxlm.training.steps import jit_rollout_step, jit_update_step
 from jaxlm.training.tasks.base import Steps, Task
+
+# Steps in a row without any learning signal before the run warns about it.
+NO_SIGNAL_STEPS = 10
 
 # Salts of the rollout keys: training draws and pass@k draws never share a key.
 _TRAIN_SALT, _EVAL_SALT = 0, 1
@@ -165,10 +169,9 @@ class RLTask(Task):
                 jnp.asarray(total), rl.group_size, scale_by_std=rl.scales_by_std
             )
         )
-        if rl.drops_equal_groups:
-            valid = np.asarray(rl_losses.groups_with_signal(jnp.asarray(total), rl.group_size))
-        else:
-            valid = np.ones(len(total), bool)
+        signal = np.asarray(rl_losses.groups_with_signal(jnp.asarray(total), rl.group_size))
+        self._watch_signal(signal)
+        valid = signal if rl.drops_equal_groups else np.ones(len(total), bool)
         weights = np.asarray(_gather(out, ("mask",))["mask"], np.float32)
         if rl.masks_truncated:
             weights = weights * ~host["truncated"][:, None]
@@ -203,6 +206,7 @@ class RLTask(Task):
                 "response_tokens": float(host["num_tokens"].mean()),
                 "truncated": float(host["truncated"].mean()),
                 "groups_kept": float(valid.mean()),
+                "groups_with_signal": float(signal.mean()),
                 "advantage_abs": float(np.abs(advantages[valid]).mean()) if valid.any() else 0.0,
                 "rollout_s": rollout_s,
                 "update_s": update_s,
@@ -210,6 +214,18 @@ class RLTask(Task):
             }
         )
         return state, metrics
+
+    def _watch_signal(self, signal: np.ndarray) -> None:
+        """Warn once when NO_SIGNAL_STEPS steps in a row had no group whose rewards
+        differ: every advantage is then 0 and the policy learns nothing (all-zero
+        rewards of a model too weak for the task, or a reward that never varies)."""
+        self._flat_steps = 0 if signal.any() else getattr(self, "_flat_steps", 0) + 1
+        if self._flat_steps == NO_SIGNAL_STEPS:
+            log(
+                f"warning: rl: {NO_SIGNAL_STEPS} steps in a row without a group whose rewards "
+                "differ: every advantage is 0, nothing is learnt (is the task too hard for "
+                "the starting model? does the reward ever vary? see reward_* in the metrics)"
+            )
 
     def _score(self, host, *, held_out: bool):
         tokenizer = self._run_tokenizer()
@@ -303,6 +319,9 @@ class RLTask(Task):
                 "response_tokens",
                 "truncated",
                 "groups_kept",
+                "groups_with_signal",
+                "policy_loss",
+                "ratio",
                 "advantage_abs",
                 "kl",
                 "clip_fraction",
