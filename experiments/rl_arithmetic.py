@@ -1,23 +1,29 @@
-"""RL on verifiable rewards: a warm-started tiny model learns arithmetic better by GRPO.
+"""RL on verifiable rewards: GRPO teaches a warm-started tiny model to answer, then stop.
 
     python -m experiments.rl_arithmetic [--workdir runs/rl_arithmetic]
-        [--warm-steps 300] [--rl-steps 120] [--algorithm grpo|dr_grpo|dapo]
+        [--warm-steps 1200] [--rl-steps 300] [--algorithm grpo|dr_grpo|dapo]
 
 1. Data (jaxlm.data.arithmetic_task, generated here, nothing downloaded): sums and
-   differences of 1-3 digit numbers, prompt "12+345=" and answer "357"; a hash split
-   keeps the held-out problems out of every training set.
+   differences of 1-3 digit numbers; a hash split keeps the held-out problems out of
+   every training set.
 2. Tokenizer: SentencePiece on a slice of the embedded stdlib corpus (digits are
    split into single tokens).
-3. Warm start: next-token pretraining on "12+345=357" documents (each ends with EOS)
-   for --warm-steps steps: short on purpose, so the model answers some held-out
-   problems right, not all (a model that never earns a reward learns nothing by RL).
-4. RL (data.format=rl) from that export: rl.group_size answers per training prompt,
-   reward "answer" (1 for the exact answer, else 0), GRPO's group-normalised
-   advantages, KL to the warm-started model.
+3. Warm start: next-token pretraining on arithmetic "worksheets", documents of 1 to 4
+   problems one per line ("12+345=357\n58+67=125"), each document ending with EOS.
+   Like a base model trained on web text, it answers a problem and then usually goes
+   on with the next line instead of stopping.
+4. RL (data.format=rl) from that export: prompts "12+345=", rl.group_size responses
+   each, reward "answer": 1 when the response is exactly the answer (it must stop
+   after it), else 0; "digits" (partial credit, aligned from the right) is reported
+   beside it with weight 0. GRPO's group-normalised advantages, KL to the warm start.
 The RL run's step-0 evaluation is the warm-started model, its last one the RL model:
-greedy accuracy and pass@k on the held-out prompts, before and after. Each stage is
-an ordinary run in its own workdir (resumable); a rerun skips finished stages. The
-summary is printed and written to <workdir>/rl_summary.json.
+greedy accuracy and pass@k on held-out prompts, before and after. What RL teaches
+here is mostly *when to stop* (the response length falls to the answer's), the way
+RL on verifiable rewards mostly selects behaviour a model already has; the
+arithmetic itself improves little in a CPU budget (see the README's RL section for
+the measured numbers and what was tried). Each stage is an ordinary run in its own
+workdir (resumable); a rerun skips finished stages. The summary is printed and
+written to <workdir>/rl_summary_<name>.json.
 """
 
 from __future__ import annotations
@@ -84,10 +90,10 @@ def rl_config(
             "rl.group_size=8",
             "rl.max_response_tokens=8",
             "rl.temperature=1.0",
-            "rl.rewards=answer",
+            "rl.rewards=answer,digits=0",
             "rl.kl_weight=0.02",
             "rl.eval_samples=8",
-            "optim.lr=2e-4",
+            "optim.lr=1e-4",
             "optim.warmup_steps=5",
             "optim.schedule=constant",
             "optim.weight_decay=0.0",
@@ -102,7 +108,7 @@ def rl_config(
 
 def get_config() -> Config:
     """The RL stage with placeholder paths (the CLI's shrunk runs replace the data)."""
-    return rl_config(Path("runs/rl_arithmetic/data"), "runs/rl_arithmetic/warm_export", steps=120)
+    return rl_config(Path("runs/rl_arithmetic/data"), "runs/rl_arithmetic/warm_export", steps=300)
 
 
 def write_data(data: Path, *, train_problems: int, held_out: int, seed: int = 0) -> None:
@@ -116,10 +122,24 @@ def write_data(data: Path, *, train_problems: int, held_out: int, seed: int = 0)
         text = "".join(json.dumps(r) + "\n" for r in records)
         (data / name).write_text(text, encoding="utf-8")
 
-    write("warm_train.jsonl", [task.text_record(e) for e in train])
-    write("warm_held_out.jsonl", [task.text_record(e) for e in test])
+    write("warm_train.jsonl", worksheets(train, seed))
+    write("warm_held_out.jsonl", worksheets(test, seed))
     write("rl_train.jsonl", [task.prompt_record(e) for e in train])
     write("rl_held_out.jsonl", [task.prompt_record(e) for e in test])
+
+
+def worksheets(examples: list[dict], seed: int, most: int = 4) -> list[dict]:
+    """{"text": ...} documents of 1..`most` problems with their answers, one per line."""
+    import random
+
+    rng = random.Random(seed)  # the layout only; the problems are the task's own
+    docs, i = [], 0
+    while i < len(examples):
+        n = rng.randint(1, most)
+        lines = [e["prompt"] + e["answer"] for e in examples[i : i + n]]
+        docs.append({"text": "\n".join(lines)})
+        i += n
+    return docs
 
 
 def make_tokenizer(path: Path) -> Path:
@@ -149,8 +169,8 @@ def run_stage(cfg: Config, workdir: Path, export: Path | None) -> list[dict]:
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--workdir", default="runs/rl_arithmetic")
-    parser.add_argument("--warm-steps", type=int, default=300)
-    parser.add_argument("--rl-steps", type=int, default=120)
+    parser.add_argument("--warm-steps", type=int, default=1200)
+    parser.add_argument("--rl-steps", type=int, default=300)
     parser.add_argument("--algorithm", default="grpo", choices=("grpo", "dr_grpo", "dapo"))
     parser.add_argument("--train-problems", type=int, default=20_000)
     parser.add_argument("--held-out", type=int, default=256)

@@ -128,6 +128,25 @@ def test_length():
 
 
 @pytest.mark.parametrize(
+    ("completion", "answer", "expected"),
+    [
+        ("357", "357", 1.0),
+        (" 357 ", "357", 1.0),
+        ("<think>7, 5</think>357", "357", 1.0),
+        ("358", "357", 2 / 3),  # ones wrong, tens and hundreds right
+        ("57", "357", 2 / 3),  # aligned from the right: a missing leading digit
+        ("1357", "357", 3 / 4),  # an extra leading digit: over the longer length
+        ("", "357", 0.0),
+        ("753", "357", 1 / 3),  # only the middle digit in place
+        ("abc", "357", 0.0),
+    ],
+)
+def test_digits_partial_credit(completion, answer, expected):
+    got = component("digits", [sample(completion, answer)])
+    assert got == [pytest.approx(expected)]
+
+
+@pytest.mark.parametrize(
     ("text", "parsed"),
     [
         ("answer", [("answer", 1.0)]),

@@ -15,6 +15,8 @@
     preference.py      chosen/rejected pairs -> [B, 2, T] batches
     run_inputs.py, posttrain_inputs.py   a Config's streams, eval batches and fingerprint
     stdlib_tasks.py, posttrain/          post-training sets made from the standard library
+    prompt_inputs.py   RL prompts (text or chat) -> checkpointable prompt batches
+    arithmetic_task.py an embedded verifiable task (sums, differences) with a held-out split
     atomic.py, file_names.py             files written whole; names kept inside a directory
 
 May import: the root modules (errors, source_spec, config, presets, sharding) only.

@@ -4,6 +4,7 @@
     kv_cache.py      the fixed-size key/value cache and the cached forward pass
     sampling.py      logits -> next token: temperature, top-k, top-p, min-p, penalties
     decode.py        prefill + incremental decode for a batch of prompts (Generator)
+    rollout.py       RL rollouts: one jitted sampling program with the policy's log-probs
     streaming.py     token ids -> text as it becomes printable (whole characters only)
     think.py         show or hide <think>...</think> reasoning, streamed or not
     chat_session.py  a multi-turn conversation over a Generator
