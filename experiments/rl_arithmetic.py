@@ -1,7 +1,7 @@
 """RL on verifiable rewards: GRPO teaches a warm-started tiny model to answer, then stop.
 
     python -m experiments.rl_arithmetic [--workdir runs/rl_arithmetic]
-        [--warm-steps 1200] [--rl-steps 300] [--algorithm grpo|dr_grpo|dapo]
+        [--warm-steps 3000] [--rl-steps 200] [--algorithm grpo|dr_grpo|dapo]
 
 1. Data (jaxlm.data.arithmetic_task, generated here, nothing downloaded): sums and
    differences of 1-3 digit numbers; a hash split keeps the held-out problems out of
@@ -108,7 +108,7 @@ def rl_config(
 
 def get_config() -> Config:
     """The RL stage with placeholder paths (the CLI's shrunk runs replace the data)."""
-    return rl_config(Path("runs/rl_arithmetic/data"), "runs/rl_arithmetic/warm_export", steps=300)
+    return rl_config(Path("runs/rl_arithmetic/data"), "runs/rl_arithmetic/warm_export", steps=200)
 
 
 def write_data(data: Path, *, train_problems: int, held_out: int, seed: int = 0) -> None:
@@ -169,8 +169,8 @@ def run_stage(cfg: Config, workdir: Path, export: Path | None) -> list[dict]:
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--workdir", default="runs/rl_arithmetic")
-    parser.add_argument("--warm-steps", type=int, default=1200)
-    parser.add_argument("--rl-steps", type=int, default=300)
+    parser.add_argument("--warm-steps", type=int, default=3000)
+    parser.add_argument("--rl-steps", type=int, default=200)
     parser.add_argument("--algorithm", default="grpo", choices=("grpo", "dr_grpo", "dapo"))
     parser.add_argument("--train-problems", type=int, default=20_000)
     parser.add_argument("--held-out", type=int, default=256)
