@@ -236,3 +236,27 @@ def test_a_file_that_is_not_metrics_is_refused(tmp_path):
     (tmp_path / "index.json").write_text("{}")
     with pytest.raises(InputError, match=r"index\.json: not a run directory"):
         load_run(tmp_path / "index.json")
+
+
+def test_any_logged_metric_is_drawn_against_step(tmp_path, capsys):
+    """`jaxlm compare --metrics reward,accuracy` on RL-like runs: train lines and eval
+    markers of metrics other than the loss, one panel each (metrics.png); an eval record
+    without a loss (an RL run's) still counts for the metric panels."""
+    for name, rewards in (("a", [0.1, 0.3, 0.5]), ("b", [0.2, 0.2, 0.2])):
+        workdir = tmp_path / name
+        write_config(workdir)
+        records = []
+        for step, reward in zip((10, 20, 30), rewards, strict=True):
+            step_, split, values = train_record(step, 0.01, new_format=True)
+            records.append((step_, split, {**values, "reward": reward}))
+        records.append((30, "eval", {"accuracy": rewards[-1], "reward": rewards[-1]}))
+        write_metrics(workdir, records)
+    run = load_run(tmp_path / "a")
+    np.testing.assert_array_equal(run.metric("train", "reward")[1], [0.1, 0.3, 0.5])
+    np.testing.assert_array_equal(run.metric("eval", "accuracy")[0], [30])
+    assert run.metric("train", "accuracy")[0].size == 0
+    out = tmp_path / "cmp"
+    argv = ["compare", str(tmp_path / "a"), str(tmp_path / "b"), "--out", str(out)]
+    assert cli.main([*argv, "--metrics", "reward,accuracy,not_logged"]) == 0
+    assert (out / "metrics.png").stat().st_size > 0 and (out / "metrics.svg").is_file()
+    assert "not_logged" in (out / "metrics.svg").read_text()  # its panel says so

@@ -94,6 +94,14 @@ class Run:
     nan_step: int | None
     final: dict[str, Any]  # the table row
     notes: list[str]
+    records: list[dict] = dataclasses.field(default_factory=list)  # train/eval, as kept
+
+    def metric(self, split: str, key: str) -> tuple[np.ndarray, np.ndarray]:
+        """(steps, values) of `key` in this run's `split` records that have it (any
+        metric a run logs: an RL run's reward, kl, entropy, accuracy, ...)."""
+        rows = [r for r in self.records if r["split"] == split and key in r]
+        steps = np.array([float(r["step"]) for r in rows])
+        return steps, np.array([_num(r[key]) for r in rows], dtype=float)
 
 
 def load_run(path: Path | str, label: str | None = None) -> Run:
@@ -138,6 +146,7 @@ def load_run(path: Path | str, label: str | None = None) -> Run:
         nan_step=nan_step,
         final=final,
         notes=notes,
+        records=[r for r in records if r["split"] in ("train", "eval")],
     )
 
 

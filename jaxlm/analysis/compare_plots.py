@@ -1,4 +1,5 @@
-"""Figures for comparing runs: loss curves on four x axes, and scaling-law fits.
+"""Figures for comparing runs: loss curves on four x axes, any logged metric against
+step (`--metrics`), and scaling-law fits.
 
 Both write a PNG and an SVG with the same stem; matplotlib runs headless (Agg). Only
 code about to draw imports this module (`jaxlm compare`, `jaxlm scaling fit`), so it
@@ -87,6 +88,40 @@ def plot_comparison(
     fig.tight_layout(rect=(0, legend_h / (height + legend_h), 1, 1))
     paths = _save(fig, stem)
     return paths
+
+
+def plot_metrics(runs: list[Run], names: list[str], stem: Path, *, smoothing=None) -> list[Path]:
+    """One panel per metric name against step: train records as lines (smoothed like
+    the loss curves), eval records as markers. A metric no run logged says so."""
+    cols = min(len(names), 2)
+    rows = -(-len(names) // cols)
+    fig = new_figure(figsize=(6 * cols, 3.6 * rows), dpi=110)
+    axes = np.atleast_1d(fig.subplots(rows, cols)).ravel()
+    colors = matplotlib.rcParams["axes.prop_cycle"].by_key()["color"]
+    for ax, name in zip(axes, names, strict=False):
+        drawn = 0
+        for i, run in enumerate(runs):
+            color = colors[i % len(colors)]
+            x, y = _points(*run.metric("train", name), False)
+            if len(x):
+                ax.plot(x, smooth(y, smoothing), color=color, label=run.label)
+                drawn += 1
+            ex, ey = _points(*run.metric("eval", name), False)
+            if len(ex):
+                label = None if len(x) else run.label
+                ax.plot(ex, ey, "o", color=color, mec="black", mew=0.5, label=label)
+                drawn += 1
+        ax.set_title(name)
+        ax.set_xlabel("step")
+        ax.grid(True, alpha=0.3)
+        if drawn:
+            ax.legend(fontsize=8)
+        else:
+            ax.text(0.5, 0.5, f"no run logged {name!r}", ha="center", transform=ax.transAxes)
+    for ax in axes[len(names) :]:
+        ax.set_visible(False)
+    fig.tight_layout()
+    return _save(fig, stem)
 
 
 def _points(x: np.ndarray, y: np.ndarray, log_x: bool) -> tuple[np.ndarray, np.ndarray]:

@@ -7,6 +7,9 @@ Reads each RUN_DIR's metrics.jsonl (and config.json) and writes to --out:
     loss_curves.png, loss_curves.svg   a 2×2 grid: train loss (lines) and eval loss
                                        (markers) against step, tokens trained, model
                                        FLOPs and wall time
+    metrics.png, metrics.svg           with --metrics reward,kl,...: one panel per
+                                       logged metric against step (train lines, eval
+                                       markers), e.g. an RL run's reward and KL
     final_metrics.md, final_metrics.csv
                                        per run: status (finished / preempted / in
                                        progress / NaN at step N), steps, final train and
@@ -42,11 +45,17 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--labels", default=None, help="comma-separated run names (default: directory names)"
     )
+    parser.add_argument(
+        "--metrics",
+        default="",
+        help="comma-separated logged metrics to draw against step as well, e.g. "
+        "reward,kl,response_tokens,entropy,accuracy (metrics.png)",
+    )
 
 
 def run(args: argparse.Namespace) -> int:
     from jaxlm.analysis.compare import load_runs, smooth, table_markdown, write_tables
-    from jaxlm.analysis.compare_plots import plot_comparison
+    from jaxlm.analysis.compare_plots import plot_comparison, plot_metrics
 
     labels = [s.strip() for s in args.labels.split(",")] if args.labels else None
     smooth([1.0], args.smooth)  # a bad --smooth fails before any work
@@ -55,6 +64,9 @@ def run(args: argparse.Namespace) -> int:
     figures = plot_comparison(
         runs, out / "loss_curves", smoothing=args.smooth, log_x=args.log_x, log_y=args.log_y
     )
+    names = [m.strip() for m in args.metrics.split(",") if m.strip()]
+    if names:
+        figures += plot_metrics(runs, names, out / "metrics", smoothing=args.smooth)
     tables = write_tables(runs, out)
     print(table_markdown(runs))
     for path in (*figures, *tables):
