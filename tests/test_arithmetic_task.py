@@ -2,7 +2,6 @@
 the RL prompt-file reader's errors (jaxlm.data.arithmetic_task). No JAX needed."""
 
 import hashlib
-import json
 import re
 
 import pytest
@@ -150,7 +149,7 @@ def test_sft_and_text_records():
     assert example["messages"][0]["content"] == "What is 12 + 345?"
 
 
-def test_prompt_records_have_one_form(tmp_path):
+def test_prompt_records_have_one_form():
     example = task.example("12+345")
     assert task.prompt_record(example) == {
         "prompt": "12+345=",
@@ -162,68 +161,8 @@ def test_prompt_records_have_one_form(tmp_path):
         "answer": "357",
         "problem": "12+345",
     }
-    records = [task.prompt_record(example), task.prompt_record(example, chat=True)]
-    path = _write(tmp_path, [json.dumps(r) for r in records])
-    assert task.read_prompt_records(path) == records
 
 
 def test_bad_problem_text():
     with pytest.raises(InputError, match=r"'12\+' is not a problem"):
         task.solve("12+")
-
-
-def _write(tmp_path, lines):
-    path = tmp_path / "prompts.jsonl"
-    path.write_text("".join(line + "\n" for line in lines), encoding="utf-8")
-    return path
-
-
-def test_read_prompt_records_reads_both_forms_and_written_examples(tmp_path):
-    examples = task.examples("held_out", 3, seed=0, max_digits=2)
-    lines = [json.dumps(e) for e in examples]
-    lines += ["", json.dumps({"messages": examples[0]["messages"], "answer": "1", "id": 7})]
-    records = task.read_prompt_records(_write(tmp_path, lines))
-    assert records[:3] == examples  # both forms in one record
-    assert records[3] == {"messages": examples[0]["messages"], "answer": "1", "id": 7}
-
-
-@pytest.mark.parametrize(
-    ("line", "problem"),
-    [
-        ("{not json", "not valid JSON"),
-        ('["12+3=", "15"]', "expected a JSON object, got list"),
-        ('{"prompt": "1+1="}', "missing 'answer'"),
-        ('{"prompt": "1+1=", "answer": 2}', "'answer' must be a non-empty string"),
-        ('{"prompt": "1+1=", "answer": " "}', "'answer' must be a non-empty string"),
-        ('{"prompt": "", "answer": "2"}', "'prompt' must be a non-empty string"),
-        ('{"prompt": ["1+1="], "answer": "2"}', "'prompt' must be a non-empty string"),
-        ('{"answer": "2"}', "expected a 'prompt' or 'messages' (or both)"),
-        (
-            '{"prompt": "1+1=", "messages": [{"role": "user"}], "answer": "2"}',
-            "needs 'role' and 'content'",
-        ),
-        ('{"messages": [], "answer": "2"}', "must be a non-empty list of messages"),
-        ('{"messages": [{"role": "user"}], "answer": "2"}', "needs 'role' and 'content'"),
-        (
-            '{"messages": [{"role": "user", "content": "1+1?"}, '
-            '{"role": "assistant", "content": "2"}], "answer": "2"}',
-            "ends with an assistant turn",
-        ),
-    ],
-)
-def test_read_prompt_records_errors_name_file_and_line(tmp_path, line, problem):
-    good = json.dumps({"prompt": "1+1=", "answer": "2"})
-    path = _write(tmp_path, [good, "", line, good])
-    with pytest.raises(InputError) as error:
-        task.read_prompt_records(path)
-    message = str(error.value)
-    assert message.startswith(f"{path}:3: "), message
-    assert problem in message
-    assert "\n" not in message
-
-
-def test_read_prompt_records_missing_and_empty_files(tmp_path):
-    with pytest.raises(InputError, match="no such file"):
-        task.read_prompt_records(tmp_path / "absent.jsonl")
-    with pytest.raises(InputError, match="no prompt record"):
-        task.read_prompt_records(_write(tmp_path, ["", "  "]))

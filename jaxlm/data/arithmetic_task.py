@@ -56,7 +56,7 @@ keeps each problem once (an evaluation set that counts every problem once); it g
 up with an InputError when the split has too few distinct problems to reach `count`.
 
 Writing the records as jsonl: jaxlm.data.posttrain.output.write_jsonl (atomic).
-`read_prompt_records` reads prompt files for RL, these or anyone's.
+RL runs read prompt files with jaxlm.data.prompt_inputs (these or anyone's).
 """
 
 from __future__ import annotations
@@ -64,11 +64,8 @@ from __future__ import annotations
 import hashlib
 import re
 from collections.abc import Mapping
-from pathlib import Path
 from typing import Any
 
-from jaxlm.data.chat import parse_conversation
-from jaxlm.data.jsonl import JsonlError, parse_line
 from jaxlm.errors import InputError
 
 OPS = "+-*"
@@ -214,63 +211,6 @@ def prompt_record(example: Mapping[str, Any], *, chat: bool = False) -> dict[str
 def text_record(example: Mapping[str, Any]) -> dict[str, str]:
     """A pretraining document, "12+345=357": the plain prompt followed by its answer."""
     return {"text": example["prompt"] + example["answer"]}
-
-
-def read_prompt_records(path: Path | str) -> list[dict[str, Any]]:
-    """The records of a jsonl prompt file for RL, in file order, as they are in the file.
-
-    Each non-blank line is an object with an "answer" (a non-empty string) and a
-    "prompt" (a non-empty string: plain text the model continues), "messages" (a chat
-    that does not end with an assistant turn; "conversations" is read alike), or both,
-    as `examples` writes them: a run takes the form its prompt format asks for. Other
-    keys are kept. A bad line is an InputError naming file:line and what is wrong.
-    """
-    path = Path(path)
-    if not path.is_file():
-        raise InputError(f"{path}: no such file (a jsonl file of prompt records)")
-    records = []
-    with path.open("rb") as f:
-        for number, raw in enumerate(f, start=1):
-            if not raw.strip():
-                continue
-            where = f"{path}:{number}"
-            record, why = parse_line(raw)
-            if why:
-                raise JsonlError(f"{where}: {why}")
-            check_prompt_record(record, where=where)
-            records.append(record)
-    if not records:
-        raise InputError(f"{path}: no prompt record (the file has no non-blank line)")
-    return records
-
-
-def check_prompt_record(record: Any, *, where: str = "<record>") -> None:
-    """InputError "`where`: what is wrong" unless `record` is a usable prompt record."""
-    if not isinstance(record, dict):
-        raise InputError(f"{where}: expected a JSON object, got {type(record).__name__}")
-    chats = [key for key in ("messages", "conversations") if key in record]
-    if "prompt" not in record and not chats:
-        raise InputError(
-            f"{where}: expected a 'prompt' or 'messages' (or both), got keys {sorted(record)}"
-        )
-    if "prompt" in record:
-        prompt = record["prompt"]
-        if not isinstance(prompt, str) or not prompt.strip():
-            raise InputError(f"{where}: 'prompt' must be a non-empty string, got {_short(prompt)}")
-    if chats:
-        messages = parse_conversation(record, where=where)
-        if messages[-1].role == "assistant":
-            raise InputError(
-                f"{where}: '{chats[0]}' ends with an assistant turn; a prompt ends where "
-                "the model's answer starts"
-            )
-    if "answer" not in record:
-        raise InputError(f"{where}: missing 'answer' (the reference the reward checks)")
-    answer = record["answer"]
-    if not isinstance(answer, str) or not answer.strip():
-        raise InputError(
-            f"{where}: 'answer' must be a non-empty string (\"357\", not 357), got {_short(answer)}"
-        )
 
 
 def _check_arguments(
