@@ -38,6 +38,9 @@ KEEPS_WEIGHTS = {WEIGHTS: "kept"}
 # LoRA: adds adapters beside base weights it leaves unchanged. Plain saved weights load
 # as a LoRA model's base (train.init_from); a model loaded for inference is plain.
 ADDS_ADAPTERS = {WEIGHTS: "adapters"}
+# A scalar head beside the LM (model.score_head): plain LM weights load as everything
+# but the head (train.init_from), which starts fresh.
+ADDS_HEAD = {WEIGHTS: "head"}
 
 
 @dataclasses.dataclass(frozen=True, kw_only=True)
@@ -87,6 +90,10 @@ class ModelConfig:
     # Biases on the q, k and v projections (Qwen2's attention; none on the output).
     attention_bias: bool = False
     tie_embeddings: bool = True
+    # A scalar head after the final norm (`score` [D]; Transformer.scores): the reward
+    # model's output, or an RL critic's value. The LM head stays, so such a model
+    # starts from any LM's weights (train.init_from fills everything but `score`).
+    score_head: bool = dataclasses.field(default=False, metadata=ADDS_HEAD)
     init_std: float = 0.02
     param_dtype: Dtype = dataclasses.field(default="float32", metadata=KEEPS_WEIGHTS)
     compute_dtype: Dtype = dataclasses.field(default="float32", metadata=KEEPS_WEIGHTS)
@@ -123,6 +130,11 @@ class ModelConfig:
             )
         if self.resolved_head_dim % 2:
             raise ConfigError(f"model.head_dim={self.resolved_head_dim} must be even for RoPE")
+        if self.score_head and self.lora_rank > 0:
+            raise ConfigError(
+                "model.score_head with model.lora_rank > 0 is not supported: the score "
+                "head would sit in the frozen base and never train (train it in full)"
+            )
         _check_rope_scaling(self)
         if self.attention_impl == "cudnn":
             # cuDNN's fused attention kernels exist only for these; fail at config time,
@@ -165,7 +177,7 @@ class DataConfig:
     # What a record is: "text" (pretraining documents), "chat" (conversations; SFT
     # trains only assistant tokens) or "preference" (chosen/rejected pairs: the run
     # optimises config.preference). chat and preference read jsonl: sources.
-    format: Literal["text", "chat", "preference", "rl"] = "text"
+    format: Literal["text", "chat", "preference", "reward", "rl"] = "text"
     text_field: str = "text"  # jsonl key / parquet column holding the document
     tokenizer: str = ""  # path to a .model; empty means train one into the workdir
     # 0 means model.vocab_size (filled in by Config; see IMPLIED below)
@@ -372,16 +384,34 @@ class PreferenceConfig:
 
 
 @dataclasses.dataclass(frozen=True, kw_only=True)
+class RewardConfig:
+    """Reward-model training (data.format=reward, model.score_head=true);
+    jaxlm.training.reward_model_steps. center_weight > 0 adds that times the squared
+    sum of a pair's rewards (reward centering: keeps the rewards' offset near 0)."""
+
+    center_weight: float = 0.0
+
+    def __post_init__(self):
+        _finite(self)
+        _non_negative(self, "center_weight")
+
+
+@dataclasses.dataclass(frozen=True, kw_only=True)
 class RLConfig:
     """Reinforcement learning on prompts (data.format=rl); jaxlm.training.tasks.rl.
 
-    algorithm fixes what defines each method (jaxlm.training.rl_losses):
+    algorithm fixes what defines each method (jaxlm.training.rl_losses; ppo needs
+    model.score_head=true, its critic's value head on the policy's trunk):
         grpo     advantages (r - group mean) / group std; per-response mean of tokens
         dr_grpo  advantages r - group mean; token sum / (responses x max_response_tokens)
         dapo     grpo's advantages; token mean over the batch; clip_high defaults to
                  0.28; groups whose rewards are all equal are dropped (dynamic
                  sampling, as a mask: the batch is not refilled); truncated responses
                  are masked out (overlong filtering)
+        ppo      per-token advantages by GAE (gamma, lam) on rewards -kl_weight x the
+                 log-ratio to the reference per token + the sequence reward at the
+                 last token, whitened; token mean; + value_weight x the clipped value
+                 loss of the critic (group_size may be 1)
     Each step samples group_size responses for each of data.batch_size prompts, scores
     them with `rewards` (jaxlm.training.rewards: "answer=1,format=0.2", built-ins or
     "module:function"), then makes `epochs` x `minibatches` updates on them with the
@@ -390,7 +420,7 @@ class RLConfig:
     Prompts get data.seq_len - max_response_tokens tokens at most.
     """
 
-    algorithm: Literal["grpo", "dr_grpo", "dapo"] = "grpo"
+    algorithm: Literal["grpo", "dr_grpo", "dapo", "ppo"] = "grpo"
     group_size: int = 8
     max_response_tokens: int = 64
     temperature: float = 1.0
@@ -407,11 +437,19 @@ class RLConfig:
     dynamic_sampling: Literal["auto", "on", "off"] = "auto"
     mask_truncated: Literal["auto", "on", "off"] = "auto"
     eval_samples: int = 4  # pass@k on held-out prompts, k samples at the temperature
+    # A reward model export (data.format=reward): the reward component "reward_model"
+    # is its score of prompt + response (same tokenizer as the policy).
+    reward_model: str = ""
+    # PPO: GAE's discount and λ, the critic's loss weight and value clip range.
+    gamma: float = 1.0
+    lam: float = 0.95
+    value_weight: float = 0.1
+    value_clip: float = 0.2
 
     def __post_init__(self):
         _finite(self)
         _positive(self, "max_response_tokens", "epochs", "minibatches", "eval_samples")
-        if self.group_size < 2:
+        if self.group_size < 2 and self.algorithm != "ppo":
             raise ConfigError(
                 f"rl.group_size={self.group_size} must be >= 2 (advantages compare the "
                 "responses to one prompt)"
@@ -423,7 +461,9 @@ class RLConfig:
                 f"rl.clip_low={self.clip_low} must be in [0, 1) and rl.clip_high="
                 f"{self.clip_high} >= 0"
             )
-        _non_negative(self, "kl_weight", "overlong_buffer")
+        _non_negative(self, "kl_weight", "overlong_buffer", "value_weight", "value_clip")
+        if self.group_size < 1 or not 0 <= self.gamma <= 1 or not 0 <= self.lam <= 1:
+            raise ConfigError("rl.group_size must be >= 1, rl.gamma and rl.lam in [0, 1]")
 
     @property
     def resolved_clip_high(self) -> float:
@@ -441,7 +481,9 @@ class RLConfig:
 
     @property
     def aggregation(self) -> str:
-        return {"grpo": "sequence", "dr_grpo": "constant", "dapo": "token"}[self.algorithm]
+        return {"grpo": "sequence", "dr_grpo": "constant", "dapo": "token", "ppo": "token"}[
+            self.algorithm
+        ]
 
     @property
     def scales_by_std(self) -> bool:
@@ -463,6 +505,7 @@ class Config:
     mesh: MeshConfig = dataclasses.field(default_factory=MeshConfig)
     train: TrainConfig = dataclasses.field(default_factory=TrainConfig)
     preference: PreferenceConfig = dataclasses.field(default_factory=PreferenceConfig)
+    reward: RewardConfig = dataclasses.field(default_factory=RewardConfig)
     rl: RLConfig = dataclasses.field(default_factory=RLConfig)
 
     def __post_init__(self):
@@ -481,6 +524,11 @@ class Config:
             raise ConfigError(
                 f"data.tokenizer_vocab_size={self.data.tokenizer_vocab_size} must equal "
                 f"model.vocab_size={self.model.vocab_size} when the tokenizer is trained"
+            )
+        if self.data.format == "rl" and self.rl.algorithm == "ppo" and not self.model.score_head:
+            raise ConfigError(
+                "rl.algorithm=ppo trains a critic as a value head on the policy: set "
+                "model.score_head=true (it starts at zero from any LM's weights)"
             )
         if self.data.format == "rl" and self.rl.max_response_tokens >= self.data.seq_len:
             raise ConfigError(

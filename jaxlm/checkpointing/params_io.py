@@ -294,6 +294,21 @@ def _refuse_other_model(saved: ModelConfig, model: ModelConfig, source: str) -> 
         raise InputError(f"{source}: its params do not fit this model (" + "; ".join(changed) + ")")
 
 
+def saved_score_head(path: Path | str) -> bool:
+    """Whether the model saved at `path` (a params directory or a workdir) has a score
+    head (model.score_head); a workdir is asked through its config.json."""
+    path = Path(path).absolute()
+    if (path / PARAMS_DIR).is_dir():
+        return read_params_config(path).model.score_head
+    config = path / "config.json"
+    if config.is_file():
+        try:
+            return bool(json.loads(config.read_text(encoding="utf-8"))["model"]["score_head"])
+        except (json.JSONDecodeError, KeyError, TypeError):
+            return False
+    return False
+
+
 def load_init_params(
     path: Path | str, model: ModelConfig, *, shardings: nnx.State | None = None
 ) -> tuple[nnx.State, str]:

@@ -87,6 +87,13 @@ def export_to_hf(
     model = cfg.model
     if model.lora_rank:
         raise InputError("export LoRA runs merged (restore_params merges the adapters)")
+    if model.score_head:
+        # transformers' *ForSequenceClassification drops the LM head jaxlm keeps and
+        # reads the score at the last non-pad token; not mapped (and not verified) yet.
+        raise InputError(
+            "--to-hf: this model has a score head (a reward model or critic); Hugging "
+            "Face export covers causal LMs only (use `jaxlm export` for jaxlm's params)"
+        )
     dtype = dtype or model.param_dtype
     if dtype not in EXPORT_DTYPES:
         raise InputError(f"--dtype {dtype}: choose one of {list(EXPORT_DTYPES)}")

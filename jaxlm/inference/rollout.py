@@ -216,10 +216,31 @@ def response_logps(
 ):
     """Teacher-forced log-probs [B, R] of the response tokens under the policy (the
     rollout's layout and temperature), and with `with_entropy` the policy's entropy
-    at each response position [B, R]. Masked-out slots give 0.
+    at each response position [B, R]. Masked-out slots give 0."""
+    out = response_outputs(
+        graphdef, states, prompts_BP, lengths_B, tokens_BR, mask_BR, temperature=temperature
+    )
+    return (out["logps"], out["entropy"]) if with_entropy else out["logps"]
 
-    Only the R positions that predict a response token go through the unembedding
-    (hidden states are gathered first), so a large vocabulary costs R, not P + R.
+
+def response_outputs(
+    graphdef: nnx.GraphDef,
+    states,
+    prompts_BP: jax.Array,
+    lengths_B: jax.Array,
+    tokens_BR: jax.Array,
+    mask_BR: jax.Array,
+    *,
+    temperature: float,
+    with_values: bool = False,
+) -> dict[str, jax.Array]:
+    """One teacher-forced pass over the rollout's layout: per response slot [B, R] the
+    token's log-prob ("logps"), the policy's entropy ("entropy") and, with
+    `with_values`, the score head's value of the state that emits the token ("values":
+    PPO's critic, read where the logits are). Masked-out slots give 0.
+
+    Only the R positions that predict a response token go through the heads (hidden
+    states are gathered first), so a large vocabulary costs R, not P + R.
     """
     model = nnx.merge(graphdef, *(states if isinstance(states, tuple) else (states,)))
     P, R = prompts_BP.shape[1], tokens_BR.shape[1]
@@ -234,8 +255,11 @@ def response_logps(
     x_BRD = jnp.take_along_axis(x_BSD, index_BR[:, :, None], axis=1)
     logp_BRV = jax.nn.log_softmax(policy_logits(model.logits(x_BRD), temperature), axis=-1)
     logps_BR = jnp.take_along_axis(logp_BRV, tokens_BR[..., None], axis=-1)[..., 0]
-    logps_BR = jnp.where(mask_BR, logps_BR, 0.0)
-    if not with_entropy:
-        return logps_BR
     entropy_BR = -jnp.sum(jnp.exp(logp_BRV) * logp_BRV, axis=-1)
-    return logps_BR, jnp.where(mask_BR, entropy_BR, 0.0)
+    out = {
+        "logps": jnp.where(mask_BR, logps_BR, 0.0),
+        "entropy": jnp.where(mask_BR, entropy_BR, 0.0),
+    }
+    if with_values:
+        out["values"] = jnp.where(mask_BR, model.score_of(x_BRD), 0.0)
+    return out

@@ -170,6 +170,11 @@ class Transformer(nnx.Module):
         self.final_norm = _ones((D,), cfg.param_dtype, ("norm",))
         if not cfg.tie_embeddings:
             self.unembed = _param(rngs, (D, V), cfg.init_std, cfg.param_dtype, ("embed", "vocab"))
+        if cfg.score_head:
+            # Zeros: a fresh reward model or critic scores everything 0 (no preference
+            # before training), and drawing no key keeps the other weights those of
+            # the same seed without a head.
+            self.score = _zeros((D,), cfg.param_dtype, ("norm",))
 
     def __call__(
         self,
@@ -188,6 +193,32 @@ class Transformer(nnx.Module):
         x_BTD = self.embed_tokens(tokens_BT)
         x_BTD = run_layers(cfg, self.layers.arrays(), x_BTD, positions, segment_ids)
         return self.logits(x_BTD)
+
+    def scores(
+        self,
+        tokens_BT: jax.Array,
+        *,
+        positions: jax.Array | None = None,
+        segment_ids: jax.Array | None = None,
+    ) -> jax.Array:
+        """Float32 scalar scores [B, T] of the score head (model.score_head): at each
+        position, after the model has read the tokens up to and including it."""
+        B, T = tokens_BT.shape
+        if positions is None:
+            positions = jnp.broadcast_to(jnp.arange(T, dtype=jnp.int32), (B, T))
+        if segment_ids is None:
+            segment_ids = jnp.ones((B, T), dtype=jnp.int32)
+        x_BTD = self.embed_tokens(tokens_BT)
+        x_BTD = run_layers(self.cfg, self.layers.arrays(), x_BTD, positions, segment_ids)
+        return self.score_of(x_BTD)
+
+    def score_of(self, x_BTD: jax.Array) -> jax.Array:
+        """The score head on the last layer's output: final norm, then a dot with
+        `score`, in float32."""
+        x_BTD = rms_norm(x_BTD, self.final_norm[...], self.cfg.norm_eps)
+        return jnp.einsum(
+            "BTD,D->BT", x_BTD.astype(jnp.float32), self.score[...].astype(jnp.float32)
+        )
 
     def embed_tokens(self, tokens_BT: jax.Array) -> jax.Array:
         """Token embeddings [B, T, D] in the compute dtype."""

@@ -36,7 +36,7 @@ import optax
 from flax import nnx
 
 from jaxlm.config import Config
-from jaxlm.inference.rollout import make_rollout, response_logps
+from jaxlm.inference.rollout import make_rollout, response_logps, response_outputs
 from jaxlm.inference.sampling import SamplingConfig
 from jaxlm.training import rl_losses
 from jaxlm.training.losses import safe_mean
@@ -56,6 +56,7 @@ UPDATE_SUMS = (
     "clipped_sum",
     "entropy_sum",
     "ratio_sum",
+    "value_loss_sum",
 )
 
 
@@ -76,6 +77,7 @@ def make_rollout_step(
     group_size: int,
     sampling: SamplingConfig,
     with_reference: bool,
+    with_values: bool = False,
     salt: int = 0,
 ) -> Callable[[Any, Any, Batch], Batch]:
     """rollout(params, frozen, prompt batch) -> the rollout batch's sampled part.
@@ -96,6 +98,18 @@ def make_rollout_step(
         key = jax.random.fold_in(jax.random.key(cfg.train.seed), salt)
         key = jax.random.fold_in(key, batch["batch_index"][0])
         out = sample(views.policy(params, frozen), prompts_NP, lengths_N, key)
+        extra = {}
+        if with_values:  # PPO: the critic's values of the states the sampler was in
+            extra["old_values"] = response_outputs(
+                graphdef,
+                views.policy(params, frozen),
+                prompts_NP,
+                lengths_N,
+                out.tokens,
+                out.mask,
+                temperature=temperature,
+                with_values=True,
+            )["values"]
         if with_reference:
             ref = jax.lax.stop_gradient(views.reference(params, frozen))
             ref_logps_NR = response_logps(
@@ -113,6 +127,7 @@ def make_rollout_step(
             "num_tokens": out.num_tokens,
             "truncated": out.truncated,
             "example_index": jnp.repeat(batch["example_index"], group_size, axis=0),
+            **extra,
         }
 
     return rollout_step
@@ -143,8 +158,10 @@ def make_update_step(
     temperature = rl.temperature
     clip_high = rl.resolved_clip_high
 
+    ppo = rl.algorithm == "ppo"
+
     def sums_of(p, frozen, b: Batch):
-        logps_NR, entropy_NR = response_logps(
+        out = response_outputs(
             graphdef,
             views.policy(p, frozen),
             b["prompts"],
@@ -152,18 +169,30 @@ def make_update_step(
             b["tokens"],
             b["weights"] > 0,
             temperature=temperature,
-            with_entropy=True,
+            with_values=ppo,
         )
+        logps_NR, entropy_NR = out["logps"], out["entropy"]
         weights_NR, denominator = rl_losses.token_weights(b["weights"], b["valid"], rl.aggregation)
+        advantages = b["advantages"]  # [N] (GRPO family) or [N, R] (PPO)
         pg_NR, clipped_NR = rl_losses.clipped_surrogate(
             logps_NR,
             b["old_logps"],
-            b["advantages"][:, None],
+            advantages if advantages.ndim == 2 else advantages[:, None],
             clip_low=rl.clip_low,
             clip_high=clip_high,
         )
         kl_NR = rl_losses.kl_k3(logps_NR, b["ref_logps"])
-        per_token_NR = pg_NR + rl.kl_weight * kl_NR if rl.kl_weight > 0 else pg_NR
+        if ppo:  # the KL penalty is in PPO's rewards; the critic learns beside the policy
+            value_NR = rl_losses.clipped_value_loss(
+                out["values"], b["old_values"], b["returns"], clip=rl.value_clip
+            )
+            per_token_NR = pg_NR + rl.value_weight * value_NR
+        elif rl.kl_weight > 0:
+            value_NR = jnp.zeros_like(pg_NR)
+            per_token_NR = pg_NR + rl.kl_weight * kl_NR
+        else:
+            value_NR = jnp.zeros_like(pg_NR)
+            per_token_NR = pg_NR
         counted_NR = (weights_NR > 0).astype(jnp.float32)
         loss_sum = jnp.sum(weights_NR * per_token_NR)
         sums = {
@@ -176,6 +205,7 @@ def make_update_step(
             "entropy_sum": jnp.sum(counted_NR * entropy_NR),
             # exp(log π - log π_old): 1 on a rollout's first update, up to float rounding
             "ratio_sum": jnp.sum(counted_NR * jnp.exp(logps_NR - b["old_logps"])),
+            "value_loss_sum": jnp.sum(counted_NR * value_NR),
         }
         return loss_sum, sums
 
@@ -218,6 +248,7 @@ def make_update_step(
             "kl": safe_mean(sums["kl_sum"], tokens),
             "clip_fraction": safe_mean(sums["clipped_sum"], tokens),
             "entropy": safe_mean(sums["entropy_sum"], tokens),
+            "value_loss": safe_mean(sums["value_loss_sum"], tokens),  # PPO's critic
             **flags,
         }
         return new_state, metrics

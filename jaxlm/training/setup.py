@@ -30,7 +30,7 @@ from flax import nnx
 from jax.sharding import Mesh
 
 from jaxlm.checkpointing.manager import Checkpointer, abstract_like, from_jsonable
-from jaxlm.checkpointing.params_io import load_init_params
+from jaxlm.checkpointing.params_io import load_init_params, saved_score_head
 from jaxlm.checkpointing.resume_rules import check_resume_config
 from jaxlm.config import Config
 from jaxlm.data import run_inputs
@@ -65,7 +65,7 @@ def initial_state(
         return RunState(*initial_lora_state(cfg, optimizer, mesh, key, log=log))
     state, shardings = create_train_state(cfg.model, optimizer, mesh, key)
     if cfg.train.init_from:
-        state = state.replace(params=init_params_from(cfg, shardings.params, log))
+        state = state.replace(params=init_params_from(cfg, shardings.params, log, state.params))
     graphdef, _ = abstract_model(cfg.model)
     frozen = task.frozen_params(state.params, log)
     if frozen is not None:
@@ -74,10 +74,21 @@ def initial_state(
     return RunState(state, shardings, graphdef, FULL)
 
 
-def init_params_from(cfg: Config, shardings: Any, log: Callable[[str], None]):
+def init_params_from(cfg: Config, shardings: Any, log: Callable[[str], None], fresh=None):
     """Params from `train.init_from` (a params directory, or a workdir's newest good
-    checkpoint; see jaxlm.checkpointing.params_io.load_init_params), placed with `shardings`."""
-    params, source = load_init_params(cfg.train.init_from, cfg.model, shardings=shardings)
+    checkpoint; see jaxlm.checkpointing.params_io.load_init_params), placed with `shardings`.
+
+    A model with a score head (a reward model, a critic) starts from a plain LM's
+    weights: everything but `score`, which keeps its fresh value from `fresh`.
+    """
+    source_path = cfg.train.init_from
+    if cfg.model.score_head and not saved_score_head(source_path):
+        plain = dataclasses.replace(cfg.model, score_head=False)
+        lm_shardings = nnx.State({k: v for k, v in shardings.items() if k != "score"})
+        params, source = load_init_params(source_path, plain, shardings=lm_shardings)
+        log(f"params initialised from {source}; the score head starts at zero")
+        return nnx.State({k: fresh[k] if k == "score" else params[k] for k in fresh})
+    params, source = load_init_params(source_path, cfg.model, shardings=shardings)
     log(f"params initialised from {source}")
     return params
 

@@ -4,6 +4,8 @@
     chat        ChatTask        the same loss on assistant tokens only (next_token.py)
     preference  PreferenceTask  DPO / IPO / SimPO + NLL on chosen/rejected pairs
                                 (preference.py)
+    reward      RewardModelTask Bradley-Terry reward model on the same pairs, scored by a
+                                scalar head (reward_model.py)
     rl          RLTask          GRPO / Dr.GRPO / DAPO on prompts with reward functions
                                 (rl.py)
 
@@ -21,12 +23,14 @@ from jaxlm.config import Config
 from jaxlm.training.tasks.base import Steps, Task
 from jaxlm.training.tasks.next_token import ChatTask, PretrainTask
 from jaxlm.training.tasks.preference import PreferenceTask
+from jaxlm.training.tasks.reward_model import RewardModelTask
 from jaxlm.training.tasks.rl import RLTask
 
 TASKS: dict[str, type[Task]] = {
     "text": PretrainTask,
     "chat": ChatTask,
     "preference": PreferenceTask,
+    "reward": RewardModelTask,
     "rl": RLTask,
 }
 

@@ -42,9 +42,12 @@ from jax.experimental import multihost_utils
 from jaxlm.data import prompt_inputs
 from jaxlm.data.posttrain_inputs import jsonl_fingerprint
 from jaxlm.errors import InputError
+from jaxlm.inference.loading import load_model
+from jaxlm.inference.rollout import sequence_layout
 from jaxlm.sharding import batch_sharding
 from jaxlm.training import rl_losses
 from jaxlm.training.hosts import log
+from jaxlm.training.reward_model_steps import sequence_scores
 from jaxlm.training.rewards import Rewards, Sample
 from jaxlm.training.rl_steps import make_rollout_step, make_update_step, rollout_sampling
 from jaxlm.training.steps import jit_rollout_step, jit_update_step
@@ -64,7 +67,12 @@ class RLTask(Task):
         super().__init__(cfg)
         self.rows_per_example = cfg.rl.group_size
         self.updates_per_step = cfg.rl.epochs * cfg.rl.minibatches
-        self.rewards = Rewards(cfg.rl.rewards, overlong_buffer=cfg.rl.overlong_buffer)
+        # rl.reward_model: a loaded reward model (prepare) behind the "reward_model"
+        # component, which hands over the scores of the rows being scored.
+        self._rm = None
+        self._rm_rows = np.zeros(0, np.float32)
+        extra = {"reward_model": lambda samples: self._rm_rows} if cfg.rl.reward_model else None
+        self.rewards = Rewards(cfg.rl.rewards, extra=extra, overlong_buffer=cfg.rl.overlong_buffer)
         self._prompts: dict[bool, list[prompt_inputs.Prompt]] = {}
 
     # -- data -------------------------------------------------------------------------
@@ -114,6 +122,31 @@ class RLTask(Task):
         # A separate buffer: the state is donated to the update.
         return jax.tree.map(lambda x: jnp.array(x, copy=True), params)
 
+    def prepare(self, *, tokenizer, workdir, state, graphdef, views, mesh, batch_size):
+        path = self.cfg.rl.reward_model
+        if not path:
+            return
+        rm = load_model(path, mesh=mesh)
+        if not rm.cfg.model.score_head:
+            raise InputError(f"rl.reward_model={path}: not a reward model (no score head)")
+        if rm.tokenizer.sha256 != tokenizer.sha256:
+            raise InputError(
+                f"rl.reward_model={path}: its tokenizer ({rm.tokenizer.path}) is not the "
+                f"policy's ({tokenizer.path}); the reward model reads the policy's tokens"
+            )
+        P = prompt_inputs.prompt_slots(self.cfg)
+
+        def score(params, prompts_NP, lengths_N, out):
+            tokens, positions, segments = sequence_layout(
+                prompts_NP, lengths_N, out["tokens"], out["mask"]
+            )
+            last_N = P + jnp.maximum(out["num_tokens"] - 1, 0)
+            return sequence_scores(rm.graphdef, params, tokens, positions, segments, last_N)
+
+        self._rm = rm
+        self._rm_score = jax.jit(score)
+        log(f"reward model {rm.source} scores the component 'reward_model'")
+
     # -- steps ------------------------------------------------------------------------
 
     def steps(self, graphdef, optimizer, schedule, state_shardings, mesh, views, token_bytes):
@@ -121,7 +154,7 @@ class RLTask(Task):
         stops = self._stop_ids()
         pad = self._pad_id()
 
-        def rollout_jit(group_size, sampling, with_reference, salt):
+        def rollout_jit(group_size, sampling, with_reference, salt, with_values=False):
             fn = make_rollout_step(
                 cfg,
                 graphdef,
@@ -131,12 +164,15 @@ class RLTask(Task):
                 group_size=group_size,
                 sampling=sampling,
                 with_reference=with_reference,
+                with_values=with_values,
                 salt=salt,
             )
             return jit_rollout_step(fn, state_shardings, mesh)
 
         with_reference = rl.kl_weight > 0
-        self._rollout = rollout_jit(rl.group_size, rollout_sampling(cfg), with_reference, 0)
+        self._rollout = rollout_jit(
+            rl.group_size, rollout_sampling(cfg), with_reference, 0, rl.algorithm == "ppo"
+        )
         self._greedy = rollout_jit(1, rollout_sampling(cfg, greedy=True), False, _EVAL_SALT)
         self._pass_at_k = rollout_jit(rl.eval_samples, rollout_sampling(cfg), False, _EVAL_SALT)
         update = make_update_step(cfg, graphdef, optimizer, schedule, views)
@@ -163,12 +199,8 @@ class RLTask(Task):
         out = self._rollout(state.params, state.frozen, batch)
         host = _gather(out, ("tokens", "num_tokens", "truncated", "example_index"))
         rollout_s = time.perf_counter() - t0
+        self._reward_model_scores(state, out, host)
         total, components, _ = self._score(host, held_out=False)
-        advantages = np.asarray(
-            rl_losses.group_advantages(
-                jnp.asarray(total), rl.group_size, scale_by_std=rl.scales_by_std
-            )
-        )
         signal = np.asarray(rl_losses.groups_with_signal(jnp.asarray(total), rl.group_size))
         self._watch_signal(signal)
         valid = signal if rl.drops_equal_groups else np.ones(len(total), bool)
@@ -178,6 +210,17 @@ class RLTask(Task):
         sharding = batch_sharding(self._mesh)
         rollout_batch = {k: out[k] for k in ("prompts", "lengths", "tokens", "old_logps")}
         rollout_batch["ref_logps"] = out["ref_logps"]
+        if rl.algorithm == "ppo":
+            advantages, returns, kl_reward = self._ppo_advantages(out, host, total, weights)
+            rollout_batch["old_values"] = out["old_values"]
+            rollout_batch["returns"] = _global(returns, sharding)
+        else:
+            advantages = np.asarray(
+                rl_losses.group_advantages(
+                    jnp.asarray(total), rl.group_size, scale_by_std=rl.scales_by_std
+                )
+            )
+            kl_reward = None
         rollout_batch.update(
             {
                 "weights": _global(weights, sharding),
@@ -208,12 +251,45 @@ class RLTask(Task):
                 "groups_kept": float(valid.mean()),
                 "groups_with_signal": float(signal.mean()),
                 "advantage_abs": float(np.abs(advantages[valid]).mean()) if valid.any() else 0.0,
+                **({} if kl_reward is None else {"kl_penalty": kl_reward}),
                 "rollout_s": rollout_s,
                 "update_s": update_s,
                 "rollout_tokens_per_s": made / max(rollout_s, 1e-9),
             }
         )
         return state, metrics
+
+    def _ppo_advantages(self, out, host, total, weights):
+        """PPO's per-token (advantages, returns) [N, R] and the mean KL penalty: rewards
+        -kl_weight x (log π_old - log π_ref) on every response token, + the sequence
+        reward on its last one; GAE over the critic's old values; advantages whitened
+        over the response tokens (returns are not)."""
+        rl = self.cfg.rl
+        arrays = _gather(out, ("old_logps", "ref_logps", "old_values", "mask"))
+        mask = arrays["mask"].astype(np.float32)
+        kl = (arrays["old_logps"] - arrays["ref_logps"]) * mask
+        rewards = -rl.kl_weight * kl
+        last = np.maximum(host["num_tokens"] - 1, 0)
+        rows = np.arange(len(total))
+        rewards[rows, last] += total * (host["num_tokens"] > 0)
+        advantages, returns = rl_losses.gae(
+            jnp.asarray(rewards),
+            jnp.asarray(arrays["old_values"]),
+            jnp.asarray(mask),
+            gamma=rl.gamma,
+            lam=rl.lam,
+        )
+        whitened = rl_losses.masked_whiten(advantages, jnp.asarray(weights))
+        penalty = float(kl.sum(axis=1).mean()) * rl.kl_weight
+        return np.asarray(whitened), np.asarray(returns, np.float32), penalty
+
+    def _reward_model_scores(self, state, out, host) -> None:
+        """With rl.reward_model: its scores of this rollout's rows, for the
+        "reward_model" reward component to hand over (see `_rm_component`)."""
+        if self._rm is None:
+            return
+        scores = self._rm_score(self._rm.params, out["prompts"], out["lengths"], out)
+        host["reward_model"] = np.asarray(_gather({"s": scores}, ("s",))["s"], np.float32)
 
     def _watch_signal(self, signal: np.ndarray) -> None:
         """Warn once when NO_SIGNAL_STEPS steps in a row had no group whose rewards
@@ -232,13 +308,15 @@ class RLTask(Task):
         prompts = self._prompts[held_out]
         stops = set(self._stop_ids())
         R = self.cfg.rl.max_response_tokens
-        samples = []
-        for tokens, n, truncated, index in zip(
-            host["tokens"],
-            host["num_tokens"],
-            host["truncated"],
-            host["example_index"],
-            strict=True,
+        samples, kept = [], []
+        for row, (tokens, n, truncated, index) in enumerate(
+            zip(
+                host["tokens"],
+                host["num_tokens"],
+                host["truncated"],
+                host["example_index"],
+                strict=True,
+            )
         ):
             if index < 0:  # filler row of the last held-out batch
                 continue
@@ -256,6 +334,9 @@ class RLTask(Task):
                     max_tokens=R,
                 )
             )
+            kept.append(row)
+        if "reward_model" in host:  # what the "reward_model" component hands over
+            self._rm_rows = host["reward_model"][kept]
         total, components = self.rewards.score(samples)
         return total, components, samples
 
@@ -263,10 +344,9 @@ class RLTask(Task):
 
     def _eval_step(self, state, batch):
         k = self.cfg.rl.eval_samples
-        greedy = _gather(
-            self._greedy(state.params, state.frozen, batch),
-            ("tokens", "num_tokens", "truncated", "example_index"),
-        )
+        out = self._greedy(state.params, state.frozen, batch)
+        greedy = _gather(out, ("tokens", "num_tokens", "truncated", "example_index"))
+        self._reward_model_scores(state, out, greedy)
         total, components, samples = self._score(greedy, held_out=True)
         sums: dict[str, float] = {
             "prompts": float(len(samples)),
@@ -275,10 +355,9 @@ class RLTask(Task):
             **{f"reward_{name}_sum": float(v.sum()) for name, v in components.items()},
         }
         if "answer" in components:
-            sampled = _gather(
-                self._pass_at_k(state.params, state.frozen, batch),
-                ("tokens", "num_tokens", "truncated", "example_index"),
-            )
+            out = self._pass_at_k(state.params, state.frozen, batch)
+            sampled = _gather(out, ("tokens", "num_tokens", "truncated", "example_index"))
+            self._reward_model_scores(state, out, sampled)
             _, sampled_parts, _ = self._score(sampled, held_out=True)
             right = sampled_parts["answer"].reshape(-1, k) >= 1.0
             sums["pass_at_k_sum"] = float(right.any(axis=1).sum())
@@ -320,6 +399,8 @@ class RLTask(Task):
                 "truncated",
                 "groups_kept",
                 "groups_with_signal",
+                "kl_penalty",
+                "value_loss",
                 "policy_loss",
                 "ratio",
                 "advantage_abs",
