@@ -120,6 +120,9 @@ def shrunk_overrides(name: str, cfg: Config, shared) -> list[str]:
             "rl.group_size=2",
             "rl.max_response_tokens=4",
             "rl.eval_samples=2",
+            "model.d_ff=0",  # the shared export's width (the RL experiments set their own)
+            "rl.reward_model=",  # rlhf_arithmetic's reward model is another stage's export
+            "rl.rewards=answer",
         ]
     else:
         extra += ["data.sources=stdlib", "data.eval_sources="]

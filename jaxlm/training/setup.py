@@ -84,10 +84,11 @@ def init_params_from(cfg: Config, shardings: Any, log: Callable[[str], None], fr
     source_path = cfg.train.init_from
     if cfg.model.score_head and not saved_score_head(source_path):
         plain = dataclasses.replace(cfg.model, score_head=False)
-        lm_shardings = nnx.State({k: v for k, v in shardings.items() if k != "score"})
+        not_head = lambda path, _: path[0] != "score"
+        lm_shardings = shardings.filter(not_head)
         params, source = load_init_params(source_path, plain, shardings=lm_shardings)
         log(f"params initialised from {source}; the score head starts at zero")
-        return nnx.State({k: fresh[k] if k == "score" else params[k] for k in fresh})
+        return nnx.merge_state(params, fresh.filter(lambda path, _: path[0] == "score"))
     params, source = load_init_params(source_path, cfg.model, shardings=shardings)
     log(f"params initialised from {source}")
     return params
