@@ -67,7 +67,12 @@ def print_result(result) -> None:
                 f"train.epochs={result.epochs:g}: {result.epoch_sequences} packed sequences "
                 "per epoch, rounded up to whole steps"
             )
-        if "accuracy" in ev:  # a preference run
+        if "prompts" in ev:  # an RL run (jaxlm.training.tasks.rl): rewards, no loss
+            print(f"held-out reward      {ev['reward']:.4f} over {ev['prompts']:.0f} prompts")
+            if "accuracy" in ev:  # the "answer" reward: greedy accuracy and pass@k
+                k = next(key for key in ev if key.startswith("pass_at_"))
+                print(f"greedy accuracy      {ev['accuracy']:.4f}   {k} {ev[k]:.4f}")
+        elif "accuracy" in ev:  # a preference run
             print(
                 f"held-out preference accuracy {ev['accuracy']:.4f} over {ev['pairs']:.0f} pairs"
                 f" ({ev.get('reward_ties', 0.0):.0%} ties, counted half)"

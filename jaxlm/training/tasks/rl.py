@@ -39,6 +39,7 @@ import jax.numpy as jnp
 import numpy as np
 from jax.experimental import multihost_utils
 
+from jaxlm.config import ConfigError
 from jaxlm.data import prompt_inputs
 from jaxlm.data.posttrain_inputs import jsonl_fingerprint
 from jaxlm.errors import InputError
@@ -65,6 +66,13 @@ class RLTask(Task):
 
     def __init__(self, cfg):
         super().__init__(cfg)
+        rows, rl, accum = cfg.data.batch_size * cfg.rl.group_size, cfg.rl, cfg.optim.grad_accum
+        if rows % (rl.minibatches * accum):  # else a reshape fails while tracing the update
+            raise ConfigError(
+                f"rl.minibatches={rl.minibatches} x optim.grad_accum={accum} must divide "
+                f"the {rows} responses of a step (data.batch_size={cfg.data.batch_size} x "
+                f"rl.group_size={rl.group_size})"
+            )
         self.rows_per_example = cfg.rl.group_size
         self.updates_per_step = cfg.rl.epochs * cfg.rl.minibatches
         # rl.reward_model: a loaded reward model (prepare) behind the "reward_model"
