@@ -77,10 +77,11 @@ def print_result(result) -> None:
                 f"held-out preference accuracy {ev['accuracy']:.4f} over {ev['pairs']:.0f} pairs"
                 f" ({ev.get('reward_ties', 0.0):.0%} ties, counted half)"
             )
-            print(
-                f"log-prob ranking accuracy    {ev['logp_accuracy']:.4f}   (reference-free: "
-                "chosen's mean token log-prob is higher)"
-            )
+            if "logp_accuracy" in ev:  # DPO and friends (a reward model has only its scores)
+                print(
+                    f"log-prob ranking accuracy    {ev['logp_accuracy']:.4f}   (reference-free: "
+                    "chosen's mean token log-prob is higher)"
+                )
             print(f"held-out preference loss     {ev['loss']:.4f}   margin {ev['margin']:.4f}")
         else:
             print(f"held-out loss        {ev['loss']:.4f} nats/token")
