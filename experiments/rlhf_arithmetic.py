@@ -4,10 +4,11 @@
         [--sft-steps 1500] [--rm-steps 300] [--rl-steps 150]
 
 1. Data (jaxlm.data.arithmetic_task, generated here): chat questions "What is 12 +
-   345?"; SFT conversations answer them; preference pairs prefer the right answer to
-   one with a digit changed (the "human" labels); held-out questions for evaluation.
-2. SFT (data.format=chat) of the arithmetic-sized model, short on purpose (it answers
-   some questions right).
+   345?"; SFT conversations answer them, half bare ("357"), half hedged ("I think it
+   is 357"); preference pairs (the "human" labels) prefer the bare right answer, half
+   of them to the hedged one (style), half to a near miss with a digit changed
+   (correctness); held-out questions for evaluation.
+2. SFT (data.format=chat) of the arithmetic-sized model: it answers in both styles.
 3. Reward model (data.format=reward, model.score_head=true) from the SFT export:
    Bradley-Terry on the pairs; its held-out pair accuracy is reported.
 4. PPO (rl.algorithm=ppo) from the SFT export against the reward model: the critic
@@ -92,7 +93,7 @@ def rl_config(data: Path, sft: Path | str, rm: Path | str, *, algorithm: str, st
             f"rl.algorithm={algorithm}",
             f"rl.group_size={4 if ppo else 8}",
             f"data.batch_size={32 if ppo else 16}",
-            "rl.max_response_tokens=8",
+            "rl.max_response_tokens=16",
             "rl.kl_weight=0.05",
             "rl.eval_samples=4",
             f"rl.epochs={2 if ppo else 1}",
@@ -124,6 +125,9 @@ def write_data(data: Path, *, train_problems: int, held_out: int, seed: int = 0)
     train = task.examples("train", train_problems, seed=seed, max_digits=3)
     test = task.examples("held_out", held_out, seed=seed, max_digits=3, unique=True)
 
+    def hedged(answer: str) -> str:
+        return f"I think it is {answer}"
+
     def wrong(answer: str) -> str:  # one digit changed: a near miss, as labellers see
         i = rng.randrange(len(answer))
         digit = rng.choice([d for d in "0123456789" if d != answer[i]])
@@ -131,16 +135,25 @@ def write_data(data: Path, *, train_problems: int, held_out: int, seed: int = 0)
         return changed.lstrip("0") or "0"
 
     def pair(e):
+        # Half the labels are about style (a bare answer over a hedged one, both
+        # right), half about correctness (the right answer over a near miss).
         question = e["messages"][0]["content"]
-        return {"prompt": question, "chosen": e["answer"], "rejected": wrong(e["answer"])}
+        rejected = hedged(e["answer"]) if rng.random() < 0.5 else wrong(e["answer"])
+        return {"prompt": question, "chosen": e["answer"], "rejected": rejected}
+
+    def sft(e):  # the SFT data has both styles: the SFT model answers either way
+        record = task.sft_record(e)
+        if rng.random() < 0.5:
+            record["conversations"][1]["content"] = hedged(e["answer"])
+        return record
 
     def write(name, records):
         text = "".join(json.dumps(r) + "\n" for r in records)
         (data / name).write_text(text, encoding="utf-8")
 
     half = len(train) // 2  # SFT and the reward model see different problems
-    write("sft_train.jsonl", [task.sft_record(e) for e in train[:half]])
-    write("sft_held_out.jsonl", [task.sft_record(e) for e in test])
+    write("sft_train.jsonl", [sft(e) for e in train[:half]])
+    write("sft_held_out.jsonl", [sft(e) for e in test])
     write("pairs_train.jsonl", [pair(e) for e in train[half:]])
     write("pairs_held_out.jsonl", [pair(e) for e in test])
     write("rl_train.jsonl", [task.prompt_record(e, chat=True) for e in train])
