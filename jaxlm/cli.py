@@ -8,6 +8,7 @@
     jaxlm data clean|tokenize|inspect ...              corpus preparation
     jaxlm tokenizer train|eval|extend ...              tokenizer tooling
     jaxlm checkpoint ...                               checkpoint tools
+    jaxlm reward score --model RM --input FILE         a reward model's scores
     jaxlm launch -n N -- jaxlm train ...               N processes as one job, here
 
 Run `jaxlm GROUP NAME --help` for the flags of each.

@@ -27,6 +27,7 @@ GROUP_HELP = {
     "data": "prepare corpora: clean, tokenize into shards, inspect batches, post-training sets",
     "tokenizer": "train SentencePiece tokenizers; evaluate and extend either kind",
     "checkpoint": "operate on saved checkpoints",
+    "reward": "use a reward model (data.format=reward): score responses and pairs",
 }
 
 

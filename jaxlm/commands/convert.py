@@ -24,7 +24,9 @@ directory), --no-tokenizer imports the weights alone.
 runs merged) or a params directory, and writes a directory that
 `transformers.AutoModelForCausalLM.from_pretrained` and `AutoTokenizer.from_pretrained`
 load with no custom code (jaxlm.hf.export_hf, jaxlm.hf.tokenizer_export); a model
-whose tokenizer was imported gets the imported tokenizer files back unchanged.
+whose tokenizer was imported gets the imported tokenizer files back unchanged. A
+reward model (model.score_head) is written for `AutoModelForSequenceClassification`
+instead (one label; see jaxlm.hf.export_hf for which token its logit reads).
 
 --to-peft reads an adapters-only export (`jaxlm export RUN ADAPTERS --adapters-only`)
 and writes a PEFT adapter directory (adapter_config.json, adapter_model.safetensors;

@@ -335,6 +335,11 @@ def hf_config_from_model(
         data.update(attention_bias=model.attention_bias)
     if family in ("qwen2", "qwen3"):
         data.update(use_sliding_window=False, sliding_window=None)
+    if model.score_head:
+        # A reward model or critic: transformers' sequence classifier with one label,
+        # whose `score` reads the last non-pad token (jaxlm.hf.export_hf).
+        classifier = ARCHITECTURES[family].replace("ForCausalLM", "ForSequenceClassification")
+        data.update(architectures=[classifier], id2label={"0": "LABEL_0"}, label2id={"LABEL_0": 0})
     return data
 
 

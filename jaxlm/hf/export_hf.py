@@ -17,6 +17,14 @@ code. Each HF tensor is produced from one layer of one parameter only when the w
 reaches it (jaxlm.hf.safetensors_io), so the host holds the params as given plus one
 tensor. Params may be numpy (restored to host) or jax.Arrays on one process's devices;
 a jax.Array is sliced on device and only that layer is fetched.
+
+A model with a score head (a reward model or critic: model.score_head) is written as
+[Llama|Qwen2|Qwen3]ForSequenceClassification with one label (`score.weight` [1, D]),
+for `AutoModelForSequenceClassification`; an untied LM head is left out (the
+classifier has none). Its logit is the score at the last token that is not
+pad_token_id, so give it the text up to and including the response's end token
+(`<|im_end|>` in ChatML: where jaxlm reads the reward, not at the newline after it),
+right-padded with the pad id.
 """
 
 from __future__ import annotations
@@ -87,13 +95,6 @@ def export_to_hf(
     model = cfg.model
     if model.lora_rank:
         raise InputError("export LoRA runs merged (restore_params merges the adapters)")
-    if model.score_head:
-        # transformers' *ForSequenceClassification drops the LM head jaxlm keeps and
-        # reads the score at the last non-pad token; not mapped (and not verified) yet.
-        raise InputError(
-            "--to-hf: this model has a score head (a reward model or critic); Hugging "
-            "Face export covers causal LMs only (use `jaxlm export` for jaxlm's params)"
-        )
     dtype = dtype or model.param_dtype
     if dtype not in EXPORT_DTYPES:
         raise InputError(f"--dtype {dtype}: choose one of {list(EXPORT_DTYPES)}")
@@ -116,6 +117,8 @@ def export_to_hf(
     out.mkdir(parents=True, exist_ok=True)
     tensors: list[PendingTensor] = []
     for mapping in tensor_mappings(model):
+        if model.score_head and mapping.path == ("unembed",):
+            continue  # a sequence classifier has no LM head: transformers would drop it
         value = _value(params, mapping.path)
         tensors += _pending(mapping, value, model.n_layers, np_dtype)
     if export_family(model) == "qwen3" and model.attention_bias:

@@ -19,6 +19,7 @@ axis (the `scan` layout):
     ...mlp.gate_proj.weight        [F, D]      w_gate       [L, D, F]        transposed
     ...mlp.up_proj.weight          [F, D]      w_up         [L, D, F]        transposed
     ...mlp.down_proj.weight        [D, F]      w_down       [L, F, D]        transposed
+    score.weight                   [1, D]      score        [D]              a row (score head)
 
 RoPE needs no permutation: jaxlm's apply_rope rotates the pairs (x[i], x[i + H/2])
 ("rotate half"), which is the layout of Hugging Face Llama-family checkpoints. (Meta's
@@ -147,4 +148,10 @@ def tensor_mappings(cfg: ModelConfig) -> list[TensorMapping]:
     out.append(TensorMapping(("final_norm",), "model.norm.weight", (D,), _same, _same))
     if not cfg.tie_embeddings:
         out.append(TensorMapping(("unembed",), "lm_head.weight", (V, D), _transposed, _transposed))
+    if cfg.score_head:  # *ForSequenceClassification's Linear(D, num_labels=1), no bias
+        out.append(
+            TensorMapping(
+                ("score",), "score.weight", (1, D), lambda x: x.reshape(D), lambda x: x[None, :]
+            )
+        )
     return out

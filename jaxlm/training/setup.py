@@ -84,11 +84,11 @@ def init_params_from(cfg: Config, shardings: Any, log: Callable[[str], None], fr
     source_path = cfg.train.init_from
     if cfg.model.score_head and not saved_score_head(source_path):
         plain = dataclasses.replace(cfg.model, score_head=False)
-        not_head = lambda path, _: path[0] != "score"
-        lm_shardings = shardings.filter(not_head)
+        lm_shardings = nnx.filter_state(shardings, lambda path, _: path[0] != "score")
         params, source = load_init_params(source_path, plain, shardings=lm_shardings)
         log(f"params initialised from {source}; the score head starts at zero")
-        return nnx.merge_state(params, fresh.filter(lambda path, _: path[0] == "score"))
+        head = nnx.filter_state(fresh, lambda path, _: path[0] == "score")
+        return nnx.merge_state(params, head)
     params, source = load_init_params(source_path, cfg.model, shardings=shardings)
     log(f"params initialised from {source}")
     return params
