@@ -26,6 +26,7 @@ from jaxlm.config import Config, ConfigError, DataConfig, ModelConfig, apply_ove
 from jaxlm.data.chat import Message, encode_conversation
 from jaxlm.data.preference import preference_dataset
 from jaxlm.data.tokenizer import IM_END_ID, PAD_ID, Tokenizer
+from jaxlm.errors import InputError
 from jaxlm.inference.loading import load_model
 from jaxlm.models.params import abstract_model, init_params, param_shardings
 from jaxlm.sharding import make_mesh
@@ -154,9 +155,31 @@ def test_reward_is_read_at_the_response_end_token(tmp_path):
     assert full.dtype == jnp.float32 and full.shape == (16, 40)
 
 
+def test_response_end_is_one_past_the_last_supervised_position():
+    mask = np.array(
+        [
+            [0, 1, 1, 0, 0, 0],  # last target at 2: its input (the last token) is at 3
+            [0, 0, 0, 0, 0, 0],  # nothing supervised (a filler row): invalid
+            [1, 0, 1, 0, 1, 0],  # a 0-weighted span inside the response changes nothing
+            [0, 0, 0, 0, 1, 0],  # the last target a row can have (T - 2)
+        ],
+        np.float32,
+    )
+    last, has = (np.asarray(x) for x in response_end(jnp.asarray(mask)))
+    np.testing.assert_array_equal(has, [True, False, True, True])
+    np.testing.assert_array_equal(last[has], [3, 5, 5])
+
+
 def test_lora_with_a_score_head_is_refused():
     with pytest.raises(ConfigError, match=r"score_head with model\.lora_rank"):
         ModelConfig(**TINY, score_head=True, lora_rank=4)
+
+
+def test_reward_format_without_a_score_head_is_refused(tmp_path):
+    overrides = [*(f"model.{k}={v}" for k, v in TINY.items()), "data.format=reward"]
+    cfg = apply_overrides(Config(), [*overrides, f"data.sources=jsonl:{tmp_path / 'none'}"])
+    with pytest.raises(InputError, match=r"data\.format=reward .*model\.score_head=true"):
+        train(cfg, tmp_path / "run")
 
 
 def _pair(i, rng):
@@ -211,7 +234,8 @@ def test_training_raises_held_out_pair_accuracy_from_ties(trained):
         evals[0]["pairs"] == 24 and evals[0]["accuracy"] == 0.5 and evals[0]["reward_ties"] == 1.0
     )
     assert evals[0]["loss"] == pytest.approx(np.log(2), rel=1e-6)
-    assert result.final_eval["accuracy"] >= 0.9 and result.final_eval["margin"] > 1.0
+    ev = result.final_eval
+    assert ev["accuracy"] >= 0.9 and ev["margin"] > 1.0 and ev["loss"] < np.log(2) / 2
     train_lines = [json.loads(x) for x in lines if '"train"' in x]
     assert {"accuracy", "margin", "chosen_reward", "rejected_reward"} <= set(train_lines[-1])
 
