@@ -569,6 +569,12 @@ def config_differences(old: dict[str, Any], new: dict[str, Any], prefix: str = "
     changes = []
     for key in sorted(set(old) | set(new)):
         a, b = old.get(key, "<absent>"), new.get(key, "<absent>")
+        # A section one side lacks (a run saved before it existed) differs leaf by leaf,
+        # so a reader can accept absent leaves that hold their defaults.
+        if isinstance(a, dict) and key not in new:
+            b = {}
+        if isinstance(b, dict) and key not in old:
+            a = {}
         if isinstance(a, dict) and isinstance(b, dict):
             changes += config_differences(a, b, f"{prefix}{key}.")
         elif a != b:

@@ -8,6 +8,7 @@ import pytest
 from test_train_loop import SMALL
 
 from jaxlm.analysis.metrics_file import read_metrics
+from jaxlm.checkpointing.resume_rules import check_resume_config
 from jaxlm.config import Config, apply_overrides
 from jaxlm.data.corpus import read_text, stdlib_files
 from jaxlm.errors import InputError
@@ -55,3 +56,15 @@ def test_data_counts_reach_the_metrics(jsonl_run):
     summary = [r for r in read_metrics(workdir / "metrics.jsonl") if r["split"] == "summary"]
     assert summary[-1]["data_documents"] > 0
     assert 0.5 < summary[-1]["real_token_fraction"] <= 1.0
+
+
+def test_a_run_saved_before_a_config_section_existed_resumes():
+    """A checkpoint's config.json written before a section (e.g. `rl`, `reward`) was
+    added lacks it whole: absent leaves that hold their defaults are no difference,
+    a non-default value in the new section still is."""
+    saved = Config().to_dict()
+    del saved["rl"], saved["reward"]
+    assert check_resume_config(saved, Config(), "ckpt") == []
+    changed = apply_overrides(Config(), ["rl.group_size=4"])
+    with pytest.raises(InputError, match=r"rl\.group_size: '<absent>' -> 4"):
+        check_resume_config(saved, changed, "ckpt")
