@@ -7,6 +7,7 @@ the step-0 eval is all ties). Its export must load and score held-out pairs exac
 the run's own eval did, through the command as well.
 """
 
+import functools
 import json
 
 import jax
@@ -33,10 +34,10 @@ from jaxlm.sharding import make_mesh
 from jaxlm.training.loop import train
 from jaxlm.training.reward_model_steps import (
     bradley_terry_sums,
-    make_sequence_scorer,
     pair_means,
     pair_rewards,
     response_end,
+    sequence_scores,
 )
 from jaxlm.training.setup import init_params_from
 
@@ -140,7 +141,7 @@ def test_reward_is_read_at_the_response_end_token(tmp_path):
     rows = {
         k: jnp.asarray(batch[k].reshape(16, 40)) for k in ("tokens", "positions", "segment_ids")
     }
-    scorer = jax.jit(make_sequence_scorer(graphdef))
+    scorer = jax.jit(functools.partial(sequence_scores, graphdef))
     got = scorer(
         params,
         rows["tokens"],
@@ -369,7 +370,7 @@ def test_hf_sequence_classification_export_gives_the_same_scores(tmp_path):
         with torch.no_grad():
             theirs = reference(torch.as_tensor(rows, dtype=torch.long)).logits.numpy()
         graphdef, _ = abstract_model(model)
-        scorer = jax.jit(make_sequence_scorer(graphdef))
+        scorer = jax.jit(functools.partial(sequence_scores, graphdef))
         positions = np.broadcast_to(np.arange(48, dtype=np.int32), (2, 48))
         ours = np.asarray(scorer(params, rows, positions, np.ones_like(rows), np.asarray(last)))
         assert theirs.shape == (2, 1) and np.abs(ours).max() > 0.1

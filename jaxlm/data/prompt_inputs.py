@@ -80,10 +80,6 @@ def encode_prompt(record: Any, where: str, tokenizer, max_tokens: int) -> Prompt
     return Prompt(where, record, text, tuple(int(i) for i in ids))
 
 
-def max_prompt_tokens(cfg: Config) -> int:
-    return cfg.data.seq_len - cfg.rl.max_response_tokens
-
-
 def load_prompts(cfg: Config, tokenizer, *, held_out: bool) -> list[Prompt]:
     """Every prompt of the run's training (or held-out) split, in file order."""
     split = held_out_split(cfg) if held_out else training_split(cfg)
@@ -93,7 +89,7 @@ def load_prompts(cfg: Config, tokenizer, *, held_out: bool) -> list[Prompt]:
     records = record_source(
         files, split=split.split, val_fraction=cfg.data.val_fraction, names=names
     )
-    limit = max_prompt_tokens(cfg)
+    limit = prompt_slots(cfg)
     prompts = [encode_prompt(record, where, tokenizer, limit) for where, record in records]
     if not prompts:
         side = "held-out" if held_out else "training"
@@ -102,8 +98,9 @@ def load_prompts(cfg: Config, tokenizer, *, held_out: bool) -> list[Prompt]:
 
 
 def prompt_slots(cfg: Config) -> int:
-    """P: prompts are padded to this many tokens, one compiled rollout for all."""
-    return max_prompt_tokens(cfg)
+    """P: the longest a prompt may be, and the width every prompt is padded to (one
+    compiled rollout for all): data.seq_len - rl.max_response_tokens."""
+    return cfg.data.seq_len - cfg.rl.max_response_tokens
 
 
 def prompt_batch(

@@ -27,6 +27,7 @@ record is flagged `truncated`.
 from __future__ import annotations
 
 import dataclasses
+import functools
 from collections.abc import Iterator, Sequence
 from pathlib import Path
 from typing import Any
@@ -48,7 +49,7 @@ from jaxlm.data.think import loss_mask_dtype
 from jaxlm.errors import InputError
 from jaxlm.evaluation.language_model import mesh_context, place_batch
 from jaxlm.inference.loading import LoadedModel
-from jaxlm.training.reward_model_steps import make_sequence_scorer, response_end
+from jaxlm.training.reward_model_steps import response_end, sequence_scores
 
 RECORD_FORMS = (
     '{"prompt", "response"}, {"messages": [...]} (ending in an assistant turn) or '
@@ -158,7 +159,7 @@ def _read(path: Path) -> Iterator[tuple[str, Any]]:
 
 
 def _scorer(model: LoadedModel):
-    score = make_sequence_scorer(model.graphdef)
+    score = functools.partial(sequence_scores, model.graphdef)
 
     def run(params, rows):
         last_B, _ = response_end(rows["loss_mask"])

@@ -52,17 +52,6 @@ def sequence_scores(
     return jnp.take_along_axis(scores_BT, last_B[:, None], axis=1)[:, 0]
 
 
-def make_sequence_scorer(graphdef: nnx.GraphDef) -> Callable[..., jax.Array]:
-    """`score(params_states, tokens [B, T], positions, segment_ids, last_index [B]) -> [B]`,
-    pure and jit-able: `sequence_scores` bound to a reward model's graphdef (RL calls it
-    with the reward model's frozen params). `params_states` is a State or a tuple of them."""
-
-    def score(states, tokens_BT, positions_BT, segment_ids_BT, last_B) -> jax.Array:
-        return sequence_scores(graphdef, states, tokens_BT, positions_BT, segment_ids_BT, last_B)
-
-    return score
-
-
 def response_end(loss_mask_BT: jax.Array) -> tuple[jax.Array, jax.Array]:
     """(index of the response's last token [B], whether the row has a response [B])."""
     T = loss_mask_BT.shape[1]
