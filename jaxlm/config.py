@@ -490,6 +490,61 @@ class RLConfig:
         return self.algorithm != "dr_grpo"
 
 
+@dataclasses.dataclass(frozen=True, kw_only=True)
+class DistillConfig:
+    """Knowledge distillation from a teacher (jaxlm.training.tasks.distill): set
+    `teacher` on a data.format=text or chat run.
+
+    teacher: an export or a training workdir (an imported Hugging Face model is an
+    export) with the same vocabulary as the run's tokenizer. The step trains
+        alpha · CE(targets) + (1 - alpha) · temperature² · D(teacher, student)
+    on the tokens the loss mask selects, D = `loss` (jaxlm.training.distill_losses:
+    forward_kl, reverse_kl, or jsd with `beta` in (0, 1)).
+    top_k = 0: the teacher runs inside every step (online). top_k > 0: its top-k
+    log-probs (+ the tail's mass) are computed once into `table` (a directory;
+    default <workdir>/teacher_topk), which other students with the same data may share.
+    on_policy (GKD's λ, chat data, online teacher only): the share of steps whose
+    batch is the student's own responses to the data's prompts (sampled with
+    `sample_temperature`, at most `max_response_tokens`), scored by the teacher.
+    """
+
+    teacher: str = ""
+    loss: Literal["forward_kl", "reverse_kl", "jsd"] = "forward_kl"
+    beta: float = 0.5
+    temperature: float = 1.0
+    alpha: float = 0.5
+    top_k: int = 0
+    table: str = ""
+    on_policy: float = 0.0
+    max_response_tokens: int = 64
+    sample_temperature: float = 1.0
+
+    def __post_init__(self):
+        _finite(self)
+        if self.temperature <= 0:
+            raise ConfigError(f"distill.temperature={self.temperature} must be > 0")
+        if not 0 <= self.alpha <= 1:
+            raise ConfigError(f"distill.alpha={self.alpha} must be in [0, 1]")
+        if self.loss == "jsd" and not 0 < self.beta < 1:
+            raise ConfigError(
+                f"distill.beta={self.beta} must be in (0, 1) for distill.loss=jsd (use "
+                "forward_kl or reverse_kl for the end points)"
+            )
+        if not 0 <= self.on_policy <= 1:
+            raise ConfigError(f"distill.on_policy={self.on_policy} must be in [0, 1]")
+        _non_negative(self, "top_k", "sample_temperature")
+        _positive(self, "max_response_tokens")
+        if self.on_policy > 0 and self.top_k > 0:
+            raise ConfigError(
+                "distill.on_policy > 0 needs the teacher online (distill.top_k=0): the "
+                "student's own samples cannot be in a precomputed table"
+            )
+
+    @property
+    def enabled(self) -> bool:
+        return self.teacher != ""
+
+
 def _auto(choice: str, default: bool) -> bool:
     return default if choice == "auto" else choice == "on"
 
@@ -507,6 +562,7 @@ class Config:
     preference: PreferenceConfig = dataclasses.field(default_factory=PreferenceConfig)
     reward: RewardConfig = dataclasses.field(default_factory=RewardConfig)
     rl: RLConfig = dataclasses.field(default_factory=RLConfig)
+    distill: DistillConfig = dataclasses.field(default_factory=DistillConfig)
 
     def __post_init__(self):
         _check_name(self.name)
@@ -534,6 +590,16 @@ class Config:
             raise ConfigError(
                 f"rl.max_response_tokens={self.rl.max_response_tokens} leaves no room for "
                 f"the prompt in data.seq_len={self.data.seq_len}"
+            )
+        if self.distill.enabled and self.data.format not in ("text", "chat"):
+            raise ConfigError(
+                f"distill.teacher is set: distillation trains on data.format=text or chat, "
+                f"not {self.data.format}"
+            )
+        if self.distill.on_policy > 0 and self.data.format != "chat":
+            raise ConfigError(
+                "distill.on_policy > 0 samples responses to the data's prompts: it needs "
+                "data.format=chat"
             )
         if self.data.batch_size % self.optim.grad_accum:
             raise ConfigError(

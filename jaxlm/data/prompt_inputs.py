@@ -82,6 +82,18 @@ def encode_prompt(record: Any, where: str, tokenizer, max_tokens: int) -> Prompt
 
 def load_prompts(cfg: Config, tokenizer, *, held_out: bool) -> list[Prompt]:
     """Every prompt of the run's training (or held-out) split, in file order."""
+    key, files, records = split_records(cfg, held_out=held_out)
+    limit = prompt_slots(cfg)
+    prompts = [encode_prompt(record, where, tokenizer, limit) for where, record in records]
+    if not prompts:
+        side = "held-out" if held_out else "training"
+        raise InputError(f"{key}: no {side} prompt in {', '.join(map(str, files))}")
+    return prompts
+
+
+def split_records(cfg: Config, *, held_out: bool):
+    """(config key, files, [(file:line, record)]) of the run's training or held-out
+    split of its jsonl sources, in file order."""
     split = held_out_split(cfg) if held_out else training_split(cfg)
     sources = jsonl_sources(split.specs, split.key)
     files = [f for s in sources for f in s.files]
@@ -89,12 +101,7 @@ def load_prompts(cfg: Config, tokenizer, *, held_out: bool) -> list[Prompt]:
     records = record_source(
         files, split=split.split, val_fraction=cfg.data.val_fraction, names=names
     )
-    limit = prompt_slots(cfg)
-    prompts = [encode_prompt(record, where, tokenizer, limit) for where, record in records]
-    if not prompts:
-        side = "held-out" if held_out else "training"
-        raise InputError(f"{split.key}: no {side} prompt in {', '.join(map(str, files))}")
-    return prompts
+    return split.key, files, list(records)
 
 
 def prompt_slots(cfg: Config) -> int:

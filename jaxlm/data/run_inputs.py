@@ -360,6 +360,12 @@ def check_fingerprint(
     checkpoint from before content fingerprints is checked on its counts alone.
     """
     _check_counts(saved["documents_per_source"], now["documents_per_source"], where)
+    if "teacher" in now and saved.get("teacher", now["teacher"]) != now["teacher"]:
+        raise InputError(
+            f"{where}: the checkpoint was distilled from teacher {saved['teacher']}; this "
+            f"run's is {now['teacher']} (other params or source). Restore that teacher or "
+            "use a new --workdir"
+        )
     if "content_per_source" not in saved:
         log(f"note: {where} predates data content fingerprints; only document counts were compared")
         return

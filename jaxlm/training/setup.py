@@ -141,6 +141,7 @@ def setup(cfg: Config, workdir: Path) -> Run:
     total_steps, epoch_sequences = cfg.train.steps, 0
     if cfg.train.epochs:  # the length in steps, counted over the packed data
         total_steps, epoch_sequences = epoch_steps(cfg, task.one_epoch(tokenizer), log)
+    task.total_steps = total_steps
     total_updates = total_steps * task.updates_per_step
     schedule = learning_rate_schedule(cfg.optim, total_updates)
     optimizer = make_optimizer(cfg.optim, total_updates)

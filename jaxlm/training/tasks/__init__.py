@@ -8,6 +8,9 @@
                                 scalar head (reward_model.py)
     rl          RLTask          GRPO / Dr.GRPO / DAPO on prompts with reward functions
                                 (rl.py)
+    text, chat with distill.teacher set:
+                DistillTextTask, DistillChatTask  the same data, learning from a teacher's
+                                distributions (online, top-k table, or on-policy; distill.py)
 
 A Task (base.py) holds everything that depends on what a run optimises; the loop
 asks it and never branches on the format. A new objective is one file here and one
@@ -21,6 +24,7 @@ from __future__ import annotations
 
 from jaxlm.config import Config
 from jaxlm.training.tasks.base import Steps, Task
+from jaxlm.training.tasks.distill import DistillChatTask, DistillTextTask
 from jaxlm.training.tasks.next_token import ChatTask, PretrainTask
 from jaxlm.training.tasks.preference import PreferenceTask
 from jaxlm.training.tasks.reward_model import RewardModelTask
@@ -35,8 +39,14 @@ TASKS: dict[str, type[Task]] = {
 }
 
 
+# With distill.teacher set, text and chat runs learn from the teacher (distill.py).
+DISTILL_TASKS: dict[str, type[Task]] = {"text": DistillTextTask, "chat": DistillChatTask}
+
+
 def task_for(cfg: Config) -> Task:
     """The Task of `cfg`'s run (data.format's choices are TASKS' keys)."""
+    if cfg.distill.enabled:
+        return DISTILL_TASKS[cfg.data.format](cfg)
     return TASKS[cfg.data.format](cfg)
 
 

@@ -58,6 +58,9 @@ class Task:
         # Optimizer updates one loop step makes (RL: epochs x minibatches per rollout);
         # the learning-rate schedule spans train.steps x this many updates.
         self.updates_per_step = 1
+        # Loop steps of the run (train.steps, or what train.epochs comes to: setup sets
+        # it before `prepare`, for tables computed over the whole run).
+        self.total_steps = cfg.train.steps
 
     def bind_tokenizer(self, tokenizer) -> None:
         self.tokenizer = tokenizer
