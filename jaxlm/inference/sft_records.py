@@ -21,7 +21,8 @@ a conversation for chat SFT:
 The completion is the generated text as it is (reasoning between `<think>` and
 `</think>` included: what the student learns is the teacher's whole answer;
 data.think_loss_weight decides later whether the reasoning is trained). Bad input is
-an InputError naming file:line, found before the model is loaded.
+an InputError naming file:line: a bad line before the model is loaded, a prompt too
+long for it (or one its template cannot render) once its tokenizer is known.
 
 Next to OUT, `OUT.settings.json` (`settings_path`) records how the records were made
 (model, tokenizer, sampling, seed, counts, the data's sha256), so a data set can be

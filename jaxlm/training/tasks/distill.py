@@ -272,9 +272,13 @@ class DistillMixin:
             on_policy = self._on_policy_step(graphdef, step, views, state_shardings, mesh)
 
         def train_step(state, batch):
+            if on_policy is None:
+                return jitted(state, batch, teacher.params)
             if "lengths" in batch:  # a prompt batch (MixedStream): the student answers
-                return on_policy(state, batch, teacher.params)
-            return jitted(state, batch, teacher.params)
+                state, metrics = on_policy(state, batch, teacher.params)
+                return state, {**metrics, "on_policy": 1}
+            state, metrics = jitted(state, batch, teacher.params)
+            return state, {**metrics, "on_policy": 0, "response_tokens": float("nan")}
 
         def eval_step(state, batch):
             return evaluate(state.params, state.frozen, batch, token_bytes, teacher.params)
