@@ -128,6 +128,8 @@ def shrunk_overrides(name: str, cfg: Config, shared) -> list[str]:
         extra += ["data.sources=stdlib", "data.eval_sources="]
     if cfg.train.init_from:
         extra.append(f"train.init_from={shared['export']}")
+    if cfg.distill.enabled:  # distill_stdlib's teacher is another stage's run
+        extra.append(f"distill.teacher={shared['export']}")
     if cfg.model.rope_scaling != "none" and cfg.model.rope_original_max_len:
         extra.append("model.rope_original_max_len=32")
     return [*SHRINK, *extra]  # later wins

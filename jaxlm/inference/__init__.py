@@ -6,6 +6,8 @@
     decode.py        prefill + incremental decode for a batch of prompts (Generator)
     rollout.py       RL rollouts: one jitted sampling program with the policy's log-probs
     streaming.py     token ids -> text as it becomes printable (whole characters only)
+    sft_records.py   prompts + generated answers -> SFT conversation records and the
+                     settings sidecar (`jaxlm generate --sft-out`: black-box distillation)
     think.py         show or hide <think>...</think> reasoning, streamed or not
     chat_session.py  a multi-turn conversation over a Generator
     terminal.py      `jaxlm chat`'s line editing, history file and Ctrl-C handling

@@ -289,12 +289,16 @@ def _meet_after_compiling(jitted):
     return _CompileThenMeet(jitted) if jax.process_count() > 1 else jitted
 
 
-def jit_train_step(step_fn, state_shardings: TrainState, mesh: Mesh):
-    """The train step compiled with explicit in/out shardings; the state is donated."""
+def jit_train_step(step_fn, state_shardings: TrainState, mesh: Mesh, *, extra=()):
+    """The train step compiled with explicit in/out shardings; the state is donated.
+
+    `extra`: the shardings of arguments after the batch, which the step reads but never
+    changes (distillation's teacher params, jaxlm.training.distill_steps).
+    """
     return _meet_after_compiling(
         jax.jit(
             step_fn,
-            in_shardings=(state_shardings, batch_sharding(mesh)),
+            in_shardings=(state_shardings, batch_sharding(mesh), *extra),
             out_shardings=(state_shardings, replicated(mesh)),
             donate_argnums=(0,),
         )
@@ -302,13 +306,19 @@ def jit_train_step(step_fn, state_shardings: TrainState, mesh: Mesh):
 
 
 def jit_eval_step(
-    eval_fn, state_shardings: TrainState | None = None, mesh: Mesh | None = None, *, constants=1
+    eval_fn,
+    state_shardings: TrainState | None = None,
+    mesh: Mesh | None = None,
+    *,
+    constants=1,
+    extra=(),
 ):
-    """eval_fn(params, frozen, batch, *constants) with the state's shardings.
+    """eval_fn(params, frozen, batch, *constants, *extra) with the state's shardings.
 
     `constants` replicated arguments follow the batch (the next-token step's
-    token_bytes; none for the preference step). Without shardings (`jaxlm eval`,
-    whose params are already placed) it is compiled for its inputs' placement.
+    token_bytes; none for the preference step), then arguments with the shardings
+    `extra` (a teacher's params). Without shardings (`jaxlm eval`, whose params are
+    already placed) it is compiled for its inputs' placement.
     """
     if state_shardings is None:
         return jax.jit(eval_fn)
@@ -320,6 +330,7 @@ def jit_eval_step(
                 state_shardings.frozen,
                 batch_sharding(mesh),
                 *[replicated(mesh)] * constants,
+                *extra,
             ),
             out_shardings=replicated(mesh),
         )

@@ -45,12 +45,12 @@ from jaxlm.errors import InputError
 from jaxlm.inference.loading import LoadedModel, load_model
 from jaxlm.inference.rollout import make_rollout
 from jaxlm.inference.sampling import SamplingConfig
-from jaxlm.sharding import batch_sharding, replicated
+from jaxlm.sharding import replicated
 from jaxlm.training import teacher_topk
 from jaxlm.training.distill_steps import make_distill_step, make_teacher_eval_step
 from jaxlm.training.hosts import log
 from jaxlm.training.metrics import bits_per_byte
-from jaxlm.training.steps import _meet_after_compiling, jit_eval_step, make_eval_step
+from jaxlm.training.steps import jit_eval_step, jit_train_step, make_eval_step
 from jaxlm.training.tasks.base import Steps, summed
 from jaxlm.training.tasks.next_token import ChatTask, PretrainTask, next_token_summary
 
@@ -231,41 +231,24 @@ class DistillMixin:
         token_bytes = jax.device_put(token_bytes, replicated(mesh))
         if teacher is None:
             step = make_distill_step(graphdef, optimizer, schedule, cfg.distill, **common)
-            jitted = jax.jit(
-                lambda state, batch: step(state, batch, None),
-                in_shardings=(state_shardings, batch_sharding(mesh)),
-                out_shardings=(state_shardings, replicated(mesh)),
-                donate_argnums=(0,),
+            jitted = jit_train_step(
+                lambda state, batch: step(state, batch, None), state_shardings, mesh
             )
             evaluate = jit_eval_step(make_eval_step(graphdef, views), state_shardings, mesh)
             return Steps(
-                _meet_after_compiling(jitted),
+                jitted,
                 lambda state, batch: evaluate(state.params, state.frozen, batch, token_bytes),
             )
         step = make_distill_step(
             graphdef, optimizer, schedule, cfg.distill, teacher_graphdef=teacher.graphdef, **common
         )
         teacher_shardings = jax.tree.map(lambda x: x.sharding, teacher.params)
-        jitted = _meet_after_compiling(
-            jax.jit(
-                step,
-                in_shardings=(state_shardings, batch_sharding(mesh), teacher_shardings),
-                out_shardings=(state_shardings, replicated(mesh)),
-                donate_argnums=(0,),
-            )
-        )
-        evaluate = _meet_after_compiling(
-            jax.jit(
-                make_teacher_eval_step(graphdef, teacher.graphdef, cfg.distill, views),
-                in_shardings=(
-                    state_shardings.params,
-                    state_shardings.frozen,
-                    batch_sharding(mesh),
-                    replicated(mesh),
-                    teacher_shardings,
-                ),
-                out_shardings=replicated(mesh),
-            )
+        jitted = jit_train_step(step, state_shardings, mesh, extra=(teacher_shardings,))
+        evaluate = jit_eval_step(
+            make_teacher_eval_step(graphdef, teacher.graphdef, cfg.distill, views),
+            state_shardings,
+            mesh,
+            extra=(teacher_shardings,),
         )
         on_policy = None
         if cfg.distill.on_policy > 0:
@@ -309,14 +292,7 @@ class DistillMixin:
             return new_state, {**metrics, "response_tokens": jnp.mean(out.num_tokens)}
 
         teacher_shardings = jax.tree.map(lambda x: x.sharding, self.teacher.params)
-        return _meet_after_compiling(
-            jax.jit(
-                on_policy,
-                in_shardings=(state_shardings, batch_sharding(mesh), teacher_shardings),
-                out_shardings=(state_shardings, replicated(mesh)),
-                donate_argnums=(0,),
-            )
-        )
+        return jit_train_step(on_policy, state_shardings, mesh, extra=(teacher_shardings,))
 
     # -- reports ----------------------------------------------------------------------
 
@@ -340,7 +316,7 @@ class DistillMixin:
         return text
 
     def step_metrics(self, metrics):
-        keys = ("divergence", "distill_loss", "response_tokens", "on_policy")
+        keys = ("divergence", "distill_loss", "response_tokens", "on_policy", "num_tokens")
         return {k: float(metrics[k]) for k in keys if k in metrics}
 
 
