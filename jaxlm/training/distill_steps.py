@@ -27,7 +27,13 @@ import optax
 from flax import nnx
 
 from jaxlm.config import DistillConfig
-from jaxlm.training.distill_losses import DistillSums, distill_sums, objective
+from jaxlm.training.distill_losses import (
+    DistillSums,
+    distill_sums,
+    divergence,
+    log_probs,
+    objective,
+)
 from jaxlm.training.losses import safe_mean, token_nll
 from jaxlm.training.param_views import FULL, ParamViews
 from jaxlm.training.state import TrainState
@@ -138,24 +144,18 @@ def make_teacher_eval_step(
     def eval_step(params, frozen, batch: Batch, token_bytes_V, teacher_params) -> Metrics:
         logits = forward(graphdef, views.policy(params, frozen), batch)
         teacher_logits = forward(teacher_graphdef, teacher_params, batch)
-        sums = distill_sums(
-            logits,
-            batch["targets"],
-            batch["loss_mask"],
-            kind=dcfg.loss,
-            temperature=dcfg.temperature,
-            beta=dcfg.beta,
-            teacher_logits_BTV=teacher_logits,
+        targets, tau = batch["targets"], dcfg.temperature
+        nll, _ = token_nll(logits, targets)
+        teacher_nll, _ = token_nll(teacher_logits, targets)
+        div = divergence(
+            log_probs(teacher_logits, tau), log_probs(logits, tau), dcfg.loss, dcfg.beta
         )
-        mask = batch["loss_mask"].astype(jnp.float32)
-        teacher_nll, _ = token_nll(teacher_logits, batch["targets"])
-        target_bytes = jnp.take(token_bytes_V, batch["targets"], axis=0).astype(jnp.float32)
-        return {
-            "nll": sums.nll,
-            "num_tokens": sums.num_tokens,
-            "num_bytes": jnp.sum(target_bytes * mask),
-            "divergence": sums.divergence,
-            "teacher_nll": jnp.sum(teacher_nll * mask),
-        }
+        target_bytes = jnp.take(token_bytes_V, targets, axis=0).astype(jnp.float32)
+        # Every sum in one stacked reduction: one cross-device sum per batch.
+        per_token = jnp.stack([nll, div, teacher_nll, target_bytes, jnp.ones_like(nll)])
+        sums = jnp.sum(per_token * batch["loss_mask"].astype(jnp.float32), axis=(1, 2))
+        return dict(
+            zip(("nll", "divergence", "teacher_nll", "num_bytes", "num_tokens"), sums, strict=True)
+        )
 
     return eval_step

@@ -110,11 +110,14 @@ class _Loop:
         """Eval on every held-out batch; writes the `eval` record and returns it."""
         run = self.run
         t0 = time.perf_counter()
-        # Several CPU processes: many eval programs queued at once (each with a gloo
-        # all-reduce) deadlock now and then (~1 run in 4 on jax 0.10.2: one device
-        # waits in the all-reduce, the other in XLA's launch semaphore), so each is
-        # waited for. Elsewhere they stay queued.
-        serial = jax.process_count() > 1 and jax.default_backend() == "cpu"
+        # Several CPU devices (processes, or one process's fake devices in tests): many
+        # eval programs queued at once, each with a cross-device all-reduce, deadlock
+        # now and then (~1 run in 4 on jax 0.10.2 with two processes: one device waits
+        # in the all-reduce, the other in XLA's launch semaphore; with 8 fake devices
+        # under load, 7 of 8 arrive and XLA aborts after 40 s — reproduced with the
+        # distillation eval, whose programs are longer). So each is waited for.
+        # Elsewhere (accelerators, one CPU device) they stay queued.
+        serial = jax.device_count() > 1 and jax.default_backend() == "cpu"
         results = []
         with jax.set_mesh(run.mesh):
             for b in run.val_batches:
