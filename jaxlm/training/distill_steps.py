@@ -37,7 +37,7 @@ from jaxlm.training.distill_losses import (
 from jaxlm.training.losses import safe_mean, token_nll
 from jaxlm.training.param_views import FULL, ParamViews
 from jaxlm.training.state import TrainState
-from jaxlm.training.steps import Batch, Metrics, accumulate, forward, guarded_update
+from jaxlm.training.steps import Batch, Metrics, accumulate, forward, token_mean_update
 
 
 def batch_distill_sums(
@@ -102,32 +102,23 @@ def make_distill_step(
             return sums, jax.tree.map(jnp.zeros_like, state.params)
 
         sums, grads = accumulate(sums_and_grads, batch, grad_accum=grad_accum, zeros=zeros)
-        denom = jnp.maximum(sums.num_tokens, 1.0)
-        grads = jax.tree.map(lambda g: g / denom, grads)
-        grad_norm = optax.tree.norm(grads)
-        nll = safe_mean(sums.nll, sums.num_tokens)
-        trained = safe_mean(objective(sums, alpha=alpha, temperature=tau), sums.num_tokens)
-        finite = jnp.isfinite(trained) & jnp.isfinite(grad_norm) & jnp.isfinite(sums.z)
-        new_state, flags = guarded_update(
+        new_state, metrics = token_mean_update(
             state,
             grads,
             optimizer,
-            trained,
-            finite=finite,
-            has_data=sums.num_tokens > 0,
+            objective_sum=objective(sums, alpha=alpha, temperature=tau),
+            z_sum=sums.z,
+            num_tokens=sums.num_tokens,
             spike_factor=spike_factor,
             spike_warmup_steps=spike_warmup_steps,
             loss_ema_decay=loss_ema_decay,
         )
         metrics = {
-            "loss": nll,
+            **metrics,
+            "loss": safe_mean(sums.nll, sums.num_tokens),  # the student's own CE
+            "distill_loss": metrics["loss"],  # what was trained (and spike-guarded)
             "divergence": safe_mean(sums.divergence, sums.num_tokens),
-            "distill_loss": trained,
-            "z_loss": safe_mean(sums.z, sums.num_tokens),
-            "grad_norm": grad_norm,
             "lr": schedule(state.step),
-            "num_tokens": sums.num_tokens,
-            **flags,
         }
         return new_state, metrics
 

@@ -210,33 +210,62 @@ def make_lm_step(
             z_loss=z_loss,
             model_params=lambda p: views.policy(p, state.frozen),
         )
-        denom = jnp.maximum(sums.num_tokens, 1.0)
-        grads = jax.tree.map(lambda g: g / denom, grads)
-        grad_norm = optax.tree.norm(grads)
-        loss = safe_mean(sums.nll, sums.num_tokens)
-        finite = jnp.isfinite(loss) & jnp.isfinite(grad_norm) & jnp.isfinite(sums.z)
-        new_state, flags = guarded_update(
+        new_state, metrics = token_mean_update(
             state,
             grads,
             optimizer,
-            loss,
-            finite=finite,
-            has_data=sums.num_tokens > 0,  # nothing supervised (an all-padding batch)
+            objective_sum=sums.nll,
+            z_sum=sums.z,
+            num_tokens=sums.num_tokens,
             spike_factor=spike_factor,
             spike_warmup_steps=spike_warmup_steps,
             loss_ema_decay=loss_ema_decay,
         )
-        metrics = {
-            "loss": loss,
-            "z_loss": safe_mean(sums.z, sums.num_tokens),
-            "grad_norm": grad_norm,
-            "lr": schedule(state.step),
-            "num_tokens": sums.num_tokens,
-            **flags,
-        }
-        return new_state, metrics
+        return new_state, {**metrics, "lr": schedule(state.step)}
 
     return lm_step
+
+
+def token_mean_update(
+    state: TrainState,
+    grads: Any,
+    optimizer: optax.GradientTransformation,
+    *,
+    objective_sum: jax.Array,
+    z_sum: jax.Array,
+    num_tokens: jax.Array,
+    spike_factor: float,
+    spike_warmup_steps: int,
+    loss_ema_decay: float,
+) -> tuple[TrainState, Metrics]:
+    """The update of an objective summed over supervised tokens (next-token,
+    distillation): the summed gradient divided once by the global token count, then
+    guarded_update. Metrics: the objective's mean as `loss`, z_loss, grad_norm,
+    num_tokens and the update's flags."""
+    denom = jnp.maximum(num_tokens, 1.0)
+    grads = jax.tree.map(lambda g: g / denom, grads)
+    grad_norm = optax.tree.norm(grads)
+    loss = safe_mean(objective_sum, num_tokens)
+    finite = jnp.isfinite(loss) & jnp.isfinite(grad_norm) & jnp.isfinite(z_sum)
+    new_state, flags = guarded_update(
+        state,
+        grads,
+        optimizer,
+        loss,
+        finite=finite,
+        has_data=num_tokens > 0,  # nothing supervised (an all-padding batch)
+        spike_factor=spike_factor,
+        spike_warmup_steps=spike_warmup_steps,
+        loss_ema_decay=loss_ema_decay,
+    )
+    metrics = {
+        "loss": loss,
+        "z_loss": safe_mean(z_sum, num_tokens),
+        "grad_norm": grad_norm,
+        "num_tokens": num_tokens,
+        **flags,
+    }
+    return new_state, metrics
 
 
 def make_eval_step(graphdef: nnx.GraphDef, views: ParamViews = FULL) -> Callable[..., Metrics]:
