@@ -33,6 +33,7 @@ ROOT = frozenset({"errors", "source_spec", "config", "presets", "sharding"})
 #   <- models, data, prep, runtime
 #   <- checkpointing, analysis
 #   <- training, inference, evaluation, hf
+#   <- serving
 #   <- commands, cli   (and experiments/, outside the package)
 ALLOWED: dict[str, frozenset[str]] = {
     "jaxlm": frozenset(),  # jaxlm/__init__.py: a docstring only
@@ -57,9 +58,11 @@ ALLOWED: dict[str, frozenset[str]] = {
     # Evaluation reuses the training's eval step and metrics, so both report the same numbers.
     "evaluation": ROOT | {"models", "data", "checkpointing", "inference", "training"},
     "hf": ROOT | {"models", "data", "checkpointing"},
+    # The HTTP server over the inference engine's KV cache, loading and text streaming.
+    "serving": ROOT | {"models", "data", "inference"},
     "commands": ROOT
     | {"models", "data", "prep", "runtime", "checkpointing", "analysis"}
-    | {"training", "inference", "evaluation", "hf"},
+    | {"training", "inference", "evaluation", "hf", "serving"},
 }
 ALLOWED["cli"] = ALLOWED["commands"] | {"commands"}
 

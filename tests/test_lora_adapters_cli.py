@@ -7,7 +7,8 @@ adapters on every projection), so no training is needed. From it:
 - `jaxlm export --adapters-only` records the base's fingerprint; `jaxlm generate BASE
   --adapters DIR` (subprocess, from a folder outside the repository, greedy) prints
   exactly what `jaxlm generate MERGED` prints, and not what the base alone prints;
-- `jaxlm eval` and `jaxlm chat` with --adapters equal the merged export's;
+- `jaxlm eval` and `jaxlm chat` with --adapters equal the merged export's, and
+  `--quantize int8` with them quantizes the merged model;
 - a different base (another init, or the right one with one weight changed) and an
   adapters directory given as MODEL are refused with one-line errors;
 - `jaxlm convert --to-peft` writes a directory that peft applies to the `--to-hf`
@@ -192,6 +193,20 @@ def _error(capsys, *args) -> str:
     lines = capsys.readouterr().err.strip().splitlines()
     assert len(lines) == 1 and lines[0].startswith("jaxlm: error: "), lines
     return lines[0]
+
+
+def test_int8_with_adapters_quantizes_the_merged_model(exports):
+    """--quantize int8 --adapters: merged first, then quantized (jaxlm.inference.quantize),
+    so it is the merged export's int8 model, bit for bit, and not the base's."""
+    with_adapters = load_model(exports["base"], adapters=exports["adapters"], quantize="int8")
+    merged = load_model(exports["merged"], quantize="int8")
+    base = load_model(exports["base"], quantize="int8")
+    assert with_adapters.params["layers"]["wq"].get_value().dtype == np.int8
+    pairs = zip(jax.tree.leaves(with_adapters.params), jax.tree.leaves(merged.params), strict=True)
+    for a, b in pairs:
+        np.testing.assert_array_equal(np.asarray(a), np.asarray(b))
+    wq = base.params["layers"]["wq_scale"].get_value()
+    assert not np.array_equal(wq, merged.params["layers"]["wq_scale"].get_value())
 
 
 def test_adapters_on_another_base_are_refused_naming_their_base(exports, tmp_path, capsys):

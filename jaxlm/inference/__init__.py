@@ -1,7 +1,9 @@
 """Inference: load a trained model, generate with a KV cache, sample.
 
     loading.py       an export or a workdir -> (config, graphdef, params, tokenizer)
-    kv_cache.py      the fixed-size key/value cache and the cached forward pass
+    quantize.py      weight-only int8 (per-channel scales) at load: --quantize int8
+    kv_cache.py      the fixed-size key/value cache (float, bfloat16 or int8) and the
+                     cached forward pass
     sampling.py      logits -> next token: temperature, top-k, top-p, min-p, penalties
     decode.py        prefill + incremental decode for a batch of prompts (Generator)
     rollout.py       RL rollouts: one jitted sampling program with the policy's log-probs

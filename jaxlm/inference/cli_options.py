@@ -22,6 +22,22 @@ def add_model_arguments(parser: argparse.ArgumentParser) -> None:
         help="shard the model over a (data, fsdp, tensor) mesh of the local devices, e.g. 1,1,8",
     )
     add_adapters_argument(parser)
+    # The choices are spelt here, not imported: jaxlm --help must not load JAX.
+    parser.add_argument(
+        "--quantize",
+        choices=["none", "int8"],
+        default="none",
+        help="int8: keep the weights (all but norms and biases) as int8 with a float32 scale "
+        "per output channel, about a quarter of float32's memory; applied after --adapters "
+        "are merged (default %(default)s)",
+    )
+    parser.add_argument(
+        "--kv-cache-dtype",
+        choices=["auto", "bfloat16", "int8"],
+        default="auto",
+        help="the KV cache's storage: auto = the model's compute dtype; int8 has a float32 "
+        "scale per token and KV head (default %(default)s)",
+    )
 
 
 def add_adapters_argument(parser: argparse.ArgumentParser) -> None:
@@ -58,12 +74,25 @@ def sampling_config(args: argparse.Namespace):
 
 
 def load(args: argparse.Namespace):
-    """(LoadedModel, Generator) for the MODEL and --set/--mesh options."""
+    """(LoadedModel, Generator) for the MODEL, --set, --mesh, --adapters, --quantize and
+    --kv-cache-dtype options."""
     from jaxlm.inference.decode import Generator
     from jaxlm.inference.loading import load_model
     from jaxlm.sharding import mesh_from_flag
 
     mesh = mesh_from_flag(args.mesh) if args.mesh else None
-    model = load_model(args.model, overrides=args.overrides, mesh=mesh, adapters=args.adapters)
-    generator = Generator(model.cfg.model, model.graphdef, model.params, mesh=mesh)
+    model = load_model(
+        args.model,
+        overrides=args.overrides,
+        mesh=mesh,
+        adapters=args.adapters,
+        quantize=args.quantize,
+    )
+    generator = Generator(
+        model.cfg.model,
+        model.graphdef,
+        model.params,
+        mesh=mesh,
+        kv_cache_dtype=args.kv_cache_dtype,
+    )
     return model, generator

@@ -18,6 +18,7 @@ once per prompt. Same prompts, settings and seed give the same tokens: step t dr
 with `fold_in(key(seed), t)`. With a `mesh`, params must already be sharded on it
 (loading.load_model(..., mesh=mesh)); the cache and inputs are placed on it and the
 steps run under it, so a model split over devices generates without gathering.
+`kv_cache_dtype` ("auto", "bfloat16", "int8") is the cache's storage (kv_cache.py).
 """
 
 from __future__ import annotations
@@ -34,7 +35,7 @@ from flax import nnx
 
 from jaxlm.config import ModelConfig
 from jaxlm.errors import InputError
-from jaxlm.inference.kv_cache import forward_cached, init_cache
+from jaxlm.inference.kv_cache import forward_cached, init_cache, storage_dtype
 from jaxlm.inference.sampling import SamplingConfig, sample
 from jaxlm.sharding import named_sharding
 
@@ -73,6 +74,7 @@ class Generator:
         *,
         mesh: jax.sharding.Mesh | None = None,
         pad_id: int = 0,
+        kv_cache_dtype: str = "auto",
     ):
         self.cfg, self.graphdef, self.params, self.mesh, self.pad_id = (
             cfg,
@@ -81,6 +83,8 @@ class Generator:
             mesh,
             pad_id,
         )
+        storage_dtype(cfg, kv_cache_dtype)  # refuses an unknown choice now, not mid-generate
+        self.kv_cache_dtype = kv_cache_dtype
         self._prefill = jax.jit(self._prefill_fn, static_argnames=("sampling",))
         self._decode = jax.jit(
             self._decode_fn,
@@ -191,7 +195,7 @@ class Generator:
         key = jax.random.key(seed)
 
         with jax.set_mesh(self.mesh) if self.mesh is not None else contextlib.nullcontext():
-            cache = init_cache(self.cfg, B, P + new_slots, self.mesh)
+            cache = init_cache(self.cfg, B, P + new_slots, self.mesh, self.kv_cache_dtype)
             tokens_d, lengths_d = self._place(tokens), self._place(lengths)
             start = time.perf_counter()
             token_B, cache, seen_BV = self._prefill(

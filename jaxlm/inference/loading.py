@@ -5,6 +5,7 @@
     model = load_model(path, overrides=["model.rope_scaling=yarn",
                                         "model.rope_scaling_factor=4"])
     model = load_model("exports/base", adapters="exports/sft-adapters")  # LoRA, merged
+    model = load_model(path, quantize="int8")               # int8 weights (quantize.py)
 
 Overrides may change only model settings that leave the saved weights alone (those
 marked jaxlm.config.KEEPS_WEIGHTS: dtypes, attention implementation, layer scan and
@@ -16,6 +17,8 @@ The tokenizer is the directory's own tokenizer.model or hf_tokenizer.json (a Hug
 Face tokenizer; jaxlm.data.tokenizer_files) (jaxlm.data.workdir_tokenizer), found
 from the directory, never from the current one. `adapters` names an adapters-only
 export to apply to the base at `path` (jaxlm.inference.adapters checks it is their base).
+`quantize="int8"` stores the matmul weights as int8 with per-channel scales
+(jaxlm.inference.quantize), after any adapters are merged, on `mesh` if given.
 """
 
 from __future__ import annotations
@@ -40,6 +43,7 @@ from jaxlm.data.tokenizer_files import load_tokenizer
 from jaxlm.data.workdir_tokenizer import require_owned_tokenizer
 from jaxlm.errors import InputError
 from jaxlm.inference.adapters import apply_adapters
+from jaxlm.inference.quantize import QUANTIZE_CHOICES, quantize_params
 from jaxlm.models.params import abstract_model, keys_keeping_weights, param_shardings
 
 # Model keys an inference override may change: none of them changes a weight's shape.
@@ -55,6 +59,7 @@ class LoadedModel:
     tokenizer: Any  # jaxlm.data.tokenizer.Tokenizer or jaxlm.data.hf_tokenizer.HFTokenizer
     source: str  # what was read, for messages
     mesh: Mesh | None = None
+    quantize: str | None = None  # "int8": weight-only int8 (jaxlm.inference.quantize)
 
     def module(self) -> nnx.Module:
         """The NNX model (params bound), for notebooks and one-off forward passes."""
@@ -81,9 +86,14 @@ def load_model(
     overrides: list[str] | tuple[str, ...] = (),
     mesh: Mesh | None = None,
     adapters: Path | str | None = None,
+    quantize: str | None = None,
 ) -> LoadedModel:
     """The model stored at `path` (export directory or training workdir), ready to run;
-    with `adapters` (an adapters-only export), that base with the adapters merged in."""
+    with `adapters` (an adapters-only export), that base with the adapters merged in;
+    with `quantize="int8"`, its weights then quantized (None or "none": as stored)."""
+    if quantize not in (None, *QUANTIZE_CHOICES):
+        raise InputError(f"quantize={quantize!r}: expected one of {', '.join(QUANTIZE_CHOICES)}")
+    quantize = None if quantize == "none" else quantize
     path = Path(path).absolute()
     if (path / PARAMS_DIR).is_dir():
         saved = read_params_config(path)
@@ -134,8 +144,11 @@ def load_model(
             shardings=shardings,
         )
         source = f"{source} + adapters {Path(adapters).absolute()}"
+    if quantize == "int8":
+        graphdef, params = quantize_params(cfg.model, graphdef, params, mesh=mesh, source=source)
+        source = f"{source} (int8 weights)"
     tokenizer = load_tokenizer(tokenizer_path)
-    return LoadedModel(cfg, graphdef, params, tokenizer, source, mesh)
+    return LoadedModel(cfg, graphdef, params, tokenizer, source, mesh, quantize)
 
 
 def _cast_and_place(params: nnx.State, cfg: Config, shardings: nnx.State | None) -> nnx.State:

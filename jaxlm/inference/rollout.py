@@ -43,7 +43,7 @@ from flax import nnx
 
 from jaxlm.config import ModelConfig
 from jaxlm.errors import InputError
-from jaxlm.inference.kv_cache import CACHE_AXES, KVCache, forward_cached
+from jaxlm.inference.kv_cache import KVCache, empty_cache, forward_cached, place_cache
 from jaxlm.inference.sampling import SamplingConfig, filtered_logits
 from jaxlm.models.transformer import run_layers
 from jaxlm.sharding import constrain
@@ -178,12 +178,9 @@ def _sample(logits_BV: jax.Array, key: jax.Array, sampling: SamplingConfig) -> j
 
 
 def _empty_cache(cfg: ModelConfig, B: int, S: int) -> KVCache:
-    """A cache created inside the traced rollout, laid out like kv_cache.init_cache's."""
-    shape = (cfg.n_layers, B, S, cfg.n_kv_heads, cfg.resolved_head_dim)
-    dtype = jnp.dtype(cfg.compute_dtype)
-    k = constrain(jnp.zeros(shape, dtype), *CACHE_AXES)
-    v = constrain(jnp.zeros(shape, dtype), *CACHE_AXES)
-    return KVCache(k, v, constrain(jnp.zeros((B, S), bool), "act_batch", None))
+    """A cache created inside the traced rollout, laid out like kv_cache.init_cache's
+    (in the compute dtype: rollouts' log-probs must match the teacher-forced pass's)."""
+    return place_cache(empty_cache(cfg, B, S), lambda array, axes: constrain(array, *axes))
 
 
 def sequence_layout(prompts_BP, lengths_B, tokens_BR, mask_BR):

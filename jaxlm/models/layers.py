@@ -5,6 +5,10 @@ low-rank branch when the layer's weights hold one for that projection (LoRA adap
 which jaxlm.models.lora adds to a param tree). Attention and the MLP both go through
 it, so the forward pass has no separate adapted copy.
 
+`dequantize` turns an int8 weight back into the compute dtype, for a model whose
+weights jaxlm.inference.quantize stored as int8 with float32 scales beside them
+(inference only: training never sees one, and its forward pass is unchanged).
+
 Dimension legend: B batch, T sequence, M = B * T tokens, D model width, F feed-forward
 width, r low-rank width.
 """
@@ -22,12 +26,26 @@ from jaxlm.config import ModelConfig
 LOW_RANK_A, LOW_RANK_B = "_lora_a", "_lora_b"
 RANK_LETTER = "r"  # the rank's einsum letter; model letters are upper case
 
+# A weight stored as int8 has its float32 scales beside it as name + QUANT_SCALE, one
+# per output channel (jaxlm.inference.quantize): shaped like W's output dims, so they
+# broadcast against W, whose output dims come last.
+QUANT_SCALE = "_scale"
+
 
 def rms_norm(x: jax.Array, scale: jax.Array, eps: float) -> jax.Array:
     """RMSNorm computed in float32 (bf16 variance is too coarse), returned in x's dtype."""
     x32 = x.astype(jnp.float32)
     normed = x32 * jax.lax.rsqrt(jnp.mean(x32 * x32, axis=-1, keepdims=True) + eps)
     return (normed * scale.astype(jnp.float32)).astype(x.dtype)
+
+
+def dequantize(q: jax.Array, scale: jax.Array, dtype) -> jax.Array:
+    """int8 `q` times its float32 `scale` (broadcast against q), in `dtype`.
+
+    The product is formed in float32 and rounded once: every int8 value is exact in
+    bfloat16, but the scale is not.
+    """
+    return (q.astype(jnp.float32) * scale).astype(dtype)
 
 
 def low_rank_scale(cfg: ModelConfig) -> float:

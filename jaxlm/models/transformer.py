@@ -7,7 +7,9 @@ stays flat with depth. `logits = model(tokens, positions=..., segment_ids=...)` 
 the one signature every objective uses; losses live in jaxlm/training/losses.py.
 Every projection goes through `layers.project`, which also applies any low-rank
 factors stored beside a weight (LoRA adapters, added to a built model by
-jaxlm.models.params); this module declares only the plain model.
+jaxlm.models.params); this module declares only the plain model. Likewise a model
+quantized for inference (jaxlm.inference.quantize) has int8 weights with float32
+scales beside them, which `layer_weights`, `embed_tokens` and `logits` dequantize.
 
 `model.attention_bias` adds biases to the q, k and v projections (Qwen2), before the
 QK-norm and RoPE, as Hugging Face's Qwen2/Qwen3 attention adds them.
@@ -28,7 +30,7 @@ from flax import nnx
 
 from jaxlm.config import ModelConfig
 from jaxlm.models.attention import attention
-from jaxlm.models.layers import project, rms_norm, swiglu
+from jaxlm.models.layers import QUANT_SCALE, dequantize, project, rms_norm, swiglu
 from jaxlm.models.rope import RopeScaling, apply_rope
 from jaxlm.sharding import constrain
 
@@ -88,8 +90,21 @@ class Layers(nnx.Module):
 
 def layer_weights(p: dict[str, jax.Array], dtype) -> dict[str, jax.Array]:
     """One layer's weights cast to the compute dtype; norm scales stay as stored (rms_norm
-    applies them in float32)."""
-    return {k: v if k.endswith("norm") else v.astype(dtype) for k, v in p.items()}
+    applies them in float32).
+
+    An int8 weight with a QUANT_SCALE beside it (a quantized model for inference,
+    jaxlm.inference.quantize) is dequantized here, one layer at a time inside the scan,
+    and its scale dropped. A float model has no scale, and gets the plain cast.
+    """
+    w = {}
+    for k, v in p.items():
+        if k.endswith(QUANT_SCALE) and k.removesuffix(QUANT_SCALE) in p:
+            continue
+        if k + QUANT_SCALE in p:
+            w[k] = dequantize(v, p[k + QUANT_SCALE], dtype)
+        else:
+            w[k] = v if k.endswith("norm") else v.astype(dtype)
+    return w
 
 
 def attention_inputs(
@@ -225,18 +240,33 @@ class Transformer(nnx.Module):
         # Gather the FSDP shards of the table first (as FSDP does for every weight):
         # a lookup into a table split on its embed axis forces XLA to replicate it.
         embed_VD = constrain(self.embed[...], "vocab", None)
-        x_BTD = jnp.take(embed_VD, tokens_BT, axis=0).astype(jnp.dtype(self.cfg.compute_dtype))
+        compute = jnp.dtype(self.cfg.compute_dtype)
+        scale_V = self._quant_scale("embed")
+        if scale_V is None:
+            x_BTD = jnp.take(embed_VD, tokens_BT, axis=0).astype(compute)
+        else:  # int8 rows, each with its own scale: only the looked-up rows are dequantized
+            scale_BT1 = jnp.take(scale_V, tokens_BT, axis=0)[..., None]
+            x_BTD = dequantize(jnp.take(embed_VD, tokens_BT, axis=0), scale_BT1, compute)
         return constrain(x_BTD, "act_batch", "act_seq", "act_embed")
 
     def logits(self, x_BTD: jax.Array) -> jax.Array:
         """Float32 logits [B, T, V] of the last layer's output: final norm, unembedding."""
         cfg = self.cfg
         x_BTD = rms_norm(x_BTD, self.final_norm[...], cfg.norm_eps)
+        name = "embed" if cfg.tie_embeddings else "unembed"
         unembed_DV = self.embed[...].T if cfg.tie_embeddings else self.unembed[...]
+        compute = jnp.dtype(cfg.compute_dtype)
+        scale_V = self._quant_scale(name)  # per vocab entry: the tied table's per-row scale
+        if scale_V is None:
+            unembed_DV = unembed_DV.astype(compute)
+        else:
+            unembed_DV = dequantize(unembed_DV, scale_V, compute)
         logits_BTV = jnp.einsum(
-            "BTD,DV->BTV",
-            x_BTD,
-            unembed_DV.astype(jnp.dtype(cfg.compute_dtype)),
-            preferred_element_type=jnp.float32,
+            "BTD,DV->BTV", x_BTD, unembed_DV, preferred_element_type=jnp.float32
         )
         return constrain(logits_BTV, "act_batch", "act_seq", "act_vocab")
+
+    def _quant_scale(self, name: str) -> jax.Array | None:
+        """The per-vocab-entry scales of an int8 `embed` / `unembed`, or None (float)."""
+        scale = getattr(self, name + QUANT_SCALE, None)
+        return None if scale is None else scale[...]
