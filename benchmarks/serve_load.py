@@ -10,14 +10,14 @@ chunk) and the time per output token after the first (TPOT: (end - first chunk) 
 (tokens - 1)). Per level it reports requests/s and output tokens/s over the wall time
 of the level, and TTFT / TPOT percentiles (p50, p90, p99).
 
-Two servers are measured: the baseline with --slots 1 at concurrency 1 (requests served
-strictly one at a time), then the batched server (--batched-slots) at each --clients
-level. Each server is warmed (every prompt bucket compiled) before timing.
+The baseline is a server with --slots 1 at concurrency 1 (requests served strictly one
+at a time); then each batched server (--batched-slots, one or more sizes) is driven at
+each --clients level. Each server is warmed (every prompt sent once) before timing.
 
 Run (repository root, venv, idle machine):
 
     python benchmarks/serve_load.py MODEL --clients 1 8 32 --requests 64 --tokens 64 \\
-        --json experiments/results/serving/load_amd_epyc.json
+        --batched-slots 8 32 --json experiments/results/serving/load_amd_epyc.json
 
 Not wired into benchmarks/run.py: it needs a trained model directory.
 """
@@ -29,7 +29,6 @@ import asyncio
 import contextlib
 import json
 import os
-import platform
 import re
 import signal
 import statistics
@@ -39,6 +38,7 @@ import tempfile
 import time
 from pathlib import Path
 
+import environment  # benchmarks/environment.py: the machine each result was measured on
 import openai
 
 from jaxlm.data.corpus import read_text, stdlib_files
@@ -141,15 +141,11 @@ def percentiles(values: list[float]) -> dict[str, float]:
     return {f"p{p}": round(1000 * cuts[p - 1], 2) for p in (50, 90, 99)}
 
 
-async def warm(url: str, name: str, texts: list[str], tokens: int) -> None:
-    """Compile every prompt bucket and both decode variants before timing."""
+async def warm(url: str, name: str, texts: list[str]) -> None:
+    """Send every prompt once (2 tokens) so each prompt bucket is compiled before timing."""
     client = openai.AsyncOpenAI(base_url=url, api_key="unused", max_retries=0, timeout=600)
-    seen = set()
     for text in texts:
-        bucket = max(16, 1 << (len(text) // 2).bit_length())  # ~ tokens; extra warms are cheap
-        if bucket not in seen:
-            seen.add(bucket)
-            await one_request(client, name, text, min(tokens, 4))
+        await one_request(client, name, text, 2)
     await client.close()
 
 
@@ -159,7 +155,7 @@ def main() -> int:
     parser.add_argument("--clients", type=int, nargs="+", default=[1, 8, 32])
     parser.add_argument("--requests", type=int, default=64)
     parser.add_argument("--tokens", type=int, default=64)
-    parser.add_argument("--batched-slots", type=int, default=32)
+    parser.add_argument("--batched-slots", type=int, nargs="+", default=[32])
     parser.add_argument("--serve-args", default="", help="extra `jaxlm serve` flags")
     parser.add_argument("--json", default=None)
     args = parser.parse_args()
@@ -168,23 +164,24 @@ def main() -> int:
     extra = args.serve_args.split()
     rows = []
     with serving(args.model, 1, extra) as url:
-        asyncio.run(warm(url, name, texts, args.tokens))
+        asyncio.run(warm(url, name, texts))
         row = asyncio.run(level(url, name, texts, 1, args.tokens))
-        rows.append({"server": "one at a time (--slots 1)", **row})
+        rows.append({"server": "one at a time (--slots 1)", "slots": 1, **row})
         print(json.dumps(rows[-1]), flush=True)
-    with serving(args.model, args.batched_slots, extra) as url:
-        asyncio.run(warm(url, name, texts, args.tokens))
-        for clients in args.clients:
-            row = asyncio.run(level(url, name, texts, clients, args.tokens))
-            rows.append({"server": f"continuous batching (--slots {args.batched_slots})", **row})
-            print(json.dumps(rows[-1]), flush=True)
+    for slots in args.batched_slots:
+        with serving(args.model, slots, extra) as url:
+            asyncio.run(warm(url, name, texts))
+            for clients in args.clients:
+                row = asyncio.run(level(url, name, texts, clients, args.tokens))
+                rows.append({"server": "continuous batching", "slots": slots, **row})
+                print(json.dumps(rows[-1]), flush=True)
     record = {
         "benchmark": "serve_load",
         "model": str(Path(args.model).absolute()),
         "tokens_per_request": args.tokens,
         "requests_per_level": args.requests,
         "serve_args": extra,
-        "machine": {"cpu": platform.processor() or platform.machine(), "cores": os.cpu_count()},
+        "machine": environment.machine(),
         "levels": rows,
     }
     if args.json:
