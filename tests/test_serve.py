@@ -30,6 +30,7 @@ from jaxlm.data.chat import Message, encode_chat_prompt
 from jaxlm.data.packing import document_prefix
 from jaxlm.inference.decode import Generator
 from jaxlm.inference.loading import load_model
+from jaxlm.inference.sampling import SamplingConfig
 from jaxlm.models.params import init_params
 from jaxlm.presets import get_preset
 from tests.helpers.live_server import live_server
@@ -419,3 +420,47 @@ def test_int8_weights_and_cache_serve_close_log_probs(export_dir, client, tmp_pa
     # Same tokens scored (the prompt's); int8 moves each log-prob a little, not a lot.
     difference = np.abs(quantized[: len(full) - 8] - full[: len(full) - 8])
     assert 0 < difference.max() < 0.1, difference.max()
+
+
+@pytest.mark.timeout(400)
+def test_an_imported_hugging_face_model_chats_with_its_own_template(tmp_path):
+    from tests.helpers.hf_models import build_model
+    from tests.helpers.hf_tokenizers import write_tokenizer_dir
+
+    hf = tmp_path / "hf"
+    build_model(
+        "Qwen2Config", "Qwen2ForCausalLM", {"num_key_value_heads": 2, "vocab_size": 1280}
+    ).save_pretrained(hf)
+    write_tokenizer_dir("qwen2", hf)
+    imported = tmp_path / "qwen-tiny"
+    assert cli.main(["convert", "--from-hf", str(hf), str(imported)]) == 0
+    model = load_model(imported)
+    messages = [Message("system", "Short answers."), Message("user", "Say hi")]
+    prompt = encode_chat_prompt(messages, model.tokenizer)  # the model's Jinja template
+    # The table has 1280 rows for 1207 tokens: rows past the tokenizer are padding,
+    # which a random model draws often unless generation leaves them out.
+    limit = model.tokenizer.vocab_size
+    assert model.cfg.model.vocab_size == 1280 and limit == 1207
+    hot = SamplingConfig(temperature=2.0)
+    unlimited = Generator(model.cfg.model, model.graphdef, model.params)
+    drawn = unlimited.generate([prompt], max_new_tokens=64, sampling=hot, seed=1).tokens[0]
+    assert max(drawn) >= limit  # what would break decoding
+    generator = Generator(model.cfg.model, model.graphdef, model.params, token_limit=limit)
+    drawn = generator.generate([prompt], max_new_tokens=64, sampling=hot, seed=1).tokens[0]
+    assert max(drawn) < limit
+    assert cli.main(["generate", str(imported), "Hi", "--temperature", "2", "--seed", "1"]) == 0
+    ref = generator.generate([prompt], max_new_tokens=12, stop_ids=model.tokenizer.stop_ids)
+    with live_server(imported, "--slots", "2", log=tmp_path / "hf.log") as hf_server:
+        hf_client = openai.OpenAI(base_url=hf_server.base_url, api_key="u", max_retries=0)
+        reply = hf_client.chat.completions.create(
+            model="qwen-tiny",
+            messages=[{"role": m.role, "content": m.content} for m in messages],
+            max_tokens=12,
+            temperature=0,
+        )
+        sampled = hf_client.completions.create(
+            model="qwen-tiny", prompt="Hi", max_tokens=64, temperature=2.0, seed=1
+        )  # would have drawn padding ids (a 500) without the limit
+        assert sampled.usage.completion_tokens > 0
+    assert reply.usage.prompt_tokens == len(prompt)
+    assert reply.choices[0].message.content == model.tokenizer.decode(ref.tokens[0])

@@ -139,6 +139,7 @@ def run(args: argparse.Namespace) -> int:
         context=context,
         mesh=mesh,
         new_cache=functools.partial(init_cache, dtype=args.kv_cache_dtype),
+        token_limit=model.tokenizer.vocab_size,
     )
     engine = Engine(steps, prefills_per_step=args.prefills_per_step)
     print(f"jaxlm serve: {model.source} as {name!r}; compiling ...", file=sys.stderr, flush=True)

@@ -94,5 +94,6 @@ def load(args: argparse.Namespace):
         model.params,
         mesh=mesh,
         kv_cache_dtype=args.kv_cache_dtype,
+        token_limit=model.tokenizer.vocab_size,
     )
     return model, generator

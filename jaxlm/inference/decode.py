@@ -36,7 +36,7 @@ from flax import nnx
 from jaxlm.config import ModelConfig
 from jaxlm.errors import InputError
 from jaxlm.inference.kv_cache import forward_cached, init_cache, storage_dtype
-from jaxlm.inference.sampling import SamplingConfig, sample
+from jaxlm.inference.sampling import SamplingConfig, below_limit, sample
 from jaxlm.sharding import named_sharding
 
 GREEDY = SamplingConfig()
@@ -75,7 +75,11 @@ class Generator:
         mesh: jax.sharding.Mesh | None = None,
         pad_id: int = 0,
         kv_cache_dtype: str = "auto",
+        token_limit: int | None = None,
     ):
+        """`token_limit`: the tokenizer's vocabulary size when the model has more rows
+        (ids past it are padding, never generated; sampling.below_limit)."""
+        self.token_limit = token_limit
         self.cfg, self.graphdef, self.params, self.mesh, self.pad_id = (
             cfg,
             graphdef,
@@ -114,6 +118,7 @@ class Generator:
         )
         rows_B1 = jnp.arange(B)[:, None]
         seen_BV = jnp.zeros_like(logits_BV, bool).at[rows_B1, tokens_BP].max(valid_BP)
+        logits_BV = below_limit(logits_BV, self.token_limit)
         token_B = sample(logits_BV, seen_BV, jax.random.fold_in(key, 0), sampling)
         return token_B, cache, seen_BV
 
@@ -151,7 +156,8 @@ class Generator:
             ~done_B[:, None],
             prompt_slots + step - 1,
         )
-        next_B = sample(logits_B1V[:, 0], seen_BV, jax.random.fold_in(key, step), sampling)
+        logits_BV = below_limit(logits_B1V[:, 0], self.token_limit)
+        next_B = sample(logits_BV, seen_BV, jax.random.fold_in(key, step), sampling)
         next_B = jnp.where(done_B, self.pad_id, next_B)
         return next_B, done_B, cache, seen_BV
 

@@ -102,6 +102,18 @@ def filtered_logits(logits_BV: jax.Array, seen_BV: jax.Array, cfg: SamplingConfi
     return keep_min_p(logits_BV, cfg.min_p)
 
 
+def below_limit(logits_BV: jax.Array, token_limit: int | None) -> jax.Array:
+    """Logits with the ids >= token_limit removed (-inf); unchanged for None.
+
+    An imported model may have more embedding rows than its tokenizer has tokens (Qwen
+    pads its table to a multiple of 128): those ids have no text, so generation must
+    never draw one (decoding it would fail).
+    """
+    if token_limit is None or token_limit >= logits_BV.shape[-1]:
+        return logits_BV
+    return jnp.where(jnp.arange(logits_BV.shape[-1]) < token_limit, logits_BV, -jnp.inf)
+
+
 def sample(
     logits_BV: jax.Array, seen_BV: jax.Array, key: jax.Array, cfg: SamplingConfig
 ) -> jax.Array:

@@ -22,6 +22,8 @@ from __future__ import annotations
 import jax
 import jax.numpy as jnp
 
+from jaxlm.inference.sampling import below_limit
+
 
 def _ordered_keys(x_BV: jax.Array) -> jax.Array:
     """uint32 keys that sort as the float32 values do (-inf included)."""
@@ -65,14 +67,18 @@ def sample_rows(
     top_p_B: jax.Array,
     *,
     top_n: int,
+    token_limit: int | None = None,
 ) -> tuple[jax.Array, jax.Array, jax.Array, jax.Array]:
     """(tokens [B], their log-probs [B], top-N ids [B, N], top-N log-probs [B, N]).
 
     temperature 0 is greedy (argmax of the raw logits). `top_n` is static: 0 skips the
-    top-N search when no request in the batch asked for it.
+    top-N search when no request in the batch asked for it. `token_limit`: ids at or
+    above it are never drawn (an imported model's embedding rows past its tokenizer's
+    vocabulary, padding with no text); log-probs still come from every row.
     """
     logits_BV = logits_BV.astype(jnp.float32)
     logprobs_BV = jax.nn.log_softmax(logits_BV, axis=-1)
+    logits_BV = below_limit(logits_BV, token_limit)
     greedy_B = jnp.argmax(logits_BV, axis=-1).astype(jnp.int32)
     scale_B = jnp.where(temperature_B > 0, temperature_B, 1.0)
     scaled_BV = logits_BV / scale_B[:, None]

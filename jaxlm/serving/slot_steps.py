@@ -75,8 +75,12 @@ class SlotSteps:
         context: int,
         mesh: jax.sharding.Mesh | None = None,
         new_cache=init_cache,
+        token_limit: int | None = None,
     ):
+        """`token_limit`: the tokenizer's vocabulary size, when the model has more
+        embedding rows (padding): ids past it have no text and are never sampled."""
         self.cfg, self.graphdef, self.params, self.mesh = cfg, graphdef, params, mesh
+        self.token_limit = token_limit
         self.slots, self.context, self._new_cache = slots, context, new_cache
         self._prefill = jax.jit(self._prefill_fn, static_argnames=("top_n", "prompt_logprobs"))
         self._insert = jax.jit(put_row, donate_argnums=(0,))
@@ -129,7 +133,7 @@ class SlotSteps:
         last_1V = logits[:, length - 1] if prompt_logprobs else logits
         keys = row_keys(key_data[None], jnp.zeros((1,), jnp.int32))
         token, logprob, top_ids, top_lps = sample_rows(
-            last_1V, keys, temperature[None], top_p[None], top_n=top_n
+            last_1V, keys, temperature[None], top_p[None], top_n=top_n, token_limit=self.token_limit
         )
         if prompt_logprobs:
             logprobs_PV = jax.nn.log_softmax(logits[0].astype(jnp.float32), axis=-1)
@@ -212,7 +216,9 @@ class SlotSteps:
             position_B,
         )
         keys_B = row_keys(key_data_B2, step_B)
-        sampled = sample_rows(logits_B1V[:, 0], keys_B, temp_B, top_p_B, top_n=top_n)
+        sampled = sample_rows(
+            logits_B1V[:, 0], keys_B, temp_B, top_p_B, top_n=top_n, token_limit=self.token_limit
+        )
         return sampled, cache
 
     def decode(self, cache: KVCache, rows: dict, *, top_n: int):
