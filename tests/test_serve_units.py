@@ -127,3 +127,16 @@ def test_request_checks_name_the_field():
     with pytest.raises(protocol.ApiError, match="maximum context length is 64"):
         protocol.check_length(60, 10, LIMITS, "prompt")
     protocol.check_length(54, 10, LIMITS, "prompt")
+
+
+def test_job_keys_use_all_64_bits_of_the_seed():
+    from jaxlm.serving.engine import Job
+
+    def key_of(seed):
+        return Job([1], 1, 0.0, 1.0, seed, emit=print).key_data().tolist()
+
+    assert key_of(5) == np.asarray(jax.random.key_data(jax.random.key(5))).tolist()
+    keys = [key_of(s) for s in (7, 7 + 2**32, 7 + 2**40, 2**64 - 1)]
+    assert len({tuple(k) for k in keys}) == 4
+    huge = protocol.common_settings({"seed": 2**70 + 3}, LIMITS, max_tokens_key="max_tokens")
+    assert key_of(huge.seed) == key_of(2**70 + 3)  # taken modulo 2**64, never an error

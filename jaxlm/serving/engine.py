@@ -78,7 +78,11 @@ class Job:
     submitted_at: float = dataclasses.field(default_factory=time.perf_counter)
 
     def key_data(self) -> np.ndarray:
-        return np.asarray(jax.random.key_data(jax.random.key(self.seed)), np.uint32)
+        """The threefry key of a 64-bit seed: (high, low) 32-bit halves, which is
+        jax.random.key(seed) for seeds below 2**32 (that call keeps only 32 bits
+        without jax_enable_x64, so larger seeds would collide)."""
+        seed = self.seed % 2**64
+        return np.asarray([seed >> 32, seed & 0xFFFFFFFF], np.uint32)
 
 
 class Engine:

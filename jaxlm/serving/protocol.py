@@ -209,7 +209,7 @@ def common_settings(data: Mapping, limits: Limits, *, max_tokens_key: str) -> Se
         top_p=_number(data, "top_p", 1.0, 0.0, 1.0) or 1e-9,  # 0: only the top token
         n=n,
         stop=_stop(data),
-        seed=None if seed is None else seed % 2**63,
+        seed=None if seed is None else seed % 2**64,  # any JSON integer; 64 bits are used
         stream=stream,
         include_usage=bool(options and _boolean(options, "include_usage")),
         top_logprobs=0,
