@@ -221,6 +221,10 @@ class Service:
         for choice in choices:
             choice.prompt_text = prompt_texts[choice.index // settings.n]
         answer = Answer(self, kind, settings, choices, sum(len(p) for p in prompts) * settings.n)
+        # Submitted now, with no await since `admit`: concurrent requests cannot all pass
+        # the in-flight check before any of them counts.
+        for choice in choices:
+            self.engine.submit(choice.job)
         if settings.stream:
             return StreamingResponse(
                 answer.stream(request, queue),
@@ -243,10 +247,9 @@ class Answer:
         self.created = int(time.time())
 
     async def run(self, request: Request, queue: asyncio.Queue):
-        """Submit the jobs; yield (choice, text, token) per event until all finished."""
+        """Yield (choice, text, token) per event of the (submitted) jobs until all have
+        finished; cancel the rest when the client leaves or the caller stops."""
         engine = self.service.engine
-        for choice in self.choices:
-            engine.submit(choice.job)
         try:
             left = len(self.choices)
             while left:
