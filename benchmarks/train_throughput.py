@@ -81,6 +81,12 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--dtype", choices=["float32", "bfloat16"], default="float32")
     p.add_argument("--attention", choices=["xla", "cudnn", "naive"], default="xla")
     p.add_argument("--remat", choices=["none", "full", "dots"], default="none")
+    p.add_argument(
+        "--moe-experts", type=int, default=None, help="routed experts per layer (MoE; 0 dense)"
+    )
+    p.add_argument("--moe-top-k", type=int, default=None)
+    p.add_argument("--moe-d-ff", type=int, default=None, help="expert width (default: d_ff)")
+    p.add_argument("--moe-impl", choices=["ragged", "dense"], default=None)
     p.add_argument("--steps", type=int, default=10, help="timed steps")
     p.add_argument("--warmup", type=int, default=3, help="untimed steps first (compile)")
     p.add_argument("--seed", type=int, default=0)
@@ -154,6 +160,10 @@ def model_config(args: argparse.Namespace) -> ModelConfig:
         "n_kv_heads": args.n_kv_heads,
         "d_ff": args.d_ff,
         "vocab_size": args.vocab,
+        "moe_experts": args.moe_experts,
+        "moe_top_k": args.moe_top_k,
+        "moe_d_ff": args.moe_d_ff,
+        "moe_impl": args.moe_impl,
     }
     changes = {k: v for k, v in changes.items() if v is not None}
     if args.n_heads is not None and args.n_kv_heads is None and not args.preset:
@@ -358,6 +368,12 @@ def main(argv=None) -> dict:
         f"model: d_model={cfg.d_model} layers={cfg.n_layers} heads={cfg.n_heads} "
         f"kv_heads={cfg.n_kv_heads} head_dim={cfg.resolved_head_dim} d_ff={cfg.resolved_d_ff} "
         f"vocab={cfg.vocab_size} tied={cfg.tie_embeddings} dtype={cfg.compute_dtype}"
+        + (
+            f" moe: {cfg.moe_experts} experts top-{cfg.moe_top_k} of width "
+            f"{cfg.resolved_moe_d_ff}, {cfg.moe_impl} (FLOPs from active params)"
+            if cfg.moe
+            else ""
+        )
     )
     print(
         f"batch={args.batch} seq={args.seq} ({tokens_per_step} tokens/step), "
@@ -412,7 +428,9 @@ def main(argv=None) -> dict:
         if results["max_batch"]["largest_ok"] is None:
             results["max_batch"]["largest_ok"] = args.batch  # the main run itself trained
 
-    if not args.no_torch:
+    if not args.no_torch and cfg.moe:
+        print("(no PyTorch peer for a mixture of experts: jax only)", flush=True)
+    if not args.no_torch and not cfg.moe:
         try:
             import torch  # noqa: F401
             import transformers  # noqa: F401

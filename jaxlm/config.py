@@ -112,6 +112,32 @@ class ModelConfig:
     lora_targets: str = dataclasses.field(
         default="wq,wk,wv,wo,w_gate,w_up,w_down", metadata=ADDS_ADAPTERS
     )
+    # Mixture of experts (jaxlm.models.moe): moe_experts > 0 replaces every layer's MLP
+    # by moe_experts routed SwiGLU experts of width moe_d_ff (0: the dense d_ff), each
+    # token sent to its moe_top_k best by a router (scores: softmax or sigmoid; the
+    # chosen weights renormalised to sum 1 with moe_norm_topk), plus
+    # moe_shared_experts always-on experts (DeepSeek; one dense MLP of that many
+    # experts' width). moe_capacity_factor > 0 caps each expert at that factor times
+    # its even share of the assignments and drops (counts) the overflow; 0 is
+    # dropless. moe_impl "ragged" groups tokens by expert (jax.lax.ragged_dot),
+    # "dense" runs every expert on every token (the reference). Losses, added to the
+    # objective: moe_balance_weight x the sequence-wise load-balancing loss (1 when
+    # uniform), moe_z_weight x the router z-loss; moe_bias_rate > 0 turns on the
+    # auxiliary-loss-free balancing (a per-expert score bias moved by that step
+    # against the observed load after each update).
+    moe_experts: int = 0
+    moe_top_k: int = 2
+    moe_d_ff: int = 0
+    moe_shared_experts: int = 0
+    moe_score: Literal["softmax", "sigmoid"] = "softmax"
+    moe_norm_topk: bool = True
+    moe_capacity_factor: float = dataclasses.field(default=0.0, metadata=KEEPS_WEIGHTS)
+    moe_impl: Literal["ragged", "dense"] = dataclasses.field(
+        default="ragged", metadata=KEEPS_WEIGHTS
+    )
+    moe_balance_weight: float = dataclasses.field(default=0.01, metadata=KEEPS_WEIGHTS)
+    moe_z_weight: float = dataclasses.field(default=0.001, metadata=KEEPS_WEIGHTS)
+    moe_bias_rate: float = dataclasses.field(default=0.0, metadata=KEEPS_WEIGHTS)
 
     def __post_init__(self):
         _finite(self)
@@ -136,6 +162,7 @@ class ModelConfig:
                 "head would sit in the frozen base and never train (train it in full)"
             )
         _check_rope_scaling(self)
+        _check_moe(self)
         if self.attention_impl == "cudnn":
             # cuDNN's fused attention kernels exist only for these; fail at config time,
             # not deep inside the first traced step.
@@ -160,6 +187,14 @@ class ModelConfig:
         hidden = int(8 * self.d_model / 3)
         m = self.ffn_multiple_of
         return m * ((hidden + m - 1) // m)
+
+    @property
+    def moe(self) -> bool:
+        return self.moe_experts > 0
+
+    @property
+    def resolved_moe_d_ff(self) -> int:
+        return self.moe_d_ff or self.resolved_d_ff
 
 
 @dataclasses.dataclass(frozen=True, kw_only=True)
@@ -596,6 +631,14 @@ class Config:
                 f"distill.teacher is set: distillation trains on data.format=text or chat, "
                 f"not {self.data.format}"
             )
+        if self.model.moe and (self.data.format not in ("text", "chat") or self.distill.enabled):
+            # The routing losses and the balancing bias are wired into the next-token
+            # step (jaxlm.training.moe_losses); elsewhere they would silently be off.
+            raise ConfigError(
+                "model.moe_experts > 0 trains with data.format=text or chat (pretraining, "
+                f"SFT) so far, without distill.teacher; got data.format={self.data.format}"
+                + (" with distill.teacher" if self.distill.enabled else "")
+            )
         if self.distill.on_policy > 0 and self.data.format != "chat":
             raise ConfigError(
                 "distill.on_policy > 0 samples responses to the data's prompts: it needs "
@@ -738,6 +781,28 @@ def _finite(cfg) -> None:
         value = getattr(cfg, field.name)
         if isinstance(value, float) and not math.isfinite(value):
             raise ConfigError(f"{_section(cfg)}.{field.name}={value} must be a finite number")
+
+
+def _check_moe(cfg: ModelConfig) -> None:
+    _non_negative(cfg, "moe_experts", "moe_d_ff", "moe_shared_experts", "moe_capacity_factor")
+    _non_negative(cfg, "moe_balance_weight", "moe_z_weight", "moe_bias_rate")
+    if not cfg.moe_experts:
+        return
+    if not 1 <= cfg.moe_top_k <= cfg.moe_experts:
+        raise ConfigError(
+            f"model.moe_top_k={cfg.moe_top_k} must be in [1, model.moe_experts={cfg.moe_experts}]"
+        )
+    if cfg.moe_top_k == 1 and cfg.moe_norm_topk:
+        raise ConfigError(
+            "model.moe_top_k=1 with model.moe_norm_topk=true weights every token's expert "
+            "by 1, so the router learns nothing from the loss; set model.moe_norm_topk="
+            "false (Switch Transformer: the weight is the router's probability)"
+        )
+    if cfg.lora_rank:
+        raise ConfigError(
+            "model.lora_rank > 0 with model.moe_experts > 0 is not supported yet "
+            "(LoRA targets the dense projections)"
+        )
 
 
 def _positive(cfg, *names: str) -> None:

@@ -33,6 +33,23 @@ PRESETS: dict[str, ModelConfig] = {
         rope_theta=1e6,
         tie_embeddings=True,
     ),
+    # MiniMind2-MoE: MiniMind's d640 shape with 4 routed experts (top-2) and 1 shared
+    # expert in every layer, each of the dense MLP's width; sequence-wise balance loss
+    # at MiniMind's weight 0.1.
+    "minimind-moe-145m": ModelConfig(
+        vocab_size=6400,
+        d_model=640,
+        n_layers=8,
+        n_heads=8,
+        n_kv_heads=2,
+        max_seq_len=512,
+        rope_theta=1e6,
+        tie_embeddings=True,
+        moe_experts=4,
+        moe_top_k=2,
+        moe_shared_experts=1,
+        moe_balance_weight=0.1,
+    ),
     # GPT-3 Small depth and width with Llama blocks and GPT-2's vocabulary padded to 64.
     "125m": ModelConfig(
         vocab_size=50304,

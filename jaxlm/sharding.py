@@ -37,6 +37,10 @@ LOGICAL_RULES: dict[str, str | tuple[str, ...] | None] = {
     "mlp": "tensor",
     "layers": None,
     "norm": None,
+    # Mixture of experts: experts are split over the FSDP axis (expert parallelism
+    # reusing it: an expert's weights live whole on one shard group).
+    "experts": "fsdp",
+    "router_bias": None,
     # activations
     "act_batch": BATCH_AXES,
     "act_seq": None,

@@ -96,15 +96,16 @@ def default_call(graphdef, params, tokens_BT):
 def logits_with_input_perturbation(params, delta_BTD, batch):
     """The real model's logits with `delta` added to the embedded tokens.
 
-    `Transformer.__call__` embeds the tokens and hands them to `run_layers`; wrapping
-    that function lets gradients be taken with respect to the embedded input.
+    `Transformer.__call__` embeds the tokens and hands them to
+    `run_layers_with_stats`; wrapping that function lets gradients be taken with
+    respect to the embedded input.
     """
-    run_layers = transformer.run_layers
+    run_layers = transformer.run_layers_with_stats
 
     def perturbed(cfg, layers, x_BTD, *args, **kwargs):
         return run_layers(cfg, layers, x_BTD + delta_BTD.astype(x_BTD.dtype), *args, **kwargs)
 
-    with mock.patch.object(transformer, "run_layers", perturbed):
+    with mock.patch.object(transformer, "run_layers_with_stats", perturbed):
         return forward(GRAPHDEF, params, batch)
 
 
@@ -202,6 +203,9 @@ def closed_form_param_count(c: ModelConfig) -> int:
     embedding = V * D * (1 if c.tie_embeddings else 2)  # input table (+ untied head)
     attn = D * N * H + 2 * D * K * H + N * H * D  # q, k, v, o
     mlp = 3 * D * F  # gate, up, down
+    if c.moe_experts:  # router and its bias, routed experts, shared experts
+        E, Fe = c.moe_experts, c.resolved_moe_d_ff
+        mlp = D * E + E + 3 * D * Fe * (E + c.moe_shared_experts)
     norms = 2 * D + (2 * H if c.qk_norm else 0)  # attn_norm, mlp_norm (+ q_norm, k_norm)
     return embedding + L * (attn + mlp + norms) + D  # + final_norm
 
@@ -210,6 +214,7 @@ def closed_form_param_count(c: ModelConfig) -> int:
     ("name", "expected"),
     [
         ("minimind-26m", 25_829_888),  # MiniMind2-small reports 25.83M
+        ("minimind-moe-145m", 145_029_792),  # MiniMind2-MoE reports 145M
         ("1b", 1_235_814_400),  # Llama-3.2-1B
         ("7b", 6_738_415_616),  # Llama-2-7B
         ("tiny", closed_form_param_count(PRESETS["tiny"])),

@@ -47,6 +47,11 @@ CHANGED = {
     "attention_impl": "naive",
     "scan_layers": not TINY.scan_layers,
     "remat": "full",
+    "moe_capacity_factor": 1.5,
+    "moe_impl": "dense",
+    "moe_balance_weight": 0.1,
+    "moe_z_weight": 0.1,
+    "moe_bias_rate": 0.1,
 }
 
 

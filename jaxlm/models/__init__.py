@@ -3,7 +3,8 @@
     layers.py       RMSNorm, `project` (einsum + optional low-rank branch), SwiGLU
     attention.py    segment-aware causal attention
     rope.py         rotary embeddings and their context-extension scalings
-    transformer.py  the Llama-family decoder
+    moe.py          mixture of experts: routing, dropless/capacity experts, balancing
+    transformer.py  the Llama-family decoder (dense or MoE MLPs)
     lora.py         LoRA adapters on a param tree: declare, split, merge
     params.py       build a model; abstract shapes, initial values, shardings, counts
     vocab_resize.py grow a trained model's vocabulary

@@ -8,7 +8,8 @@ number jaxlm logs (`flops` in metrics.jsonl, the loop's MFU). Causal attention o
 needs the lower triangle of the scores, so some reports (MaxText, torchtitan) count
 6 * L * T * d_model instead; `flops_per_token(..., causal_halved=True)` gives that
 convention, which the benchmarks print next to the first. MFU is achieved model
-FLOP/s over the peak of all devices.
+FLOP/s over the peak of all devices. A mixture of experts counts its active
+parameters (router, top-k and shared experts), not all of them.
 """
 
 from __future__ import annotations
@@ -35,10 +36,18 @@ PEAK_BF16_FLOPS = {
 
 
 def matmul_params(cfg: ModelConfig) -> int:
-    """Parameters that take part in matmuls: all but the embedding lookup and norms."""
+    """Parameters that take part in a token's matmuls: all but the embedding lookup and
+    norms. For a mixture of experts, the ACTIVE ones: the router, the top-k routed
+    experts and the shared experts (the others hold parameters but do no work for the
+    token), so MFU counts the FLOPs a token costs, as MoE reports do."""
     D, F, L = cfg.d_model, cfg.resolved_d_ff, cfg.n_layers
     H, N, K = cfg.resolved_head_dim, cfg.n_heads, cfg.n_kv_heads
-    per_layer = D * H * (2 * N + 2 * K) + 3 * D * F
+    if cfg.moe:
+        experts = cfg.moe_top_k + cfg.moe_shared_experts
+        mlp = D * cfg.moe_experts + 3 * D * cfg.resolved_moe_d_ff * experts
+    else:
+        mlp = 3 * D * F
+    per_layer = D * H * (2 * N + 2 * K) + mlp
     return L * per_layer + D * cfg.vocab_size
 
 

@@ -108,6 +108,16 @@ def count_params(cfg: ModelConfig, *, include_embedding: bool = True) -> int:
     return total
 
 
+def count_active_params(cfg: ModelConfig, *, include_embedding: bool = True) -> int:
+    """count_params less the routed experts a token does not use (a MoE model's E - k
+    of E per layer); equal to count_params for a dense model."""
+    total = count_params(cfg, include_embedding=include_embedding)
+    if not cfg.moe:
+        return total
+    idle = cfg.moe_experts - cfg.moe_top_k
+    return total - cfg.n_layers * idle * 3 * cfg.d_model * cfg.resolved_moe_d_ff
+
+
 def count_lora(cfg: ModelConfig) -> tuple[int, int]:
     """(adapter parameters, base parameters), from shapes alone."""
     _, adapters, base = abstract_lora(cfg)

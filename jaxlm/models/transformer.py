@@ -31,8 +31,12 @@ from flax import nnx
 from jaxlm.config import ModelConfig
 from jaxlm.models.attention import attention
 from jaxlm.models.layers import QUANT_SCALE, dequantize, project, rms_norm, swiglu
+from jaxlm.models.moe import MoeSettings, moe_mlp
 from jaxlm.models.rope import RopeScaling, apply_rope
 from jaxlm.sharding import constrain
+
+# A MoE layer's routing statistics (jaxlm.models.moe.moe_mlp): sums, keyed by name.
+MoeStats = dict[str, jax.Array]
 
 _REMAT_POLICIES = {
     "full": None,  # save nothing; recompute the whole block in the backward pass
@@ -78,9 +82,29 @@ class Layers(nnx.Module):
             self.bk = _zeros((L, K, H), dt, ("layers", "kv_heads", "head_dim"))
             self.bv = _zeros((L, K, H), dt, ("layers", "kv_heads", "head_dim"))
         self.mlp_norm = _ones((L, D), dt, ("layers", "norm"))
-        self.w_gate = _param(rngs, (L, D, F), std, dt, ("layers", "embed", "mlp"))
-        self.w_up = _param(rngs, (L, D, F), std, dt, ("layers", "embed", "mlp"))
-        self.w_down = _param(rngs, (L, F, D), out_std, dt, ("layers", "mlp", "embed"))
+        if cfg.moe:
+            self._add_experts(cfg, rngs, std, out_std)
+            # Shared experts (DeepSeek): always on, so one dense MLP of their total width.
+            F = cfg.moe_shared_experts * cfg.resolved_moe_d_ff
+        if F:
+            self.w_gate = _param(rngs, (L, D, F), std, dt, ("layers", "embed", "mlp"))
+            self.w_up = _param(rngs, (L, D, F), std, dt, ("layers", "embed", "mlp"))
+            self.w_down = _param(rngs, (L, F, D), out_std, dt, ("layers", "mlp", "embed"))
+
+    def _add_experts(self, cfg: ModelConfig, rngs: nnx.Rngs, std: float, out_std: float):
+        """The router and the routed experts' SwiGLU weights (jaxlm.models.moe)."""
+        L, D, E, F = cfg.n_layers, cfg.d_model, cfg.moe_experts, cfg.resolved_moe_d_ff
+        dt = cfg.param_dtype
+        # Routing runs in float32 whatever the compute dtype: near-ties between experts
+        # would otherwise flip with rounding.
+        self.router = _param(rngs, (L, D, E), std, "float32", ("layers", "embed", None))
+        # The auxiliary-loss-free balancing bias: moved by the train step against the
+        # observed load, never by the gradient (routing stops it), never decayed.
+        self.router_bias = _zeros((L, E), "float32", ("layers", "router_bias"))
+        axes_in = ("layers", "experts", None, "mlp")
+        self.moe_gate = _param(rngs, (L, E, D, F), std, dt, axes_in)
+        self.moe_up = _param(rngs, (L, E, D, F), std, dt, axes_in)
+        self.moe_down = _param(rngs, (L, E, F, D), out_std, dt, ("layers", "experts", "mlp", None))
 
     def arrays(self) -> dict[str, jax.Array]:
         """Every stacked variable (weights, and any low-rank factors added beside them) as
@@ -103,7 +127,8 @@ def layer_weights(p: dict[str, jax.Array], dtype) -> dict[str, jax.Array]:
         if k + QUANT_SCALE in p:
             w[k] = dequantize(v, p[k + QUANT_SCALE], dtype)
         else:
-            w[k] = v if k.endswith("norm") else v.astype(dtype)
+            # The router stays float32 too (see Layers._add_experts).
+            w[k] = v if k.endswith("norm") or k.startswith("router") else v.astype(dtype)
     return w
 
 
@@ -127,15 +152,35 @@ def attention_inputs(
     return q_BTNH, k_BTKH, v_BTKH
 
 
-def finish_block(
-    cfg: ModelConfig, w: dict[str, jax.Array], x_BTD: jax.Array, attn_BTNH: jax.Array
-) -> jax.Array:
-    """The rest of a block after attention: output projection, residual, MLP."""
+def finish_block_with_stats(
+    cfg: ModelConfig,
+    w: dict[str, jax.Array],
+    x_BTD: jax.Array,
+    attn_BTNH: jax.Array,
+    valid_BT: jax.Array | None = None,
+) -> tuple[jax.Array, MoeStats | None]:
+    """The rest of a block after attention: output projection, residual, MLP (dense,
+    or routed experts plus any shared ones). Returns the routing statistics of a MoE
+    layer (jaxlm.models.moe; `valid_BT` marks the tokens they count), else None."""
     x_BTD = x_BTD + project(cfg, w, "BTNH,NHD->BTD", attn_BTNH, "wo")
     x_BTD = constrain(x_BTD, "act_batch", "act_seq", "act_embed")
     h_BTD = rms_norm(x_BTD, w["mlp_norm"], cfg.norm_eps)
-    x_BTD = x_BTD + swiglu(cfg, w, h_BTD)
-    return constrain(x_BTD, "act_batch", "act_seq", "act_embed")
+    stats = None
+    if cfg.moe:
+        if valid_BT is None:
+            valid_BT = jnp.ones(h_BTD.shape[:2], bool)
+        routed_BTD, stats = moe_mlp(MoeSettings.from_config(cfg), w, h_BTD, valid_BT)
+        x_BTD = x_BTD + routed_BTD
+    if "w_gate" in w:  # the dense MLP, or a MoE layer's shared experts
+        x_BTD = x_BTD + swiglu(cfg, w, h_BTD)
+    return constrain(x_BTD, "act_batch", "act_seq", "act_embed"), stats
+
+
+def finish_block(
+    cfg: ModelConfig, w: dict[str, jax.Array], x_BTD: jax.Array, attn_BTNH: jax.Array
+) -> jax.Array:
+    """finish_block_with_stats without the statistics (generation has no use for them)."""
+    return finish_block_with_stats(cfg, w, x_BTD, attn_BTNH)[0]
 
 
 def block(
@@ -144,12 +189,12 @@ def block(
     x_BTD: jax.Array,
     positions_BT: jax.Array,
     segment_ids_BT: jax.Array,
-) -> jax.Array:
+) -> tuple[jax.Array, MoeStats | None]:
     """One pre-norm transformer block; `p` holds a single layer's weights."""
     w = layer_weights(p, x_BTD.dtype)
     q_BTNH, k_BTKH, v_BTKH = attention_inputs(cfg, w, x_BTD, positions_BT)
     attn_BTNH = attention(q_BTNH, k_BTKH, v_BTKH, segment_ids_BT, implementation=cfg.attention_impl)
-    return finish_block(cfg, w, x_BTD, attn_BTNH)
+    return finish_block_with_stats(cfg, w, x_BTD, attn_BTNH, segment_ids_BT > 0)
 
 
 def run_layers(
@@ -160,6 +205,18 @@ def run_layers(
     segment_ids_BT: jax.Array,
 ) -> jax.Array:
     """Apply all layers, scanned or as an unrolled loop, with the configured remat."""
+    return run_layers_with_stats(cfg, layers_LP, x_BTD, positions_BT, segment_ids_BT)[0]
+
+
+def run_layers_with_stats(
+    cfg: ModelConfig,
+    layers_LP: dict[str, jax.Array],
+    x_BTD: jax.Array,
+    positions_BT: jax.Array,
+    segment_ids_BT: jax.Array,
+) -> tuple[jax.Array, MoeStats | None]:
+    """run_layers, also returning a MoE model's routing statistics stacked over layers
+    (each field [L, ...]; None for a dense model)."""
 
     def one_layer(x, p):
         return block(cfg, p, x, positions_BT, segment_ids_BT)
@@ -167,11 +224,14 @@ def run_layers(
     if cfg.remat != "none":
         one_layer = jax.checkpoint(one_layer, policy=_REMAT_POLICIES[cfg.remat])
     if cfg.scan_layers:
-        x_BTD, _ = jax.lax.scan(lambda x, p: (one_layer(x, p), None), x_BTD, layers_LP)
-        return x_BTD
+        return jax.lax.scan(one_layer, x_BTD, layers_LP)
+    per_layer = []
     for i in range(cfg.n_layers):
-        x_BTD = one_layer(x_BTD, jax.tree.map(lambda a, i=i: a[i], layers_LP))
-    return x_BTD
+        x_BTD, stats = one_layer(x_BTD, jax.tree.map(lambda a, i=i: a[i], layers_LP))
+        per_layer.append(stats)
+    if not cfg.moe:
+        return x_BTD, None
+    return x_BTD, jax.tree.map(lambda *xs: jnp.stack(xs), *per_layer)
 
 
 class Transformer(nnx.Module):
@@ -199,6 +259,17 @@ class Transformer(nnx.Module):
         segment_ids: jax.Array | None = None,
     ) -> jax.Array:
         """Float32 logits [B, T, V]. Defaults: positions 0..T-1, one segment per row."""
+        return self.forward_with_stats(tokens_BT, positions=positions, segment_ids=segment_ids)[0]
+
+    def forward_with_stats(
+        self,
+        tokens_BT: jax.Array,
+        *,
+        positions: jax.Array | None = None,
+        segment_ids: jax.Array | None = None,
+    ) -> tuple[jax.Array, MoeStats | None]:
+        """(logits, the MoE routing statistics stacked over layers, or None when dense):
+        what a training step needs to add the routing losses and log expert load."""
         cfg = self.cfg
         B, T = tokens_BT.shape
         if positions is None:
@@ -206,8 +277,10 @@ class Transformer(nnx.Module):
         if segment_ids is None:
             segment_ids = jnp.ones((B, T), dtype=jnp.int32)
         x_BTD = self.embed_tokens(tokens_BT)
-        x_BTD = run_layers(cfg, self.layers.arrays(), x_BTD, positions, segment_ids)
-        return self.logits(x_BTD)
+        x_BTD, stats = run_layers_with_stats(
+            cfg, self.layers.arrays(), x_BTD, positions, segment_ids
+        )
+        return self.logits(x_BTD), stats
 
     def scores(
         self,

@@ -39,6 +39,7 @@ from jaxlm.runtime.goodput import TimeLedger
 from jaxlm.runtime.preemption import StopNow, StopRequest
 from jaxlm.runtime.watchdog import StepWatchdog
 from jaxlm.sharding import host_batch_to_global
+from jaxlm.training import moe_losses
 from jaxlm.training.finish import RunResult, finish, write_summary
 from jaxlm.training.hosts import log
 from jaxlm.training.progress import progress
@@ -168,6 +169,7 @@ class _Loop:
                 "real_token_fraction": real_frac,
                 **self.skips.take_window(),  # steps not applied in this window
                 **run.task.step_metrics(m),  # the objective's own (of the window's last step)
+                **moe_losses.log_record(m),  # a MoE model's routing (of the last step)
                 **{f"data_{k}": v for k, v in run.data_totals.as_dict().items()},
                 **self.progress(step + 1),
             }

@@ -44,10 +44,12 @@ def _schedule_from_zero(cfg: OptimConfig, total_steps: int) -> optax.Schedule:
 
 
 def weight_decay_mask(params: nnx.State) -> nnx.State:
-    """Decay matrices and embeddings; never norm scales (decaying them to 0 is harmful)."""
+    """Decay matrices and embeddings; never norm scales (decaying them to 0 is harmful),
+    nor a MoE router's balancing bias (set from the load, not learnt)."""
 
     def decays(var: nnx.Variable) -> nnx.Variable:
-        return var.replace("norm" not in var.get_metadata()["logical_axes"])
+        axes = var.get_metadata()["logical_axes"]
+        return var.replace("norm" not in axes and "router_bias" not in axes)
 
     return jax.tree.map(decays, params, is_leaf=lambda x: isinstance(x, nnx.Variable))
 

@@ -30,8 +30,10 @@ import optax
 from flax import nnx
 from jax.sharding import Mesh
 
+from jaxlm.config import ModelConfig
 from jaxlm.runtime.distributed import wait_for_all_processes
 from jaxlm.sharding import batch_sharding, constrain, replicated
+from jaxlm.training import moe_losses
 from jaxlm.training.losses import LossSums, next_token_loss_sums, safe_mean
 from jaxlm.training.param_views import FULL, ParamViews, States
 from jaxlm.training.state import TrainState
@@ -45,9 +47,25 @@ def forward(graphdef: nnx.GraphDef, params: nnx.State | States, batch: Batch) ->
 
     `params` is one State or a tuple of States merged together (param_views.py).
     """
+    return forward_with_stats(graphdef, params, batch)[0]
+
+
+def model_config(graphdef: nnx.GraphDef, params: nnx.State | States) -> ModelConfig:
+    """The config the model was built from (a static attribute: no computation)."""
+    states = params if isinstance(params, tuple) else (params,)
+    return nnx.merge(graphdef, *states).cfg
+
+
+def forward_with_stats(
+    graphdef: nnx.GraphDef, params: nnx.State | States, batch: Batch
+) -> tuple[jax.Array, Any, ModelConfig]:
+    """(logits, a MoE model's routing statistics or None, the model's config)."""
     states = params if isinstance(params, tuple) else (params,)
     model = nnx.merge(graphdef, *states)
-    return model(batch["tokens"], positions=batch["positions"], segment_ids=batch["segment_ids"])
+    logits, stats = model.forward_with_stats(
+        batch["tokens"], positions=batch["positions"], segment_ids=batch["segment_ids"]
+    )
+    return logits, stats, model.cfg
 
 
 def loss_sums(graphdef: nnx.GraphDef, params: nnx.State | States, batch: Batch) -> LossSums:
@@ -107,9 +125,16 @@ def accumulated_grads(
     `model_params(params)` is what the model runs with (e.g. adapters + frozen base).
     """
 
+    # A MoE model's routing terms divide by counts of the whole batch (moe_losses.py).
+    counts = moe_losses.batch_counts(batch)
+
     def objective(p, b):
-        sums = loss_sums(graphdef, model_params(p), b)
-        return sums.nll + z_loss * sums.z, sums
+        logits, moe_stats, cfg = forward_with_stats(graphdef, model_params(p), b)
+        sums = next_token_loss_sums(logits, b["targets"], b["loss_mask"])
+        total = sums.nll + z_loss * sums.z
+        if moe_stats is not None:
+            total = total + moe_losses.routing_objective(cfg, moe_stats, counts)
+        return total, (sums, moe_stats)
 
     grad_fn = jax.grad(objective, has_aux=True)
 
@@ -118,10 +143,12 @@ def accumulated_grads(
         return sums, grads
 
     def zeros():
-        return (
-            LossSums(*(jnp.zeros((), jnp.float32) for _ in LossSums._fields)),
-            jax.tree.map(jnp.zeros_like, params),
+        micro = jax.tree.map(
+            lambda x: jax.ShapeDtypeStruct((x.shape[0] // grad_accum, *x.shape[1:]), x.dtype),
+            batch,
         )
+        shapes = jax.eval_shape(sums_and_grads, micro)
+        return jax.tree.map(lambda x: jnp.zeros(x.shape, x.dtype), shapes)
 
     return accumulate(sums_and_grads, batch, grad_accum=grad_accum, zeros=zeros)
 
@@ -202,7 +229,7 @@ def make_lm_step(
     """
 
     def lm_step(state: TrainState, batch: Batch) -> tuple[TrainState, Metrics]:
-        sums, grads = accumulated_grads(
+        (sums, moe_stats), grads = accumulated_grads(
             graphdef,
             state.params,
             batch,
@@ -221,6 +248,10 @@ def make_lm_step(
             spike_warmup_steps=spike_warmup_steps,
             loss_ema_decay=loss_ema_decay,
         )
+        if moe_stats is not None:
+            cfg = model_config(graphdef, views.policy(state.params, state.frozen))
+            new_state, moe_metrics = moe_losses.after_update(cfg, state, new_state, moe_stats)
+            metrics = {**metrics, **moe_metrics}
         return new_state, {**metrics, "lr": schedule(state.step)}
 
     return lm_step

@@ -1,0 +1,181 @@
+"""A mixture-of-experts model end to end: forward, training step, sharding, generation.
+
+The routed layer's math against a naive reference is tests/test_moe_layer.py; here the
+model around it: scanned layers equal unrolled ones, expert-parallel sharding on the
+fake 8 devices equals one device, gradient accumulation equals the large batch
+(the routing losses are sums divided by whole-batch counts), the router bias moves
+by the auxiliary-loss-free rule and never by the optimizer, the KV-cached forward
+equals the full one, FLOPs count active parameters, and a CLI run logs expert load.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+from flax import nnx
+
+from jaxlm import cli
+from jaxlm.config import OptimConfig
+from jaxlm.inference.kv_cache import forward_cached, init_cache
+from jaxlm.models.flops import matmul_params
+from jaxlm.models.params import abstract_model, count_active_params, count_params, init_params
+from jaxlm.presets import get_preset
+from jaxlm.sharding import host_batch_to_global, make_mesh
+from jaxlm.training.optim import learning_rate_schedule, make_optimizer
+from jaxlm.training.state import create_train_state
+from jaxlm.training.steps import jit_train_step, make_lm_step
+from tests.helpers.batches import packed_batch
+from tests.helpers.runs import TINY, make_tokenizer
+
+MOE = dataclasses.replace(
+    get_preset("tiny"),
+    vocab_size=128,
+    moe_experts=4,
+    moe_top_k=2,
+    moe_d_ff=48,
+    moe_shared_experts=1,
+    moe_bias_rate=0.01,
+    moe_z_weight=0.01,
+)
+OPTIM = OptimConfig(lr=3e-3, warmup_steps=0)
+B, T = 8, 16
+
+
+def batch(seed=0):
+    return packed_batch(MOE.vocab_size, B, T, seed)
+
+
+def logits_and_stats(cfg, params, tokens, segment_ids=None):
+    model = nnx.merge(abstract_model(cfg)[0], params)
+    return model.forward_with_stats(tokens, segment_ids=segment_ids)
+
+
+def test_scanned_and_unrolled_layers_agree():
+    params = init_params(MOE, jax.random.key(0))
+    tokens = jnp.asarray(batch()["tokens"])
+    scanned = logits_and_stats(MOE, params, tokens)
+    unrolled = logits_and_stats(dataclasses.replace(MOE, scan_layers=False), params, tokens)
+    np.testing.assert_allclose(scanned[0], unrolled[0], rtol=1e-5, atol=1e-5)
+    for key in scanned[1]:
+        np.testing.assert_allclose(scanned[1][key], unrolled[1][key], rtol=1e-5, err_msg=key)
+    assert scanned[1]["load"].shape == (MOE.n_layers, MOE.moe_experts)
+    # Every valid token makes top_k assignments in every layer.
+    np.testing.assert_array_equal(scanned[1]["load"].sum(-1), B * T * MOE.moe_top_k)
+
+
+def train(mesh_shape, grad_accum, steps=3):
+    devices = int(np.prod(mesh_shape))
+    mesh = make_mesh(mesh_shape, jax.devices()[:devices])
+    graphdef, _ = abstract_model(MOE)
+    optimizer = make_optimizer(OPTIM, 10)
+    state, shardings = create_train_state(MOE, optimizer, mesh, jax.random.key(1))
+    fn = make_lm_step(graphdef, optimizer, learning_rate_schedule(OPTIM, 10), grad_accum=grad_accum)
+    step = jit_train_step(fn, shardings, mesh)
+    metrics = []
+    with jax.set_mesh(mesh):
+        for i in range(steps):
+            state, m = step(state, host_batch_to_global(batch(i), mesh))
+            metrics.append(jax.device_get(m))
+    return jax.device_get(state), metrics
+
+
+@pytest.fixture(scope="module")
+def one_device():
+    return train((1, 1, 1), 1)
+
+
+def flat(tree):
+    return {
+        jax.tree_util.keystr(p): np.asarray(x) for p, x in jax.tree_util.tree_leaves_with_path(tree)
+    }
+
+
+def assert_states_close(a, b, tol):
+    fa, fb = flat(a.params), flat(b.params)
+    assert fa.keys() == fb.keys()
+    for key in fa:
+        np.testing.assert_allclose(fa[key], fb[key], rtol=tol, atol=tol, err_msg=key)
+
+
+def test_expert_parallel_sharding_equals_one_device(one_device):
+    # Experts over the fsdp axis (4), batch over data x fsdp (8).
+    sharded = train((2, 4, 1), 1)
+    assert_states_close(one_device[0], sharded[0], 2e-5)
+    for m1, m8 in zip(one_device[1], sharded[1], strict=True):
+        assert float(m1["loss"]) == pytest.approx(float(m8["loss"]), rel=1e-5)
+        np.testing.assert_allclose(m1["moe_load"], m8["moe_load"], atol=1e-6)
+
+
+def test_gradient_accumulation_equals_the_large_batch(one_device):
+    accumulated = train((1, 1, 1), 4)
+    assert_states_close(one_device[0], accumulated[0], 2e-5)
+    for m1, m4 in zip(one_device[1], accumulated[1], strict=True):
+        assert float(m1["loss"]) == pytest.approx(float(m4["loss"]), rel=1e-5)
+        assert float(m1["moe_balance"]) == pytest.approx(float(m4["moe_balance"]), rel=1e-5)
+
+
+def test_router_bias_moves_by_the_load_rule_only(one_device):
+    state, metrics = one_device
+    bias = np.asarray(state.params["layers"]["router_bias"].get_value())
+    assert bias.shape == (MOE.n_layers, MOE.moe_experts)
+    # Three steps of +-rate (or 0 for an exactly average expert): multiples of the rate,
+    # unchanged by Adam or weight decay.
+    steps = bias / MOE.moe_bias_rate
+    np.testing.assert_allclose(steps, np.round(steps), atol=1e-4)
+    assert np.abs(bias).max() > 0
+    last = metrics[-1]
+    assert 1.0 <= float(last["moe_max_load"]) <= MOE.moe_experts
+    np.testing.assert_allclose(np.asarray(last["moe_load"]).sum(-1), 1.0, rtol=1e-6)
+
+
+def test_the_kv_cached_forward_equals_the_full_one():
+    params = init_params(MOE, jax.random.key(2))
+    graphdef, _ = abstract_model(MOE)
+    tokens = jnp.asarray(batch()["tokens"][:2, :12])
+    full, _ = logits_and_stats(MOE, params, tokens)
+    cache = init_cache(MOE, 2, 16)
+    positions = jnp.broadcast_to(jnp.arange(12), (2, 12))
+    cached, _ = forward_cached(
+        MOE, graphdef, params, cache, tokens, positions, jnp.ones((2, 12), bool), 0
+    )
+    np.testing.assert_allclose(cached, full, rtol=2e-5, atol=2e-5)
+
+
+def test_flops_and_params_count_active_experts():
+    dense_mlp = 3 * MOE.d_model * MOE.moe_d_ff
+    assert count_params(MOE) - count_active_params(MOE) == MOE.n_layers * 2 * dense_mlp
+    fewer = dataclasses.replace(MOE, moe_experts=8)  # more experts, same active work
+    assert matmul_params(fewer) - matmul_params(MOE) == MOE.n_layers * MOE.d_model * 4
+    assert count_active_params(get_preset("tiny")) == count_params(get_preset("tiny"))
+
+
+@pytest.mark.timeout(300)
+def test_a_moe_run_logs_expert_load_and_generates(tmp_path):
+    tokenizer = make_tokenizer(tmp_path)
+    workdir = tmp_path / "run"
+    sets = [*TINY, "train.steps=4", f"data.tokenizer={tokenizer}", "model.moe_experts=4"]
+    sets += ["model.moe_bias_rate=0.001", "model.moe_capacity_factor=1.0"]
+    argv = ["train", "quickstart", "--workdir", str(workdir)]
+    for item in sets:
+        argv += ["--set", item]
+    assert cli.main(argv) == 0
+    records = [json.loads(line) for line in (workdir / "metrics.jsonl").read_text().splitlines()]
+    train_records = [r for r in records if r["split"] == "train"]
+    assert len(train_records) == 4
+    last = train_records[-1]
+    shares = [last[f"moe_load_l0_e{e}"] for e in range(4)]
+    assert sum(shares) == pytest.approx(1.0, rel=1e-5)
+    assert 0.0 <= last["moe_dropped"] < 0.5 and last["moe_balance"] > 0
+    assert cli.main(["generate", str(workdir), "def", "--max-new-tokens", "5"]) == 0
+
+
+def test_objectives_without_the_routing_losses_refuse_a_moe_model():
+    from jaxlm.config import Config, ConfigError, DataConfig
+
+    with pytest.raises(ConfigError, match=r"data\.format=text or chat"):
+        Config(model=MOE, data=DataConfig(format="preference"))
