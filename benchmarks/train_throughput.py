@@ -86,7 +86,8 @@ def parse_args(argv=None) -> argparse.Namespace:
     )
     p.add_argument("--moe-top-k", type=int, default=None)
     p.add_argument("--moe-d-ff", type=int, default=None, help="expert width (default: d_ff)")
-    p.add_argument("--moe-impl", choices=["ragged", "dense"], default=None)
+    p.add_argument("--moe-impl", choices=["ragged", "dense", "buckets"], default=None)
+    p.add_argument("--moe-capacity-factor", type=float, default=None, help="0: dropless")
     p.add_argument("--steps", type=int, default=10, help="timed steps")
     p.add_argument("--warmup", type=int, default=3, help="untimed steps first (compile)")
     p.add_argument("--seed", type=int, default=0)
@@ -164,6 +165,7 @@ def model_config(args: argparse.Namespace) -> ModelConfig:
         "moe_top_k": args.moe_top_k,
         "moe_d_ff": args.moe_d_ff,
         "moe_impl": args.moe_impl,
+        "moe_capacity_factor": args.moe_capacity_factor,
     }
     changes = {k: v for k, v in changes.items() if v is not None}
     if args.n_heads is not None and args.n_kv_heads is None and not args.preset:

@@ -120,7 +120,9 @@ class ModelConfig:
     # experts' width). moe_capacity_factor > 0 caps each expert at that factor times
     # its even share of the assignments and drops (counts) the overflow; 0 is
     # dropless. moe_impl "ragged" groups tokens by expert (jax.lax.ragged_dot),
-    # "dense" runs every expert on every token (the reference). Losses, added to the
+    # "buckets" gives each expert a fixed bucket of its capacity (needs a capacity
+    # factor; the cheapest on CPU), "dense" runs every expert on every token (the
+    # reference). Losses, added to the
     # objective: moe_balance_weight x the sequence-wise load-balancing loss (1 when
     # uniform), moe_z_weight x the router z-loss; moe_bias_rate > 0 turns on the
     # auxiliary-loss-free balancing (a per-expert score bias moved by that step
@@ -132,7 +134,7 @@ class ModelConfig:
     moe_score: Literal["softmax", "sigmoid"] = "softmax"
     moe_norm_topk: bool = True
     moe_capacity_factor: float = dataclasses.field(default=0.0, metadata=KEEPS_WEIGHTS)
-    moe_impl: Literal["ragged", "dense"] = dataclasses.field(
+    moe_impl: Literal["ragged", "dense", "buckets"] = dataclasses.field(
         default="ragged", metadata=KEEPS_WEIGHTS
     )
     moe_balance_weight: float = dataclasses.field(default=0.01, metadata=KEEPS_WEIGHTS)
@@ -791,6 +793,11 @@ def _check_moe(cfg: ModelConfig) -> None:
     if not 1 <= cfg.moe_top_k <= cfg.moe_experts:
         raise ConfigError(
             f"model.moe_top_k={cfg.moe_top_k} must be in [1, model.moe_experts={cfg.moe_experts}]"
+        )
+    if cfg.moe_impl == "buckets" and cfg.moe_capacity_factor <= 0:
+        raise ConfigError(
+            "model.moe_impl=buckets gives each expert a fixed bucket: set "
+            "model.moe_capacity_factor > 0 (e.g. 1.25), or use the dropless 'ragged'"
         )
     if cfg.moe_top_k == 1 and cfg.moe_norm_topk:
         raise ConfigError(

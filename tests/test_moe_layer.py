@@ -329,7 +329,36 @@ def test_capacity_large_enough_equals_dropless(impl):
     assert float(capped[1]["dropped"]) == 0
 
 
-@pytest.mark.parametrize("impl", ["ragged", "dense"])
+def test_buckets_with_room_for_everything_equal_dropless():
+    w = _weights(4)
+    h, valid = _inputs(3, 6)
+    dropless = _moe(_settings(), w, h, valid)
+    buckets = _moe(_settings(impl="buckets", capacity_factor=2.0), w, h, valid)
+    _close(buckets[0], dropless[0])  # another summation order: close, not bitwise
+    for key in STAT_KEYS:
+        np.testing.assert_array_equal(buckets[1][key], dropless[1][key])
+    assert float(buckets[1]["dropped"]) == 0
+
+
+def test_buckets_equal_dense_gradients_when_dropping():
+    w = _weights(4, seed=8)
+    h, valid = _inputs(3, 6, seed=9)
+    settings = _settings(capacity_factor=0.5, impl="buckets")
+    (_, (out_b, stats)), grads_b = _value_and_grads(settings, w, h, valid)
+    assert float(stats["dropped"]) > 0
+    settings = _settings(capacity_factor=0.5, impl="dense")
+    (_, (out_d, _)), grads_d = _value_and_grads(settings, w, h, valid)
+    _close(out_b, out_d)
+    for g_b, g_d in zip(jax.tree.leaves(grads_b), jax.tree.leaves(grads_d), strict=True):
+        _close(g_b, g_d)
+
+
+def test_buckets_need_a_capacity():
+    with pytest.raises(ValueError, match="capacity_factor > 0"):
+        _settings(impl="buckets")
+
+
+@pytest.mark.parametrize("impl", ["ragged", "dense", "buckets"])
 @pytest.mark.parametrize("capacity_factor", [0.3, 0.7])
 def test_capacity_drops_first_come_first_served(impl, capacity_factor):
     s = _settings(impl=impl, capacity_factor=capacity_factor)

@@ -9,7 +9,7 @@ stop_gradient and left out of the combine weights. The combine weights are the c
 experts' own scores, renormalised to sum 1 with norm_topk. The token's output is
 sum_k weight_k * expert_k(h), with each expert a SwiGLU, down(silu(h @ gate) * (h @ up)).
 
-Two implementations, equal up to float summation order (tests/test_moe_layer.py):
+Three implementations, equal up to float summation order (tests/test_moe_layer.py):
 
     dense   every expert on every token, combined by an [M, E] matrix of the weights
             (zero where not chosen). O(E) compute: the obviously-correct reference,
@@ -22,6 +22,13 @@ Two implementations, equal up to float summation order (tests/test_moe_layer.py)
             ragged_dot to a masked dense dot over all E groups (jax._src.lax.lax.
             _ragged_dot_general_impl), so there it does E times the rows' work, K
             times the dense reference's: correct, but slower.
+
+    buckets the capacity variant as GShard and Switch compute it (needs
+            capacity_factor > 0): each expert gets a fixed bucket of C slots, the kept
+            assignments are scattered into an [E, C, D] buffer, one batched matmul per
+            projection runs every bucket, and the results are gathered back. Compute
+            is E * C rows, about capacity_factor * K rows per token: the active FLOPs
+            times the capacity factor, on any backend, CPU included.
 
 Padding (valid False) is routed like any token but takes no expert capacity, counts
 in no statistic, and gets a zero output: only its residual stream carries on, and the
@@ -77,7 +84,7 @@ from jax.sharding import Mesh
 from jax.sharding import PartitionSpec as P
 
 SCORES = ("softmax", "sigmoid")
-IMPLS = ("ragged", "dense")
+IMPLS = ("ragged", "dense", "buckets")
 
 # One layer's statistics: "load" [E]; "dropped", "tokens", "balance_sum", "rows",
 # "z_sum" scalars; all float32 sums (see the module docstring). A plain dict, so that
@@ -94,7 +101,7 @@ class MoeSettings:
     score: Literal["softmax", "sigmoid"] = "softmax"
     norm_topk: bool = True
     capacity_factor: float = 0.0
-    impl: Literal["ragged", "dense"] = "ragged"
+    impl: Literal["ragged", "dense", "buckets"] = "ragged"
 
     def __post_init__(self):
         if not 1 <= self.top_k <= self.experts:
@@ -105,6 +112,8 @@ class MoeSettings:
             raise ValueError(f"impl={self.impl!r} must be one of {IMPLS}")
         if not self.capacity_factor >= 0:
             raise ValueError(f"capacity_factor={self.capacity_factor} must be >= 0")
+        if self.impl == "buckets" and self.capacity_factor <= 0:
+            raise ValueError("impl='buckets' needs a capacity_factor > 0 (the bucket size)")
 
     @classmethod
     def from_config(cls, cfg) -> MoeSettings:
@@ -196,6 +205,34 @@ def _experts_dense(
     combine_ME = jnp.einsum("MKE,MK->ME", jax.nn.one_hot(experts_MK, E), kept_MK)
     y_EMD = _swiglu_dense(w, x_MD)
     return jnp.einsum("EMD,ME->MD", y_EMD.astype(jnp.float32), combine_ME)
+
+
+def _experts_buckets(
+    w: dict[str, jax.Array], x_MD: jax.Array, experts_MK, weights_MK, keep_MK, capacity: int
+) -> jax.Array:
+    """Fixed buckets of `capacity` slots per expert (see the module docstring).
+
+    An assignment's slot is its rank among the kept assignments to its expert, in
+    assignment order: exactly the first-come-first-served rank capacity_keep kept it
+    by, so kept slots are < capacity and unique. Dropped assignments are sent to an
+    extra slot C that is cut off before the matmuls.
+    """
+    E = w["moe_gate"].shape[0]
+    M, K = experts_MK.shape
+    expert_A = experts_MK.reshape(-1)
+    keep_A = keep_MK.reshape(-1)
+    kept_AE = jax.nn.one_hot(expert_A, E, dtype=jnp.int32) * keep_A[:, None]
+    rank_A = jnp.take_along_axis(jnp.cumsum(kept_AE, axis=0), expert_A[:, None], axis=1)[:, 0]
+    slot_A = jnp.where(keep_A, rank_A - 1, capacity)
+    token_A = jnp.arange(M * K) // K
+    buffer_ECD = jnp.zeros((E, capacity + 1, x_MD.shape[1]), x_MD.dtype)
+    buffer_ECD = buffer_ECD.at[expert_A, slot_A].add(x_MD[token_A])[:, :capacity]
+    gate_ECF = jnp.einsum("ECD,EDF->ECF", buffer_ECD, w["moe_gate"])
+    up_ECF = jnp.einsum("ECD,EDF->ECF", buffer_ECD, w["moe_up"])
+    y_ECD = jnp.einsum("ECF,EFD->ECD", jax.nn.silu(gate_ECF) * up_ECF, w["moe_down"])
+    y_AD = y_ECD[expert_A, jnp.minimum(slot_A, capacity - 1)]
+    y_MKD = y_AD.reshape(M, K, -1).astype(jnp.float32)
+    return jnp.einsum("MKD,MK->MD", y_MKD, jnp.where(keep_MK, weights_MK, 0.0))
 
 
 def _experts_ragged(
@@ -301,6 +338,8 @@ def moe_mlp(
     x_MD = h_MD.astype(w["moe_gate"].dtype)
     if s.impl == "dense":
         out_MD = _experts_dense(w, x_MD, routing.experts, routing.weights, keep_MK)
+    elif s.impl == "buckets":
+        out_MD = _experts_buckets(w, x_MD, routing.experts, routing.weights, keep_MK, s.capacity(M))
     else:
         out_MD = _experts_ragged(w, x_MD, routing.experts, routing.weights, keep_MK, rows)
     stats = moe_stats(s, logits_ME, routing, keep_MK, valid_BT)
