@@ -1,4 +1,4 @@
-"""`jaxlm convert`: Hugging Face Llama-family checkpoints in and out of jaxlm.
+"""`jaxlm convert`: Hugging Face Llama-family and MoE checkpoints in and out of jaxlm.
 
     jaxlm convert --from-hf HF_DIR OUT [--dtype bfloat16] [--mesh 1,-1,1]
                                        [--tokenizer PATH | --no-tokenizer]
@@ -6,24 +6,26 @@
     jaxlm convert --to-peft ADAPTERS OUT
 
 --from-hf reads a transformers checkpoint directory (config.json and safetensors,
-sharded index supported; pickle .bin files are refused) of model type llama,
-mistral, qwen2 or qwen3, and writes a params directory in the layout `jaxlm export`
-writes (jaxlm.checkpointing.params_io), so `train.init_from=OUT`, `jaxlm generate OUT` and
-`jaxlm eval OUT` use it. Tensors load straight into their shardings on the --mesh
-(data,fsdp,tensor; default all devices on fsdp). The tokenizer comes along whatever
-its kind: HF_DIR/tokenizer.model when it is a SentencePiece model with jaxlm's pinned
-ids (pad 0, <s> 1, </s> 2, <unk> 3, <|im_start|> 4, <|im_end|> 5, byte fallback),
+sharded index supported; pickle .bin files are refused) of model type llama, mistral,
+qwen2, qwen3, or the mixtures of experts qwen3_moe and mixtral (jaxlm.hf.config_map says
+what maps to what and what is refused), and writes a params directory in the layout
+`jaxlm export` writes (jaxlm.checkpointing.params_io), so `train.init_from=OUT`,
+`jaxlm generate OUT` and `jaxlm eval OUT` use it. Tensors load straight into their
+shardings on the --mesh (data,fsdp,tensor; default all devices on fsdp). The tokenizer comes along
+whatever its kind: HF_DIR/tokenizer.model when it is a SentencePiece model with jaxlm's
+pinned ids (pad 0, <s> 1, </s> 2, <unk> 3, <|im_start|> 4, <|im_end|> 5, byte fallback),
 which jaxlm's own exports are; otherwise the model's Hugging Face tokenizer
 (tokenizer.json with tokenizer_config.json, special_tokens_map.json, the chat template
 and generation_config.json's stop tokens), stored as OUT/hf_tokenizer.json
-(jaxlm.data.hf_tokenizer). A tokenizer that cannot be used is an error naming the
-file and why; --tokenizer PATH picks another one (a .model, a tokenizer.json or a
-directory), --no-tokenizer imports the weights alone.
+(jaxlm.data.hf_tokenizer). A tokenizer that cannot be used is an error naming the file
+and why; --tokenizer PATH picks another one (a .model, a tokenizer.json or a directory),
+--no-tokenizer imports the weights alone.
 
 --to-hf reads SRC, a training workdir (its newest good checkpoint, or --step; LoRA
 runs merged) or a params directory, and writes a directory that
 `transformers.AutoModelForCausalLM.from_pretrained` and `AutoTokenizer.from_pretrained`
-load with no custom code (jaxlm.hf.export_hf, jaxlm.hf.tokenizer_export); a model
+load with no custom code (jaxlm.hf.export_hf, jaxlm.hf.tokenizer_export): Llama,
+Qwen2, Qwen3, Qwen3-MoE or Mixtral by the features the model uses; a model
 whose tokenizer was imported gets the imported tokenizer files back unchanged. A
 reward model (model.score_head) is written for `AutoModelForSequenceClassification`
 instead (one label; see jaxlm.hf.export_hf for which token its logit reads).
@@ -45,7 +47,7 @@ from pathlib import Path
 from jaxlm.config import Config, DataConfig
 from jaxlm.errors import InputError
 
-HELP = "import a Hugging Face Llama/Mistral/Qwen2/Qwen3 checkpoint, or export one"
+HELP = "import a Hugging Face Llama/Mistral/Qwen2/Qwen3/Qwen3-MoE/Mixtral checkpoint, or export one"
 
 _SIZE_UNITS = {"": 1, "B": 1, "KB": 10**3, "MB": 10**6, "GB": 10**9, "KIB": 2**10}
 _SIZE_UNITS.update({"MIB": 2**20, "GIB": 2**30})
@@ -142,7 +144,7 @@ def _from_hf(args, src, out) -> int:
     dtype = args.dtype or "float32"
     model = dataclasses.replace(model, param_dtype=dtype)
     mesh = mesh_from_flag(args.mesh)
-    params = import_params(src, model, mesh, dtype=dtype)
+    params = import_params(src, model, mesh, dtype=dtype, family=imported.family)
     stored = None
     if tokenizer is not None:
         stored = out / (

@@ -1,4 +1,5 @@
-"""Hugging Face interoperability: Llama-family checkpoints in and out of jaxlm.
+"""Hugging Face interoperability: Llama-family checkpoints (with Qwen3-MoE and Mixtral,
+their mixtures of experts) in and out of jaxlm.
 
     jaxlm convert --from-hf HF_DIR OUT     transformers checkpoint -> jaxlm params directory
     jaxlm convert --to-hf SRC OUT          jaxlm run or params directory -> transformers

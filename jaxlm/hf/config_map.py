@@ -1,11 +1,13 @@
-"""Hugging Face config.json <-> jaxlm ModelConfig, for the Llama family.
+"""Hugging Face config.json <-> jaxlm ModelConfig, for the Llama family and its MoEs.
 
-Import reads the four model types jaxlm computes exactly:
+Import reads the model types jaxlm computes exactly:
 
-    llama    Llama 2 / 3 / 3.x (rope types default, linear, llama3, yarn, dynamic)
-    mistral  Llama with grouped-query attention and a sliding window (see below)
-    qwen2    q/k/v projection biases
-    qwen3    QK-norm (RMSNorm over each head, before RoPE)
+    llama      Llama 2 / 3 / 3.x (rope types default, linear, llama3, yarn, dynamic)
+    mistral    Llama with grouped-query attention and a sliding window (see below)
+    qwen2      q/k/v projection biases
+    qwen3      QK-norm (RMSNorm over each head, before RoPE)
+    qwen3_moe  Qwen3 with every MLP a routed mixture of experts
+    mixtral    Mistral with every MLP a routed mixture of experts
 
 Every key of config.json is either mapped, checked to have the value jaxlm computes
 (hidden_act = silu, mlp_bias = false, ...; an o_proj bias, which llama and qwen3 get
@@ -23,6 +25,35 @@ Qwen's use_sliding_window=true is refused (it applies to some layers only).
 
 Export picks the architecture from the features a model uses: QK-norm -> Qwen3,
 attention biases -> Qwen2, otherwise Llama (which Mistral without a window is).
+
+Mixture of experts. Both families route as jaxlm does (jaxlm.models.moe, softmax
+scores): the router's logits h @ W, their softmax over all E experts in float32, the
+top k, and the expert outputs summed with those probabilities, renormalised to sum 1
+when Qwen3-MoE's norm_topk_prob is true and always in Mixtral; dropless, no bias, no
+shared expert. So:
+
+    num_experts (Qwen3-MoE; transformers saves it as num_local_experts),
+    num_local_experts (Mixtral)                         -> moe_experts
+    num_experts_per_tok                                 -> moe_top_k
+    moe_intermediate_size (Qwen3-MoE),
+    intermediate_size (Mixtral)                         -> moe_d_ff
+    norm_topk_prob (Qwen3-MoE; default false), Mixtral true -> moe_norm_topk
+
+and moe_score softmax, moe_capacity_factor 0, moe_shared_experts 0. Qwen3-MoE's
+intermediate_size (the width of its dense layers, of which an imported model has
+none) becomes d_ff, only so that an export writes it back. Refused: Qwen3-MoE layers
+that are dense (decoder_sparse_step != 1, a non-empty mlp_only_layers: jaxlm's layers
+are all alike), Mixtral's router_jitter_noise != 0 (training-time noise on the router
+input that jaxlm's training would not add) and Qwen2-MoE, whose shared expert is gated
+per token. The training-only router_aux_loss_coef is not mapped: transformers' balance
+loss is the Switch Transformer's over the whole batch, K for uniform routing, jaxlm's
+is sequence-wise and 1 for uniform routing, so model.moe_balance_weight (like every
+routing-loss field) keeps jaxlm's default and the import says so in a note.
+
+A jaxlm MoE model exports as Qwen3-MoE when it has QK-norm, else as Mixtral (which
+needs moe_norm_topk and no attention biases). Refused, as transformers has no
+equivalent: shared experts, sigmoid scores, a capacity factor (transformers is
+dropless), and (jaxlm.hf.export_hf) a non-zero router_bias.
 
 RoPE: rope types default, linear and llama3 map to jaxlm's methods of those names;
 "yarn" to yarn_hf and "dynamic" to dynamic_ntk, jaxlm's exact copies of transformers'
@@ -45,12 +76,21 @@ from typing import Any
 from jaxlm.config import ConfigError, ModelConfig
 from jaxlm.errors import InputError
 
-FAMILIES = ("llama", "mistral", "qwen2", "qwen3")
+FAMILIES = ("llama", "mistral", "qwen2", "qwen3", "qwen3_moe", "mixtral")
+MOE_FAMILIES = ("qwen3_moe", "mixtral")
 ARCHITECTURES = {
     "llama": "LlamaForCausalLM",
     "mistral": "MistralForCausalLM",
     "qwen2": "Qwen2ForCausalLM",
     "qwen3": "Qwen3ForCausalLM",
+    "qwen3_moe": "Qwen3MoeForCausalLM",
+    "mixtral": "MixtralForCausalLM",
+}
+# Model types near the supported ones, refused with the reason rather than a bare "not
+# supported".
+_REFUSED_FAMILIES = {
+    "qwen2_moe": "its shared expert is scaled by a per-token sigmoid gate "
+    "(shared_expert_gate), which jaxlm's shared experts do not have",
 }
 # Keys that say nothing about the function a checkpoint computes at inference.
 _BOOKKEEPING = frozenset(
@@ -103,6 +143,32 @@ _MAPPED = frozenset(
         "layer_types",
     }
 )
+# The MoE keys, accepted for their family only (mapped or checked in _moe_fields).
+_MOE_KEYS = {
+    "qwen3_moe": frozenset(
+        {
+            "num_experts",
+            "num_local_experts",
+            "num_experts_per_tok",
+            "moe_intermediate_size",
+            "norm_topk_prob",
+            "decoder_sparse_step",
+            "mlp_only_layers",
+            "router_aux_loss_coef",
+            "output_router_logits",  # whether forward returns the router logits
+        }
+    ),
+    "mixtral": frozenset(
+        {
+            "num_experts",
+            "num_local_experts",
+            "num_experts_per_tok",
+            "router_jitter_noise",
+            "router_aux_loss_coef",
+            "output_router_logits",
+        }
+    ),
+}
 _ROPE_KEYS = {
     "default": {"rope_type", "type", "rope_theta"},
     "linear": {"rope_type", "type", "rope_theta", "factor"},
@@ -145,12 +211,17 @@ def model_config_from_hf(data: dict[str, Any], where: Path | str) -> ImportedCon
     if not isinstance(data, dict):
         raise InputError(f"{where}: not a JSON object")
     family = data.get("model_type")
+    if family in _REFUSED_FAMILIES:
+        raise InputError(
+            f"{where}: model_type {family!r} is not supported: {_REFUSED_FAMILIES[family]}"
+        )
     if family not in FAMILIES:
         raise InputError(
             f"{where}: model_type {family!r} is not supported (jaxlm imports {list(FAMILIES)})"
         )
+    moe_keys = _MOE_KEYS.get(family, frozenset())
     for key in data:
-        if key not in _MAPPED and key not in _BOOKKEEPING:
+        if key not in _MAPPED and key not in _BOOKKEEPING and key not in moe_keys:
             raise InputError(f"{where}: key {key!r} is not supported by jaxlm's importer")
 
     def need(key: str) -> Any:
@@ -166,7 +237,7 @@ def model_config_from_hf(data: dict[str, Any], where: Path | str) -> ImportedCon
 
     expect("hidden_act", "silu", "silu")
     expect("mlp_bias", False, False)
-    if family in ("qwen2", "qwen3"):
+    if family in ("qwen2", "qwen3", "qwen3_moe"):
         expect("use_sliding_window", False, False)
     layer_types = data.get("layer_types")
     if layer_types is not None and set(layer_types) - {"full_attention"}:
@@ -176,13 +247,14 @@ def model_config_from_hf(data: dict[str, Any], where: Path | str) -> ImportedCon
     max_len = need("max_position_embeddings")
     head_dim = data.get("head_dim") or d_model // n_heads
     notes = []
-    window = data.get("sliding_window") if family == "mistral" else None
+    window = data.get("sliding_window") if family in ("mistral", "mixtral") else None
     if window is not None and window < max_len:
         notes.append(
             f"sliding_window={window} < max_position_embeddings={max_len}: jaxlm has no local "
             f"attention, so model.max_seq_len is {window}, where the window never binds"
         )
         max_len = window
+    moe = _moe_fields(family, data, where, need, notes) if family in MOE_FAMILIES else {}
     fields = dict(
         vocab_size=need("vocab_size"),
         d_model=d_model,
@@ -195,11 +267,14 @@ def model_config_from_hf(data: dict[str, Any], where: Path | str) -> ImportedCon
         max_seq_len=max_len,
         norm_eps=float(data.get("rms_norm_eps", 1e-6)),
         tie_embeddings=bool(data.get("tie_word_embeddings", False)),
-        qk_norm=family == "qwen3",
+        qk_norm=family in ("qwen3", "qwen3_moe"),
         # llama and qwen3 with attention_bias also bias o_proj, which jaxlm lacks: the
         # importer accepts those only when they are all zero (import_hf.check_tensors).
-        attention_bias=family == "qwen2" or bool(data.get("attention_bias", False)),
+        # Mixtral's attention has no biases whatever the config says.
+        attention_bias=family == "qwen2"
+        or (family != "mixtral" and bool(data.get("attention_bias", False))),
         **_rope_fields(data, where),
+        **moe,
     )
     if fields.get("rope_scaling") == "dynamic_ntk":
         notes.append(
@@ -212,6 +287,74 @@ def model_config_from_hf(data: dict[str, Any], where: Path | str) -> ImportedCon
     except ConfigError as error:
         raise InputError(f"{where}: {error}") from None
     return ImportedConfig(model, family, tuple(notes))
+
+
+def _moe_fields(family: str, data: dict[str, Any], where, need, notes: list) -> dict[str, Any]:
+    """The moe_* fields of a Qwen3-MoE or Mixtral config (module docstring)."""
+
+    def integer(key: str, value: Any, low: int = 1) -> int:
+        if isinstance(value, bool) or not isinstance(value, int) or value < low:
+            raise InputError(f"{where}: {key}={value!r} is not an integer >= {low}")
+        return value
+
+    # transformers' attribute_map makes num_experts an alias of num_local_experts, and
+    # save_pretrained writes the latter even for Qwen3-MoE, whose hub configs say the former.
+    given = {k: data[k] for k in ("num_experts", "num_local_experts") if data.get(k) is not None}
+    if not given:
+        raise InputError(f"{where}: missing key 'num_local_experts' (or 'num_experts')")
+    if len(set(given.values())) > 1:
+        raise InputError(f"{where}: num_experts and num_local_experts disagree ({given})")
+    key, experts = next(iter(given.items()))
+    experts = integer(key, experts)
+    top_k = integer("num_experts_per_tok", need("num_experts_per_tok"))
+    if top_k > experts:
+        raise InputError(f"{where}: num_experts_per_tok={top_k} exceeds {key}={experts}")
+    if family == "qwen3_moe":
+        # Which layers are MoE: (i + 1) % decoder_sparse_step == 0 and i not in
+        # mlp_only_layers; the others are dense MLPs, which jaxlm's uniform (scanned)
+        # layers cannot mix in.
+        step = data.get("decoder_sparse_step", 1)
+        if step != 1:
+            raise InputError(
+                f"{where}: decoder_sparse_step={step!r} is not supported (jaxlm's layers are "
+                "all mixture-of-experts: 1)"
+            )
+        dense = data.get("mlp_only_layers") or []
+        if dense:
+            raise InputError(
+                f"{where}: mlp_only_layers={dense!r} is not supported (mixed dense and "
+                "mixture-of-experts layers; jaxlm's layers are all alike)"
+            )
+        norm_topk = data.get("norm_topk_prob", False)  # transformers' default
+        if not isinstance(norm_topk, bool):
+            raise InputError(f"{where}: norm_topk_prob={norm_topk!r} is not true or false")
+        d_ff = integer("moe_intermediate_size", need("moe_intermediate_size"))
+    else:
+        jitter = data.get("router_jitter_noise") or 0.0
+        if jitter != 0:
+            raise InputError(
+                f"{where}: router_jitter_noise={jitter!r} is not supported (jaxlm's training "
+                "has no router jitter; 0 is)"
+            )
+        norm_topk = True  # Mixtral always renormalises the top k
+        d_ff = integer("intermediate_size", need("intermediate_size"))
+    if data.get("router_aux_loss_coef") is not None:
+        notes.append(
+            f"router_aux_loss_coef={data['router_aux_loss_coef']} is not imported: "
+            f"transformers' balance loss (Switch Transformer's, over the batch; {top_k} for "
+            "uniform routing) is not jaxlm's (sequence-wise; 1 for uniform routing), so "
+            f"model.moe_balance_weight keeps jaxlm's default {ModelConfig.moe_balance_weight}"
+            " (--set it when training)"
+        )
+    return dict(
+        moe_experts=experts,
+        moe_top_k=top_k,
+        moe_d_ff=d_ff,
+        moe_score="softmax",
+        moe_norm_topk=norm_topk,
+        moe_capacity_factor=0.0,
+        moe_shared_experts=0,
+    )
 
 
 def _rope_fields(data: dict[str, Any], where: Path | str) -> dict[str, Any]:
@@ -290,11 +433,45 @@ def _rope_fields(data: dict[str, Any], where: Path | str) -> dict[str, Any]:
 
 def export_family(model: ModelConfig) -> str:
     """The transformers architecture that computes `model` exactly (module docstring)."""
+    if model.moe:
+        return _moe_export_family(model)
     if model.qk_norm:
         return "qwen3"
     if model.attention_bias:
         return "qwen2"
     return "llama"
+
+
+def _moe_export_family(model: ModelConfig) -> str:
+    """qwen3_moe or mixtral, or an InputError naming what transformers cannot compute."""
+    cannot = "transformers' Qwen3-MoE and Mixtral have no equivalent"
+    if model.moe_shared_experts:
+        raise InputError(
+            f"model.moe_shared_experts={model.moe_shared_experts}: {cannot} (no shared experts)"
+        )
+    if model.moe_score != "softmax":
+        raise InputError(f"model.moe_score={model.moe_score}: {cannot} (softmax scores only)")
+    if model.moe_capacity_factor:
+        raise InputError(
+            f"model.moe_capacity_factor={model.moe_capacity_factor}: {cannot} (they are "
+            "dropless, so their logits would differ where jaxlm drops assignments); set it "
+            "to 0 in the model's config.json to export the dropless model"
+        )
+    if model.qk_norm:
+        return "qwen3_moe"
+    # Without QK-norm only Mixtral remains; Qwen3-MoE, which has the two features below,
+    # always has QK-norm.
+    if model.attention_bias:
+        raise InputError(
+            "model.attention_bias=true with mixture of experts needs model.qk_norm=true: "
+            "without QK-norm the model exports as Mixtral, whose attention has no biases"
+        )
+    if not model.moe_norm_topk:
+        raise InputError(
+            "model.moe_norm_topk=false needs model.qk_norm=true: without QK-norm the model "
+            "exports as Mixtral, which always renormalises the top-k weights"
+        )
+    return "mixtral"
 
 
 def hf_config_from_model(
@@ -333,8 +510,29 @@ def hf_config_from_model(
     if family == "qwen3":
         # Qwen3's flag also puts a bias on o_proj; the exporter writes it as zeros.
         data.update(attention_bias=model.attention_bias)
-    if family in ("qwen2", "qwen3"):
+    if family in ("qwen2", "qwen3", "qwen3_moe"):
         data.update(use_sliding_window=False, sliding_window=None)
+    if family == "qwen3_moe":
+        data.update(
+            attention_bias=model.attention_bias,
+            # transformers reads num_experts through its alias; the hub's configs use it.
+            num_experts=model.moe_experts,
+            num_experts_per_tok=model.moe_top_k,
+            moe_intermediate_size=model.resolved_moe_d_ff,
+            norm_topk_prob=model.moe_norm_topk,
+            decoder_sparse_step=1,
+            mlp_only_layers=[],
+            output_router_logits=False,
+        )
+    if family == "mixtral":
+        data.update(
+            intermediate_size=model.resolved_moe_d_ff,
+            num_local_experts=model.moe_experts,
+            num_experts_per_tok=model.moe_top_k,
+            sliding_window=None,
+            router_jitter_noise=0.0,
+            output_router_logits=False,
+        )
     if model.score_head:
         # A reward model or critic: transformers' sequence classifier with one label,
         # whose `score` reads the last non-pad token (jaxlm.hf.export_hf).

@@ -4,8 +4,8 @@
 
 writes into the new directory `out`:
 
-    config.json               architectures [Llama|Qwen2|Qwen3]ForCausalLM by features
-                              (jaxlm.hf.config_map), dtype, bos/eos/pad ids
+    config.json               architectures [Llama|Qwen2|Qwen3|Qwen3Moe|Mixtral]ForCausalLM
+                              by features (jaxlm.hf.config_map), dtype, bos/eos/pad ids
     generation_config.json    bos, eos (</s> and <|im_end|>, where chat replies end), pad
     model.safetensors         or model-0000i-of-0000n.safetensors + the index
     tokenizer files           (jaxlm.hf.tokenizer_export) when a tokenizer is given; an
@@ -25,6 +25,13 @@ classifier has none). Its logit is the score at the last token that is not
 pad_token_id, so give it the text up to and including the response's end token
 (`<|im_end|>` in ChatML: where jaxlm reads the reward, not at the newline after it),
 right-padded with the pad id.
+
+A mixture-of-experts model (Qwen3-MoE with QK-norm, else Mixtral; config_map says
+what is refused) gets its experts written one tensor per expert, as save_pretrained
+writes them (jaxlm.hf.tensor_map). Its router_bias, the auxiliary-loss-free balancing
+bias, has no place in either family: a non-zero one (a run with model.moe_bias_rate >
+0) changes which experts a token picks, so such a model is refused before anything is
+written.
 """
 
 from __future__ import annotations
@@ -42,7 +49,7 @@ from jaxlm.data.tokenizer import BOS_ID, EOS_ID, IM_END_ID, PAD_ID, Tokenizer
 from jaxlm.errors import InputError
 from jaxlm.hf.config_map import export_family, hf_config_from_model
 from jaxlm.hf.safetensors_io import DTYPES, PendingTensor, write_checkpoint
-from jaxlm.hf.tensor_map import LAYER, TensorMapping, tensor_mappings
+from jaxlm.hf.tensor_map import ABSENT_ZEROS, LAYER, TensorMapping, tensor_mappings
 from jaxlm.hf.tokenizer_export import write_tokenizer_files
 
 EXPORT_DTYPES = {"float32": "F32", "bfloat16": "BF16", "float16": "F16"}
@@ -56,20 +63,38 @@ def _value(params: nnx.State, path: tuple[str, ...]):
 
 
 def _pending(mapping: TensorMapping, value, n_layers: int, dtype: np.dtype) -> list[PendingTensor]:
-    def produce(layer: int | None):
+    def produce(*index: int):
         def run() -> np.ndarray:
-            piece = value if layer is None else value[layer]
+            piece = value[index] if index else value
             host = np.asarray(jax.device_get(piece))
             return np.ascontiguousarray(mapping.to_hf(host)).astype(dtype)
 
         return run
 
-    names = mapping.hf_names(n_layers)
-    layers = range(n_layers) if mapping.stacked else [None]
+    if not mapping.stacked:
+        indices = [()]
+    elif mapping.per_expert:
+        indices = [(i, e) for i in range(n_layers) for e in range(mapping.experts)]
+    else:
+        indices = [(i,) for i in range(n_layers)]
     return [
-        PendingTensor(name, mapping.hf_shape, dtype, produce(layer))
-        for name, layer in zip(names, layers, strict=True)
+        PendingTensor(mapping.name(*index), mapping.hf_shape, dtype, produce(*index))
+        for index in indices
     ]
+
+
+def _check_absent_zeros(params: nnx.State) -> None:
+    """Refuse a MoE model's parameters transformers lacks (tensor_map.ABSENT_ZEROS) unless
+    all zero."""
+    for path in ABSENT_ZEROS:
+        value = np.asarray(jax.device_get(_value(params, path)))
+        if np.any(value != 0):
+            raise InputError(
+                f"params {'/'.join(path)} is not zero (max |bias| {np.abs(value).max():.3g}): "
+                "the auxiliary-loss-free balancing bias (model.moe_bias_rate > 0) steers "
+                "which experts a token picks, and transformers' Qwen3-MoE and Mixtral "
+                "routers have no such bias, so they would route differently"
+            )
 
 
 def _special_ids(tokenizer) -> dict:
@@ -107,6 +132,8 @@ def export_to_hf(
         pad_id=special["pad_token_id"],
         dtype=dtype,
     )  # refuses what transformers cannot compute, before anything is written
+    if model.moe:
+        _check_absent_zeros(params)
     if tokenizer is not None and tokenizer.vocab_size > model.vocab_size:
         raise InputError(
             f"tokenizer {tokenizer.path} has {tokenizer.vocab_size} pieces, more than "
@@ -116,12 +143,13 @@ def export_to_hf(
         raise InputError(f"{out} exists and is not empty; choose a new directory")
     out.mkdir(parents=True, exist_ok=True)
     tensors: list[PendingTensor] = []
-    for mapping in tensor_mappings(model):
+    family = export_family(model)
+    for mapping in tensor_mappings(model, family):
         if model.score_head and mapping.path == ("unembed",):
             continue  # a sequence classifier has no LM head: transformers would drop it
         value = _value(params, mapping.path)
         tensors += _pending(mapping, value, model.n_layers, np_dtype)
-    if export_family(model) == "qwen3" and model.attention_bias:
+    if family in ("qwen3", "qwen3_moe") and model.attention_bias:
         # Qwen3's attention_bias flag also gives o_proj a bias; jaxlm's is zero.
         for layer in range(model.n_layers):
             tensors.append(

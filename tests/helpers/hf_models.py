@@ -5,6 +5,12 @@ Weights are drawn with torch.manual_seed at a larger scale than transformers' in
 are randomised too: a dropped bias, a norm applied in the wrong place or a transposed
 head axis then moves the logits far beyond the 1e-4 tolerance, and greedy decoding
 has clear winners instead of near-ties.
+
+MOE_CASES are the mixtures of experts (Qwen3-MoE with and without renormalised top-k
+weights, Mixtral), built by build_moe: their routers are drawn at twice that scale
+again, so that each token's top-k probabilities are far from uniform (a wrong
+renormalisation or a swapped expert moves the logits) with no near-ties at the k-th
+place.
 """
 
 import torch
@@ -75,3 +81,53 @@ def build_model(
             elif name.endswith("bias"):
                 param.normal_(0.0, 0.3)
     return model.eval()
+
+
+E, K, F_EXPERT = 8, 2, 32  # experts, experts per token, expert width
+MOE_CASES = {
+    "qwen3_moe": (
+        "Qwen3MoeConfig",
+        "Qwen3MoeForCausalLM",
+        {
+            "num_key_value_heads": 2,
+            "num_experts": E,
+            "num_experts_per_tok": K,
+            "moe_intermediate_size": F_EXPERT,
+            "norm_topk_prob": True,
+        },
+    ),
+    # transformers' default for Qwen3-MoE (Qwen3-30B-A3B sets it true): the chosen
+    # probabilities are not renormalised. Three per token and tied embeddings for variety.
+    "qwen3_moe_unnormed": (
+        "Qwen3MoeConfig",
+        "Qwen3MoeForCausalLM",
+        {
+            "num_key_value_heads": 2,
+            "num_experts": E,
+            "num_experts_per_tok": 3,
+            "moe_intermediate_size": F_EXPERT,
+            "norm_topk_prob": False,
+            "tie_word_embeddings": True,
+        },
+    ),
+    "mixtral": (
+        "MixtralConfig",
+        "MixtralForCausalLM",
+        {
+            "num_key_value_heads": 2,
+            "num_local_experts": E,
+            "num_experts_per_tok": K,
+            "intermediate_size": F_EXPERT,  # Mixtral's experts are intermediate_size wide
+        },
+    ),
+}
+
+
+def build_moe(case: str, seed: int = 0) -> transformers.PreTrainedModel:
+    """A random fp32 mixture-of-experts model of `case` (MOE_CASES), in eval mode."""
+    model = build_model(*MOE_CASES[case], seed=seed)
+    with torch.no_grad():
+        for name, param in model.named_parameters():
+            if name.endswith("mlp.gate.weight"):  # the router [E, D]
+                param.mul_(2.0)
+    return model
