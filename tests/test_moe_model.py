@@ -133,17 +133,26 @@ def test_router_bias_moves_by_the_load_rule_only(one_device):
     np.testing.assert_allclose(np.asarray(last["moe_load"]).sum(-1), 1.0, rtol=1e-6)
 
 
-def test_the_kv_cached_forward_equals_the_full_one():
-    params = init_params(MOE, jax.random.key(2))
-    graphdef, _ = abstract_model(MOE)
+@pytest.mark.parametrize("capacity", [0.0, 0.5])
+def test_the_kv_cached_forward_equals_the_dropless_full_one(capacity):
+    # Generation is dropless even for a model trained with a capacity (buckets).
+    cfg = (
+        MOE
+        if not capacity
+        else dataclasses.replace(MOE, moe_impl="buckets", moe_capacity_factor=capacity)
+    )
+    params = init_params(cfg, jax.random.key(2))
+    graphdef, _ = abstract_model(cfg)
     tokens = jnp.asarray(batch()["tokens"][:2, :12])
-    full, _ = logits_and_stats(MOE, params, tokens)
-    cache = init_cache(MOE, 2, 16)
+    full, _ = logits_and_stats(MOE, params, tokens)  # dropless
+    cache = init_cache(cfg, 2, 16)
     positions = jnp.broadcast_to(jnp.arange(12), (2, 12))
     cached, _ = forward_cached(
-        MOE, graphdef, params, cache, tokens, positions, jnp.ones((2, 12), bool), 0
+        cfg, graphdef, params, cache, tokens, positions, jnp.ones((2, 12), bool), 0
     )
     np.testing.assert_allclose(cached, full, rtol=2e-5, atol=2e-5)
+    if capacity:  # ... where the training forward would have dropped some
+        assert float(logits_and_stats(cfg, params, tokens)[1]["dropped"].sum()) > 0
 
 
 def test_flops_and_params_count_active_experts():

@@ -22,6 +22,7 @@ Dimension legend:
 
 from __future__ import annotations
 
+import dataclasses
 import math
 
 import jax
@@ -179,7 +180,15 @@ def finish_block_with_stats(
 def finish_block(
     cfg: ModelConfig, w: dict[str, jax.Array], x_BTD: jax.Array, attn_BTNH: jax.Array
 ) -> jax.Array:
-    """finish_block_with_stats without the statistics (generation has no use for them)."""
+    """finish_block_with_stats without the statistics, for generation (KV cache).
+
+    Generation is always dropless: a capacity is a training-time bound on work, and at
+    inference it would make a token's output depend on the other rows of the batch
+    (and drop tokens outright in a decode step of few tokens).
+    """
+    if cfg.moe and cfg.moe_capacity_factor > 0:
+        impl = "ragged" if cfg.moe_impl == "buckets" else cfg.moe_impl
+        cfg = dataclasses.replace(cfg, moe_capacity_factor=0.0, moe_impl=impl)
     return finish_block_with_stats(cfg, w, x_BTD, attn_BTNH)[0]
 
 
