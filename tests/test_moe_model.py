@@ -20,6 +20,7 @@ import pytest
 from flax import nnx
 
 from jaxlm import cli
+from jaxlm.analysis.expert_load import load_series, plot_expert_load
 from jaxlm.config import OptimConfig
 from jaxlm.inference.kv_cache import forward_cached, init_cache
 from jaxlm.models.flops import matmul_params
@@ -180,7 +181,27 @@ def test_a_moe_run_logs_expert_load_and_generates(tmp_path):
     shares = [last[f"moe_load_l0_e{e}"] for e in range(4)]
     assert sum(shares) == pytest.approx(1.0, rel=1e-5)
     assert 0.0 <= last["moe_dropped"] < 0.5 and last["moe_balance"] > 0
+    assert (workdir / "expert_load.png").stat().st_size > 0  # drawn at the end of the run
+    steps, series = load_series(workdir / "metrics.jsonl")
+    assert steps == [1, 2, 3, 4] and sorted(series[0]) == [0, 1, 2, 3]
     assert cli.main(["generate", str(workdir), "def", "--max-new-tokens", "5"]) == 0
+
+
+def test_expert_load_plot_reads_the_last_record_of_each_step(tmp_path):
+    metrics = tmp_path / "metrics.jsonl"
+    records = [
+        {"step": 1, "split": "train", "moe_load_l0_e0": 0.9, "moe_load_l0_e1": 0.1},
+        {"step": 2, "split": "train", "moe_load_l0_e0": 0.7, "moe_load_l0_e1": 0.3},
+        {"step": 2, "split": "train", "moe_load_l0_e0": 0.6, "moe_load_l0_e1": 0.4},  # resumed
+        {"step": 2, "split": "eval", "loss": 1.0},
+    ]
+    metrics.write_text("".join(json.dumps(r) + "\n" for r in records))
+    steps, series = load_series(metrics)
+    assert steps == [1, 2] and series == {0: {0: [0.9, 0.6], 1: [0.1, 0.4]}}
+    assert plot_expert_load(metrics, tmp_path / "load.png").stat().st_size > 0
+    dense = tmp_path / "dense.jsonl"
+    dense.write_text(json.dumps({"step": 1, "split": "train", "loss": 2.0}) + "\n")
+    assert plot_expert_load(dense, tmp_path / "none.png") is None
 
 
 def test_objectives_without_the_routing_losses_refuse_a_moe_model():

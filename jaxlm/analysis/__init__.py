@@ -4,6 +4,7 @@
     compare.py        runs -> loss series on step/tokens/FLOPs/time axes, final-metric tables
     compare_plots.py  comparison and scaling-fit figures (PNG + SVG)
     plotting.py       loss curves of runs; `new_figure`, matplotlib without pyplot
+    expert_load.py    a mixture-of-experts run's expert shares per layer over training
     scaling_law.py    scaling-law fits with bootstrap bands and compute-optimal sizes
     inspect_batch.py  a packed batch as text or a picture: segments, positions, loss
 

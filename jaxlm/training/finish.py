@@ -14,6 +14,7 @@ from pathlib import Path
 import jax
 import numpy as np
 
+from jaxlm.analysis.expert_load import plot_expert_load
 from jaxlm.analysis.plotting import plot_loss_curves
 from jaxlm.data.packing import document_prefix
 from jaxlm.inference.decode import Generator
@@ -83,6 +84,10 @@ def _report_extras(run, state, result: RunResult) -> None:
         png = result.workdir / "loss_curve.png"
         plot_loss_curves([run.writer.path], png, labels=[cfg.name])
         result.artefacts["loss_curve"] = png
+        if cfg.model.moe:  # each layer's expert shares over training
+            load_png = plot_expert_load(run.writer.path, result.workdir / "expert_load.png")
+            if load_png is not None:
+                result.artefacts["expert_load"] = load_png
     if cfg.train.generate_prompt:
         # A sample of what the model learnt, never a reason to fail the run: the prompt
         # keeps its end and the completion is cut to fit model.max_seq_len.
