@@ -97,22 +97,14 @@ def run(args: argparse.Namespace) -> int:
     # uvicorn is the ASGI server; imported here so `jaxlm --help` stays light.
     import uvicorn
 
+    from jaxlm.inference.cli_options import load_model_from_args
     from jaxlm.inference.kv_cache import init_cache
-    from jaxlm.inference.loading import load_model
     from jaxlm.serving.app import ServeOptions, Service, build_app
     from jaxlm.serving.engine import Engine
     from jaxlm.serving.protocol import Limits
     from jaxlm.serving.slot_steps import SlotSteps
-    from jaxlm.sharding import mesh_from_flag
 
-    mesh = mesh_from_flag(args.mesh) if args.mesh else None
-    model = load_model(
-        args.model,
-        overrides=args.overrides,
-        mesh=mesh,
-        adapters=args.adapters,
-        quantize=args.quantize,
-    )
+    model, mesh = load_model_from_args(args)
     cfg = model.cfg.model
     context = args.context or cfg.max_seq_len
     if not 1 < context <= cfg.max_seq_len:

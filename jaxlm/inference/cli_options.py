@@ -73,10 +73,9 @@ def sampling_config(args: argparse.Namespace):
     )
 
 
-def load(args: argparse.Namespace):
-    """(LoadedModel, Generator) for the MODEL, --set, --mesh, --adapters, --quantize and
-    --kv-cache-dtype options."""
-    from jaxlm.inference.decode import Generator
+def load_model_from_args(args: argparse.Namespace):
+    """(LoadedModel, mesh or None) for the MODEL, --set, --mesh, --adapters and
+    --quantize options (what generate, chat and serve share)."""
     from jaxlm.inference.loading import load_model
     from jaxlm.sharding import mesh_from_flag
 
@@ -88,6 +87,14 @@ def load(args: argparse.Namespace):
         adapters=args.adapters,
         quantize=args.quantize,
     )
+    return model, mesh
+
+
+def load(args: argparse.Namespace):
+    """(LoadedModel, Generator) for the model options and --kv-cache-dtype."""
+    from jaxlm.inference.decode import Generator
+
+    model, mesh = load_model_from_args(args)
     generator = Generator(
         model.cfg.model,
         model.graphdef,
