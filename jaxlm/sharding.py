@@ -167,6 +167,30 @@ def constrain(x: jax.Array, *logical_axes: str | None) -> jax.Array:
     return jax.lax.with_sharding_constraint(x, logical_to_spec(logical_axes, x.shape, mesh))
 
 
+def moe_layout(rows: int, experts: int, width: int):
+    """How the current mesh splits a MoE layer of `experts` experts of width `width` on a
+    batch of `rows` rows: (mesh, batch_axes, expert_axis, tensor_axis), the arguments
+    of jaxlm.models.moe.moe_mlp_sharded; None outside a mesh context or on one device.
+
+    The rows split as activations do ("act_batch"); the experts over the axis their
+    weights are sharded on ("experts", i.e. fsdp) when it also splits the rows and
+    divides the experts (then tokens are exchanged all-to-all); their width over
+    "mlp"'s axis when it divides it.
+    """
+    mesh = jax.sharding.get_abstract_mesh()
+    if mesh is None or mesh.empty or not set(MESH_AXES) <= set(mesh.axis_names):
+        return None
+    if math.prod(mesh.shape[a] for a in MESH_AXES) == 1:
+        return None
+    split = logical_to_spec(("act_batch",), (rows,), mesh)[0]
+    batch_axes = () if split is None else ((split,) if isinstance(split, str) else tuple(split))
+    expert = LOGICAL_RULES["experts"]
+    expert_axis = expert if expert in batch_axes and experts % mesh.shape[expert] == 0 else None
+    tensor = LOGICAL_RULES["mlp"]
+    tensor_axis = tensor if mesh.shape[tensor] > 1 and width % mesh.shape[tensor] == 0 else None
+    return mesh, batch_axes, expert_axis, tensor_axis
+
+
 def batch_sharding(mesh: Mesh) -> NamedSharding:
     """Sharding of every [B, T] (or [B, 2, T]) batch array: batch over data and fsdp."""
     return NamedSharding(mesh, PartitionSpec(BATCH_AXES))

@@ -24,11 +24,12 @@ from jaxlm.models.moe import (
     MoeSettings,
     capacity_keep,
     moe_mlp,
-    moe_mlp_local,
+    moe_mlp_sharded,
     route,
     router_logits,
     update_router_bias,
 )
+from jaxlm.sharding import make_mesh
 
 RTOL = 1e-5  # ragged vs dense, float32: summation order only
 NP_RTOL = 1e-4  # against the float64 numpy loop
@@ -444,7 +445,7 @@ def _flops(compiled) -> float:
 
 @pytest.mark.parametrize("impl", ["ragged", "dense"])
 def test_local_per_shard_equals_one_device_and_splits_the_work(impl):
-    """moe_mlp_local on a (data 2, fsdp 4) mesh, the batch split over both and the experts
+    """moe_mlp_sharded on a (data 2, fsdp 4) mesh, the batch split over both and the experts
     over fsdp (jaxlm.sharding's rules): the whole batch's result, gradients included,
     and each device computes only its shard's rows."""
     settings = _settings(impl=impl, experts=8)
@@ -456,7 +457,7 @@ def test_local_per_shard_equals_one_device_and_splits_the_work(impl):
 
     def loss(w, h, valid, local):
         if local:
-            out, stats = moe_mlp_local(settings, w, h, valid, mesh, batch_axes)
+            out, stats = moe_mlp_sharded(settings, w, h, valid, mesh, batch_axes)
         else:
             out, stats = moe_mlp(settings, w, h, valid)
         return jnp.sum(out * cot) + 0.1 * stats["balance_sum"] + 0.01 * stats["z_sum"], (out, stats)
@@ -485,7 +486,7 @@ def test_local_capacity_is_per_shard():
     mesh = Mesh(np.array(jax.devices()), ("batch",))
     w = _weights(4)
     h, valid = _inputs(8, 12)
-    out, stats = jax.jit(moe_mlp_local, static_argnums=(0, 4, 5))(
+    out, stats = jax.jit(moe_mlp_sharded, static_argnums=(0, 4, 5))(
         settings, w, h, valid, mesh, ("batch",)
     )
     shards = [_moe(settings, w, h[b : b + 1], valid[b : b + 1]) for b in range(8)]
@@ -493,6 +494,109 @@ def test_local_capacity_is_per_shard():
     assert float(stats["dropped"]) > 0
     for key in STAT_KEYS:
         _close(stats[key], sum(st[key] for _, st in shards), rtol=1e-6)
+
+
+def _expert_parallel(settings, mesh_shape, layout, w, h, valid, cot):
+    """Loss, gradients (w, h), output and stats of moe_mlp_sharded on a (data, fsdp,
+    tensor) mesh with the weights placed as jaxlm.sharding places them, and the
+    compiled program's text."""
+    mesh = make_mesh(mesh_shape)
+    rows = NamedSharding(mesh, P(layout[0]))
+    placed = {
+        "router": jax.device_put(w["router"], NamedSharding(mesh, P("fsdp"))),
+        "router_bias": jax.device_put(w["router_bias"], NamedSharding(mesh, P())),
+        "moe_gate": jax.device_put(w["moe_gate"], NamedSharding(mesh, P("fsdp", None, "tensor"))),
+        "moe_up": jax.device_put(w["moe_up"], NamedSharding(mesh, P("fsdp", None, "tensor"))),
+        "moe_down": jax.device_put(w["moe_down"], NamedSharding(mesh, P("fsdp", "tensor"))),
+    }
+
+    def loss(w, h):
+        out, stats = moe_mlp_sharded(settings, w, h, valid, mesh, *layout)
+        return jnp.sum(out * cot) + 0.1 * stats["balance_sum"] + 0.01 * stats["z_sum"], (out, stats)
+
+    fn = jax.jit(jax.value_and_grad(loss, argnums=(0, 1), has_aux=True))
+    with jax.set_mesh(mesh):
+        args = (placed, jax.device_put(h, rows))
+        return fn(*args), fn.lower(*args).compile().as_text()
+
+
+def _single_loss(settings, w, h, valid, cot):
+    def loss(w, h):
+        out, stats = moe_mlp(settings, w, h, valid)
+        return jnp.sum(out * cot) + 0.1 * stats["balance_sum"] + 0.01 * stats["z_sum"], (out, stats)
+
+    return jax.jit(jax.value_and_grad(loss, argnums=(0, 1), has_aux=True))(w, h)
+
+
+@pytest.mark.parametrize(
+    "mesh_shape, layout",
+    [
+        ((2, 4, 1), (("data", "fsdp"), "fsdp", None)),
+        ((1, 4, 2), (("fsdp",), "fsdp", "tensor")),
+        ((2, 2, 2), (("data", "fsdp"), "fsdp", "tensor")),
+    ],
+    ids=["data2-expert4", "expert4-tensor2", "data2-expert2-tensor2"],
+)
+def test_expert_parallel_buckets_equal_one_device(mesh_shape, layout):
+    """Experts split over fsdp, tokens exchanged all-to-all, expert width over tensor:
+    with room for every token (capacity_factor E/K gives C = all tokens, so nothing
+    overflows on one device or per shard) the loss, output, stats and the gradients of
+    weights and inputs equal the single-device layer's."""
+    E = 8
+    settings = _settings(impl="buckets", experts=E, capacity_factor=E / 2)
+    w = _weights(E)
+    h, valid = _inputs(8, 16)
+    cot = jax.random.normal(jax.random.key(7), h.shape)
+    single = _single_loss(settings, w, h, valid, cot)
+    sharded, hlo = _expert_parallel(settings, mesh_shape, layout, w, h, valid, cot)
+    assert "all-to-all" in hlo  # the token exchange is in the compiled program
+    for got, want in zip(jax.tree.leaves(sharded), jax.tree.leaves(single), strict=True):
+        _close(got, want)
+
+
+def test_expert_parallel_capacity_is_per_shard():
+    """With overflow, expert parallelism keeps GShard's per-group capacity: the result
+    is the single-device layer run on each batch shard alone (its C from its own
+    tokens), and drops are counted."""
+    E = 8
+    settings = _settings(impl="buckets", experts=E, capacity_factor=0.5)
+    w = _weights(E)
+    h, valid = _inputs(8, 12)
+    cot = jnp.ones(h.shape)
+    ((_, (out, stats)), _), _ = _expert_parallel(
+        settings, (1, 8, 1), (("fsdp",), "fsdp", None), w, h, valid, cot
+    )
+    shards = [_moe(settings, w, h[b : b + 1], valid[b : b + 1]) for b in range(8)]
+    _close(out, jnp.concatenate([o for o, _ in shards]), rtol=1e-6)
+    assert float(stats["dropped"]) > 0
+    for key in STAT_KEYS:
+        _close(stats[key], sum(st[key] for _, st in shards), rtol=1e-6)
+
+
+def test_expert_parallel_splits_experts_not_just_rows():
+    """Per device, the exchanged buckets layer does an eighth of the expert FLOPs, and
+    holds an eighth of the expert weights (the program's parameters are its shards)."""
+    E = 8
+    settings = _settings(impl="buckets", experts=E, capacity_factor=1.0)
+    w = _weights(E)
+    h, valid = _inputs(8, 16)
+    mesh = make_mesh((1, 8, 1))
+    rows = NamedSharding(mesh, P("fsdp"))
+    experts = NamedSharding(mesh, P("fsdp"))
+    placed = {k: jax.device_put(v, experts if k.startswith("moe_") else None) for k, v in w.items()}
+
+    def forward(w, h, layout):
+        if layout is None:
+            return moe_mlp(settings, w, h, valid)[0]
+        return moe_mlp_sharded(settings, w, h, valid, mesh, *layout)[0]
+
+    fn = jax.jit(forward, static_argnums=2)
+    whole = _flops(fn.lower(w, h, None).compile())
+    with jax.set_mesh(mesh):
+        compiled = fn.lower(placed, jax.device_put(h, rows), (("fsdp",), "fsdp", None)).compile()
+    assert _flops(compiled) < whole / 6, (_flops(compiled), whole)
+    # No all-gather of the expert weights: the only collectives move tokens and stats.
+    assert "all-gather" not in compiled.as_text()
 
 
 # ---- settings ----

@@ -207,32 +207,79 @@ def _experts_dense(
     return jnp.einsum("EMD,ME->MD", y_EMD.astype(jnp.float32), combine_ME)
 
 
-def _experts_buckets(
-    w: dict[str, jax.Array], x_MD: jax.Array, experts_MK, weights_MK, keep_MK, capacity: int
-) -> jax.Array:
-    """Fixed buckets of `capacity` slots per expert (see the module docstring).
-
-    An assignment's slot is its rank among the kept assignments to its expert, in
-    assignment order: exactly the first-come-first-served rank capacity_keep kept it
-    by, so kept slots are < capacity and unique. Dropped assignments are sent to an
-    extra slot C that is cut off before the matmuls.
-    """
-    E = w["moe_gate"].shape[0]
+def _fill_buckets(x_MD: jax.Array, experts_MK, keep_MK, experts: int, capacity: int):
+    """Scatter the kept assignments' token rows into [E, C, D] buckets; returns the
+    buckets and each assignment's (expert, slot) for the way back (slot C: dropped)."""
     M, K = experts_MK.shape
     expert_A = experts_MK.reshape(-1)
     keep_A = keep_MK.reshape(-1)
-    kept_AE = jax.nn.one_hot(expert_A, E, dtype=jnp.int32) * keep_A[:, None]
+    kept_AE = jax.nn.one_hot(expert_A, experts, dtype=jnp.int32) * keep_A[:, None]
     rank_A = jnp.take_along_axis(jnp.cumsum(kept_AE, axis=0), expert_A[:, None], axis=1)[:, 0]
     slot_A = jnp.where(keep_A, rank_A - 1, capacity)
     token_A = jnp.arange(M * K) // K
-    buffer_ECD = jnp.zeros((E, capacity + 1, x_MD.shape[1]), x_MD.dtype)
+    buffer_ECD = jnp.zeros((experts, capacity + 1, x_MD.shape[1]), x_MD.dtype)
     buffer_ECD = buffer_ECD.at[expert_A, slot_A].add(x_MD[token_A])[:, :capacity]
-    gate_ECF = jnp.einsum("ECD,EDF->ECF", buffer_ECD, w["moe_gate"])
-    up_ECF = jnp.einsum("ECD,EDF->ECF", buffer_ECD, w["moe_up"])
-    y_ECD = jnp.einsum("ECF,EFD->ECD", jax.nn.silu(gate_ECF) * up_ECF, w["moe_down"])
+    return buffer_ECD, expert_A, slot_A
+
+
+def _swiglu_buckets(w: dict[str, jax.Array], x_ECD: jax.Array) -> jax.Array:
+    """Every bucket through its own expert: one batched matmul per projection."""
+    gate_ECF = jnp.einsum("ECD,EDF->ECF", x_ECD, w["moe_gate"])
+    up_ECF = jnp.einsum("ECD,EDF->ECF", x_ECD, w["moe_up"])
+    return jnp.einsum("ECF,EFD->ECD", jax.nn.silu(gate_ECF) * up_ECF, w["moe_down"])
+
+
+def _combine_buckets(y_ECD, expert_A, slot_A, weights_MK, keep_MK) -> jax.Array:
+    """Each token's kept assignments read back from the buckets and mixed: [M, D] f32."""
+    M, K = weights_MK.shape
+    capacity = y_ECD.shape[1]
     y_AD = y_ECD[expert_A, jnp.minimum(slot_A, capacity - 1)]
     y_MKD = y_AD.reshape(M, K, -1).astype(jnp.float32)
     return jnp.einsum("MKD,MK->MD", y_MKD, jnp.where(keep_MK, weights_MK, 0.0))
+
+
+def _experts_buckets(
+    w: dict[str, jax.Array], x_MD: jax.Array, experts_MK, weights_MK, keep_MK, capacity: int
+) -> jax.Array:
+    """Fixed buckets of `capacity` slots per expert (see the module docstring)."""
+    E = w["moe_gate"].shape[0]
+    buffer_ECD, expert_A, slot_A = _fill_buckets(x_MD, experts_MK, keep_MK, E, capacity)
+    y_ECD = _swiglu_buckets(w, buffer_ECD)
+    return _combine_buckets(y_ECD, expert_A, slot_A, weights_MK, keep_MK)
+
+
+def _experts_exchanged(
+    w: dict[str, jax.Array],
+    x_MD: jax.Array,
+    experts_MK,
+    weights_MK,
+    keep_MK,
+    capacity: int,
+    experts: int,
+    axis: str,
+) -> jax.Array:
+    """The buckets variant with the experts split over mesh axis `axis` (inside
+    shard_map): expert parallelism with the token exchange as two all-to-alls.
+
+    This device fills [E, C, D] buckets from its own tokens. Block j of E_l = E / n
+    experts belongs to device j of the axis, so one all-to-all sends block j there and
+    receives, from every device i, its tokens for this device's experts: [n * E_l, C, D].
+    Those run through the local experts (`w` holds the E_l of this device) as one
+    bucket of n * C slots per expert, and a second all-to-all returns each device its
+    own rows. The exchanged volume is the buckets' (capacity_factor * K rows per
+    token), whatever E is.
+    """
+    n = jax.lax.axis_size(axis)
+    local = experts // n
+    buffer_ECD, expert_A, slot_A = _fill_buckets(x_MD, experts_MK, keep_MK, experts, capacity)
+    D = buffer_ECD.shape[-1]
+    received = jax.lax.all_to_all(buffer_ECD, axis, 0, 0, tiled=True)  # [n*E_l, C, D]
+    # Source-major blocks -> one bucket of n*C slots per local expert.
+    x_LSD = received.reshape(n, local, capacity, D).transpose(1, 0, 2, 3)
+    y_LSD = _swiglu_buckets(w, x_LSD.reshape(local, n * capacity, D))
+    y_ECD = y_LSD.reshape(local, n, capacity, D).transpose(1, 0, 2, 3).reshape(experts, capacity, D)
+    returned = jax.lax.all_to_all(y_ECD, axis, 0, 0, tiled=True)  # this device's rows
+    return _combine_buckets(returned, expert_A, slot_A, weights_MK, keep_MK)
 
 
 def _experts_ragged(
@@ -310,6 +357,9 @@ def moe_stats(
     }
 
 
+MOE_WEIGHTS = ("router", "router_bias", "moe_gate", "moe_up", "moe_down")
+
+
 def moe_mlp(
     s: MoeSettings, w: dict[str, jax.Array], h_BTD: jax.Array, valid_BT: jax.Array
 ) -> tuple[jax.Array, MoeStats]:
@@ -320,6 +370,20 @@ def moe_mlp(
     in float32 and the result returned in h's dtype; padding tokens (valid False) get
     zero.
     """
+    out_BTD, stats = _routed(s, w, h_BTD, valid_BT, expert_axis=None)
+    return out_BTD.astype(h_BTD.dtype), stats
+
+
+def _routed(
+    s: MoeSettings,
+    w: dict[str, jax.Array],
+    h_BTD: jax.Array,
+    valid_BT: jax.Array,
+    expert_axis: str | None,
+) -> tuple[jax.Array, MoeStats]:
+    """moe_mlp's work on the tokens at hand, the output left in float32; with
+    `expert_axis` (buckets inside shard_map), `w` holds this device's experts only and
+    the buckets are exchanged over that axis."""
     B, T, D = h_BTD.shape
     M = B * T
     h_MD = h_BTD.reshape(M, D)
@@ -336,45 +400,77 @@ def moe_mlp(
         rows = M * s.top_k
 
     x_MD = h_MD.astype(w["moe_gate"].dtype)
-    if s.impl == "dense":
-        out_MD = _experts_dense(w, x_MD, routing.experts, routing.weights, keep_MK)
+    choice = (routing.experts, routing.weights, keep_MK)
+    if expert_axis is not None:
+        out_MD = _experts_exchanged(w, x_MD, *choice, s.capacity(M), s.experts, expert_axis)
+    elif s.impl == "dense":
+        out_MD = _experts_dense(w, x_MD, *choice)
     elif s.impl == "buckets":
-        out_MD = _experts_buckets(w, x_MD, routing.experts, routing.weights, keep_MK, s.capacity(M))
+        out_MD = _experts_buckets(w, x_MD, *choice, s.capacity(M))
     else:
-        out_MD = _experts_ragged(w, x_MD, routing.experts, routing.weights, keep_MK, rows)
+        out_MD = _experts_ragged(w, x_MD, *choice, rows)
     stats = moe_stats(s, logits_ME, routing, keep_MK, valid_BT)
-    return out_MD.astype(h_BTD.dtype).reshape(B, T, D), stats
+    return out_MD.reshape(B, T, D), stats
 
 
-def moe_mlp_local(
+def moe_mlp_sharded(
     s: MoeSettings,
     w: dict[str, jax.Array],
     h_BTD: jax.Array,
     valid_BT: jax.Array,
-    mesh: Mesh,
+    mesh,
     batch_axes: tuple[str, ...],
+    expert_axis: str | None = None,
+    tensor_axis: str | None = None,
 ) -> tuple[jax.Array, MoeStats]:
-    """`moe_mlp` on each batch shard's own rows (shard_map over `batch_axes` of `mesh`),
-    its stats summed over the shards.
+    """`moe_mlp` on a device mesh, each device routing its own batch rows (shard_map).
 
-    The ragged implementation sorts the batch's assignments together. Under plain jit
-    with the batch sharded, XLA cannot split that global sort: it gathers the routing,
-    and every device then computes every assignment's rows (measured on 8 CPU devices,
-    batch sharded 8 ways: per-device FLOPs 97% of the whole; the dense reference,
-    sort-free, splits 8 ways; tests/test_moe_layer.py checks this function's split).
-    Per shard, each device sorts and multiplies its own tokens only. The weights
-    enter whole (all-gathered if sharded, as FSDP would; this is data parallelism, not
-    expert parallelism), and the stats, being sums, add exactly over shards. A capacity,
-    if any, is then per shard: C from the shard's own tokens. Dropless, the result is
-    moe_mlp's on the whole batch up to summation order.
+    `batch_axes` split the rows (none: every device has the whole batch). The stats,
+    being sums, add exactly over them. Why per shard: under plain jit with the batch
+    sharded, XLA cannot split the ragged version's global sort: it gathers the routing,
+    and every device computes every assignment's rows (measured on 8 CPU devices: 97%
+    of the whole per device). Per shard, each device sorts and multiplies its own
+    tokens. A capacity, if any, is then per shard (GShard's groups): C from the
+    shard's own tokens.
+
+    The experts' weights:
+      - `tensor_axis` splits every expert's width F (Megatron-style): each device
+        computes a partial output, summed over the axis.
+      - `expert_axis` (one of `batch_axes`) splits the experts themselves, E / n per
+        device, for `buckets`: the tokens travel to their experts and back by
+        all-to-all (`_experts_exchanged`), and no device ever holds another's experts.
+        That is expert parallelism. The dropless implementations get the experts
+        whole instead (gathered, as FSDP gathers any weight): their per-expert row
+        counts vary, and a fixed-size exchange would have to reserve every token for
+        every expert.
+    Dropless, the result is moe_mlp's on the whole batch up to summation order.
     """
+    exchange = expert_axis if s.impl == "buckets" else None
+    if exchange is not None and (exchange not in batch_axes or s.experts % mesh.shape[exchange]):
+        raise ValueError(
+            f"expert axis {exchange!r} must split the batch ({batch_axes}) and the "
+            f"{s.experts} experts"
+        )
+    tp = tensor_axis
+    specs = {
+        "router": P(),
+        "router_bias": P(),
+        "moe_gate": P(exchange, None, tp),
+        "moe_up": P(exchange, None, tp),
+        "moe_down": P(exchange, tp, None),
+    }
 
     def local(w, h_BTD, valid_BT):
-        out_BTD, stats = moe_mlp(s, w, h_BTD, valid_BT)
-        return out_BTD, jax.tree.map(lambda x: jax.lax.psum(x, batch_axes), stats)
+        out_BTD, stats = _routed(s, w, h_BTD, valid_BT, exchange)
+        if tp is not None:
+            out_BTD = jax.lax.psum(out_BTD, tp)  # the partial sums over F's shards
+        if batch_axes:
+            stats = jax.tree.map(lambda x: jax.lax.psum(x, batch_axes), stats)
+        return out_BTD.astype(h_BTD.dtype), stats
 
-    rows = P(batch_axes)
-    return jax.shard_map(local, mesh=mesh, in_specs=(P(), rows, rows), out_specs=(rows, P()))(
+    rows = P(batch_axes) if batch_axes else P()
+    w = {k: w[k] for k in MOE_WEIGHTS}
+    return jax.shard_map(local, mesh=mesh, in_specs=(specs, rows, rows), out_specs=(rows, P()))(
         w, h_BTD, valid_BT
     )
 

@@ -32,9 +32,9 @@ from flax import nnx
 from jaxlm.config import ModelConfig
 from jaxlm.models.attention import attention
 from jaxlm.models.layers import QUANT_SCALE, dequantize, project, rms_norm, swiglu
-from jaxlm.models.moe import MoeSettings, moe_mlp
+from jaxlm.models.moe import MoeSettings, moe_mlp, moe_mlp_sharded
 from jaxlm.models.rope import RopeScaling, apply_rope
-from jaxlm.sharding import constrain
+from jaxlm.sharding import constrain, moe_layout
 
 # A MoE layer's routing statistics (jaxlm.models.moe.moe_mlp): sums, keyed by name.
 MoeStats = dict[str, jax.Array]
@@ -170,11 +170,24 @@ def finish_block_with_stats(
     if cfg.moe:
         if valid_BT is None:
             valid_BT = jnp.ones(h_BTD.shape[:2], bool)
-        routed_BTD, stats = moe_mlp(MoeSettings.from_config(cfg), w, h_BTD, valid_BT)
+        routed_BTD, stats = routed_experts(cfg, w, h_BTD, valid_BT)
         x_BTD = x_BTD + routed_BTD
     if "w_gate" in w:  # the dense MLP, or a MoE layer's shared experts
         x_BTD = x_BTD + swiglu(cfg, w, h_BTD)
     return constrain(x_BTD, "act_batch", "act_seq", "act_embed"), stats
+
+
+def routed_experts(
+    cfg: ModelConfig, w: dict[str, jax.Array], h_BTD: jax.Array, valid_BT: jax.Array
+) -> tuple[jax.Array, MoeStats]:
+    """A MoE layer's routed experts: on a mesh, per batch shard with the experts split
+    as the mesh says (expert parallelism over fsdp, width over tensor; see
+    jaxlm.sharding.moe_layout and jaxlm.models.moe.moe_mlp_sharded)."""
+    s = MoeSettings.from_config(cfg)
+    layout = moe_layout(h_BTD.shape[0], s.experts, cfg.resolved_moe_d_ff)
+    if layout is None:
+        return moe_mlp(s, w, h_BTD, valid_BT)
+    return moe_mlp_sharded(s, w, h_BTD, valid_BT, *layout)
 
 
 def finish_block(

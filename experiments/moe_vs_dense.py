@@ -1,0 +1,66 @@
+"""Dense vs mixture-of-experts at equal active compute, on the stdlib corpus.
+
+Each size is trained twice with the same data, schedule, attention and token count:
+
+    dense  the Llama MLP of width d_ff (jaxlm's 8/3 rule);
+    moe    8 routed experts of width d_ff / 2, each token sent to its top 2: the same
+           active MLP FLOPs per token (plus a router of d_model x 8), 4x the MLP
+           parameters. Capacity buckets (factor 1.25, the fastest implementation on
+           CPU), the default balance and z losses.
+
+So the MoE model spends the same FLOPs per token on ~4x the MLP parameters, and the
+question is what that buys in loss per FLOP and per second of wall time:
+
+    jaxlm sweep moe_vs_dense
+    jaxlm compare runs/moe_vs_dense-sweep/*/ --out runs/moe_vs_dense-compare
+
+The measured result (and the machine) is in the README's "Mixture of experts" section.
+"""
+
+import dataclasses
+
+from experiments.quickstart import get_config as quickstart_config
+from jaxlm.config import Config, apply_overrides
+
+SIZES = {
+    # name: (d_model, n_layers, n_heads, dense d_ff by jaxlm's 8/3 rule)
+    "s": (128, 2, 2, 384),
+    "m": (192, 3, 3, 512),
+    "l": (256, 4, 4, 704),
+}
+EXPERTS, TOP_K = 8, 2
+
+
+def get_config() -> Config:
+    """The quickstart's recipe at 400 steps (l size, dense), without the end-of-run sample."""
+    cfg = dataclasses.replace(quickstart_config(), name="moe_vs_dense")
+    return apply_overrides(
+        cfg,
+        [
+            "train.steps=400",
+            "train.eval_every=100",
+            "train.checkpoint_every=200",
+            "train.generate_prompt=",
+            "optim.warmup_steps=40",
+        ],
+    )
+
+
+def sweep() -> list[tuple[str, list[str]]]:
+    points = []
+    for name, (d, n, h, d_ff) in SIZES.items():
+        shape = [f"model.d_model={d}", f"model.n_layers={n}", f"model.n_heads={h}",
+                 f"model.n_kv_heads={h}", f"model.d_ff={d_ff}"]  # fmt: skip
+        moe = [f"model.moe_experts={EXPERTS}", f"model.moe_top_k={TOP_K}",
+               f"model.moe_d_ff={d_ff // TOP_K}", "model.moe_impl=buckets",
+               "model.moe_capacity_factor=1.25"]  # fmt: skip
+        points += [(f"{name}-dense", shape), (f"{name}-moe", shape + moe)]
+    return points
+
+
+if __name__ == "__main__":
+    import sys
+
+    from jaxlm.cli import run_experiment
+
+    sys.exit(run_experiment(sys.modules[__name__]))
