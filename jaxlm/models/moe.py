@@ -40,10 +40,14 @@ order; the rest are dropped (they add nothing; the token's other experts still c
 with their weights as they were) and counted. The ragged version then computes only
 min(M*K, E*C) rows. capacity_factor 0 is dropless.
 
-Sharding. Under jit with the batch sharded, both implementations give the unsharded
+Sharding. Under jit with the batch sharded, every implementation gives the unsharded
 result, but only the dense one splits its work by the batch: XLA cannot partition the
 ragged version's sort over the whole batch, so every device computes every row.
-`moe_mlp_local` runs the layer per batch shard (shard_map) instead, which splits it.
+`moe_mlp_sharded` (what the model uses on a mesh) runs the layer per batch shard
+(shard_map) instead. There `buckets` is expert parallel: each device keeps E / n
+experts and the token rows travel to them and back by two all-to-alls
+(`_experts_exchanged`); the dropless implementations gather the experts' weights, as
+FSDP does. Expert widths may split over a tensor axis.
 
 Losses and statistics. `moe_mlp` returns SUMS, never means, so that micro-batches and
 data shards add up exactly to the large batch (gradient accumulation equals one big
@@ -80,7 +84,7 @@ from typing import Literal, NamedTuple
 
 import jax
 import jax.numpy as jnp
-from jax.sharding import Mesh
+from jax.sharding import AbstractMesh, Mesh
 from jax.sharding import PartitionSpec as P
 
 SCORES = ("softmax", "sigmoid")
@@ -418,7 +422,7 @@ def moe_mlp_sharded(
     w: dict[str, jax.Array],
     h_BTD: jax.Array,
     valid_BT: jax.Array,
-    mesh,
+    mesh: Mesh | AbstractMesh,
     batch_axes: tuple[str, ...],
     expert_axis: str | None = None,
     tensor_axis: str | None = None,
