@@ -112,7 +112,9 @@ class ModelConfig:
     lora_targets: str = dataclasses.field(
         default="wq,wk,wv,wo,w_gate,w_up,w_down", metadata=ADDS_ADAPTERS
     )
-    # Mixture of experts (jaxlm.models.moe): moe_experts > 0 replaces every layer's MLP
+    # Mixture of experts (jaxlm.models.moe): moe_experts > 0 replaces the MLP of every
+    # moe_every-th layer (layer i when (i + 1) % moe_every == 0, Qwen3-MoE's
+    # decoder_sparse_step; 1: every layer; the others keep the dense MLP of width d_ff)
     # by moe_experts routed SwiGLU experts of width moe_d_ff (0: the dense d_ff), each
     # token sent to its moe_top_k best by a router (scores: softmax or sigmoid; the
     # chosen weights renormalised to sum 1 with moe_norm_topk), plus
@@ -128,6 +130,7 @@ class ModelConfig:
     # auxiliary-loss-free balancing (a per-expert score bias moved by that step
     # against the observed load after each update).
     moe_experts: int = 0
+    moe_every: int = 1
     moe_top_k: int = 2
     moe_d_ff: int = 0
     moe_shared_experts: int = 0
@@ -197,6 +200,13 @@ class ModelConfig:
     @property
     def resolved_moe_d_ff(self) -> int:
         return self.moe_d_ff or self.resolved_d_ff
+
+    @property
+    def moe_layers(self) -> list[int]:
+        """The indices of the layers with routed experts (none for a dense model)."""
+        if not self.moe:
+            return []
+        return [i for i in range(self.n_layers) if (i + 1) % self.moe_every == 0]
 
 
 @dataclasses.dataclass(frozen=True, kw_only=True)
@@ -790,6 +800,17 @@ def _check_moe(cfg: ModelConfig) -> None:
     _non_negative(cfg, "moe_balance_weight", "moe_z_weight", "moe_bias_rate")
     if not cfg.moe_experts:
         return
+    if cfg.moe_every < 1 or cfg.n_layers % cfg.moe_every:
+        raise ConfigError(
+            f"model.moe_every={cfg.moe_every} must be >= 1 and divide model.n_layers="
+            f"{cfg.n_layers} (layers are scanned in groups of moe_every: moe_every - 1 dense, "
+            "then one MoE)"
+        )
+    if cfg.moe_every > 1 and cfg.moe_shared_experts:
+        raise ConfigError(
+            "model.moe_shared_experts > 0 with model.moe_every > 1 is not supported yet "
+            "(the shared experts and the dense layers' MLP would need separate weights)"
+        )
     if not 1 <= cfg.moe_top_k <= cfg.moe_experts:
         raise ConfigError(
             f"model.moe_top_k={cfg.moe_top_k} must be in [1, model.moe_experts={cfg.moe_experts}]"

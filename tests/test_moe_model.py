@@ -199,6 +199,7 @@ def test_a_moe_run_logs_expert_load_and_generates(tmp_path):
     workdir = tmp_path / "run"
     sets = [*TINY, "train.steps=4", f"data.tokenizer={tokenizer}", "model.moe_experts=4"]
     sets += ["model.moe_bias_rate=0.001", "model.moe_capacity_factor=1.0"]
+    sets += ["model.n_layers=2", "model.moe_every=2"]  # layer 0 dense, layer 1 MoE
     argv = ["train", "quickstart", "--workdir", str(workdir)]
     for item in sets:
         argv += ["--set", item]
@@ -207,12 +208,13 @@ def test_a_moe_run_logs_expert_load_and_generates(tmp_path):
     train_records = [r for r in records if r["split"] == "train"]
     assert len(train_records) == 4
     last = train_records[-1]
-    shares = [last[f"moe_load_l0_e{e}"] for e in range(4)]
+    shares = [last[f"moe_load_l1_e{e}"] for e in range(4)]
+    assert "moe_load_l0_e0" not in last  # named by the layer's index in the model
     assert sum(shares) == pytest.approx(1.0, rel=1e-5)
     assert 0.0 <= last["moe_dropped"] < 0.5 and last["moe_balance"] > 0
     assert (workdir / "expert_load.png").stat().st_size > 0  # drawn at the end of the run
     steps, series = load_series(workdir / "metrics.jsonl")
-    assert steps == [1, 2, 3, 4] and sorted(series[0]) == [0, 1, 2, 3]
+    assert steps == [1, 2, 3, 4] and list(series) == [1] and sorted(series[1]) == [0, 1, 2, 3]
     assert cli.main(["generate", str(workdir), "def", "--max-new-tokens", "5"]) == 0
 
 
@@ -238,3 +240,89 @@ def test_objectives_without_the_routing_losses_refuse_a_moe_model():
 
     with pytest.raises(ConfigError, match=r"data\.format=text or chat"):
         Config(model=MOE, data=DataConfig(format="preference"))
+
+
+# ---- mixed dense and MoE layers (moe_every) ----
+
+MIXED = dataclasses.replace(MOE, n_layers=4, moe_every=2, moe_shared_experts=0)
+
+
+def test_mixed_layers_alternate_dense_and_moe():
+    """moe_every=2 on 4 layers: layers 1 and 3 route, 0 and 2 keep the dense MLP. The
+    model's forward (scanned in groups, and unrolled) equals a loop over `block` with
+    each layer's weights picked by hand from the per-kind stacks."""
+    from jaxlm.models.transformer import block
+
+    assert MIXED.moe_layers == [1, 3]
+    params = init_params(MIXED, jax.random.key(3))
+    layers = {k: v.get_value() for k, v in params["layers"].items()}
+    assert layers["w_gate"].shape == (2, MIXED.d_model, MIXED.d_ff)
+    assert layers["moe_gate"].shape == (2, 4, MIXED.d_model, MIXED.moe_d_ff)
+    assert layers["wq"].shape[0] == layers["router_bias"].shape[0] * 2 == 4
+    tokens = jnp.asarray(batch()["tokens"])
+    logits, stats = logits_and_stats(MIXED, params, tokens)
+    unrolled = logits_and_stats(dataclasses.replace(MIXED, scan_layers=False), params, tokens)
+    np.testing.assert_allclose(unrolled[0], logits, rtol=1e-5, atol=1e-5)
+
+    model = nnx.merge(abstract_model(MIXED)[0], params)
+    x = model.embed_tokens(tokens)
+    positions = jnp.broadcast_to(jnp.arange(T), (B, T))
+    segments = jnp.ones((B, T), jnp.int32)
+    routed, by_hand = ("router", "router_bias", "moe_gate", "moe_up", "moe_down"), []
+    for i, (mlp, index) in enumerate([("dense", 0), ("moe", 0), ("dense", 1), ("moe", 1)]):
+        p = {k: v[i] for k, v in layers.items() if k not in routed and not k.startswith("w_")}
+        names = routed if mlp == "moe" else ("w_gate", "w_up", "w_down")
+        p.update({k: layers[k][index] for k in names})
+        x, layer_stats = block(MIXED, p, x, positions, segments)
+        assert (layer_stats is None) == (mlp == "dense")
+        if layer_stats is not None:
+            by_hand.append(layer_stats)
+    np.testing.assert_allclose(model.logits(x), logits, rtol=1e-5, atol=1e-5)
+    for key in stats:
+        want = np.stack([st[key] for st in by_hand])
+        np.testing.assert_allclose(stats[key], want, rtol=1e-5, err_msg=key)
+
+
+def test_mixed_layers_shard_and_generate():
+    single = train((1, 1, 1), 1, cfg=MIXED)
+    sharded = train((2, 4, 1), 1, cfg=MIXED)
+    assert_states_close(single[0], sharded[0], 2e-5)
+    for m1, m8 in zip(single[1], sharded[1], strict=True):
+        assert float(m1["loss"]) == pytest.approx(float(m8["loss"]), rel=1e-5)
+        assert m8["moe_load"].shape == (2, 4)
+    params = init_params(MIXED, jax.random.key(4))
+    tokens = jnp.asarray(batch()["tokens"][:2, :12])
+    full, _ = logits_and_stats(MIXED, params, tokens)
+    cache = init_cache(MIXED, 2, 16)
+    positions = jnp.broadcast_to(jnp.arange(12), (2, 12))
+    cached, _ = forward_cached(
+        MIXED,
+        abstract_model(MIXED)[0],
+        params,
+        cache,
+        tokens,
+        positions,
+        jnp.ones((2, 12), bool),
+        0,
+    )
+    np.testing.assert_allclose(cached, full, rtol=2e-5, atol=2e-5)
+
+
+def test_mixed_layers_count_their_own_mlps():
+    D, L = MIXED.d_model, MIXED.n_layers
+    H, N, K = MIXED.resolved_head_dim, MIXED.n_heads, MIXED.n_kv_heads
+    attention = L * D * H * (2 * N + 2 * K)
+    routed = D * 4 + 3 * D * MIXED.moe_d_ff * MIXED.moe_top_k  # router + top-k experts
+    dense = 3 * D * MIXED.d_ff
+    assert matmul_params(MIXED) == attention + 2 * routed + 2 * dense + D * MIXED.vocab_size
+    idle = 3 * D * MIXED.moe_d_ff * (4 - 2)
+    assert count_params(MIXED) - count_active_params(MIXED) == 2 * idle
+
+
+def test_mixed_layer_settings_are_checked():
+    from jaxlm.config import ConfigError
+
+    with pytest.raises(ConfigError, match=r"moe_every=3 must be >= 1 and divide model\.n_layers=4"):
+        dataclasses.replace(MIXED, moe_every=3)
+    with pytest.raises(ConfigError, match=r"moe_shared_experts > 0 with model\.moe_every > 1"):
+        dataclasses.replace(MIXED, moe_shared_experts=1)

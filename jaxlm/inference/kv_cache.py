@@ -42,7 +42,7 @@ from flax import nnx
 from jaxlm.config import ModelConfig
 from jaxlm.errors import InputError
 from jaxlm.inference.quantize import dequantize_int8, quantize_int8
-from jaxlm.models.transformer import attention_inputs, finish_block, layer_weights
+from jaxlm.models.transformer import apply_layers, attention_inputs, finish_block, layer_weights
 from jaxlm.sharding import named_sharding
 
 CACHE_AXES = ("layers", "act_batch", "act_seq", "act_kv_heads", "act_head_dim")
@@ -214,7 +214,7 @@ def forward_cached(
     int8 = isinstance(cache, Int8KVCache)
     kv = (cache.k, cache.v, *((cache.k_scale, cache.v_scale) if int8 else (None, None)))
     carry = (x_BTD, kv, jnp.zeros((), jnp.int32))
-    (x_BTD, kv, _), _ = jax.lax.scan(one_layer, carry, model.layers.arrays())
+    (x_BTD, kv, _), _ = apply_layers(cfg, one_layer, carry, model.layers.arrays())
     if logits_at_B is not None:
         x_BTD = jnp.take_along_axis(x_BTD, logits_at_B[:, None, None], axis=1)
     logits = model.logits(x_BTD)

@@ -42,13 +42,14 @@ def matmul_params(cfg: ModelConfig) -> int:
     token), so MFU counts the FLOPs a token costs, as MoE reports do."""
     D, F, L = cfg.d_model, cfg.resolved_d_ff, cfg.n_layers
     H, N, K = cfg.resolved_head_dim, cfg.n_heads, cfg.n_kv_heads
+    mlp = 3 * D * F * L
     if cfg.moe:
         experts = cfg.moe_top_k + cfg.moe_shared_experts
-        mlp = D * cfg.moe_experts + 3 * D * cfg.resolved_moe_d_ff * experts
-    else:
-        mlp = 3 * D * F
-    per_layer = D * H * (2 * N + 2 * K) + mlp
-    return L * per_layer + D * cfg.vocab_size
+        routed = D * cfg.moe_experts + 3 * D * cfg.resolved_moe_d_ff * experts
+        moe_layers = len(cfg.moe_layers)  # the rest keep the dense MLP
+        mlp = moe_layers * routed + (L - moe_layers) * 3 * D * F
+    attention = L * D * H * (2 * N + 2 * K)
+    return attention + mlp + D * cfg.vocab_size
 
 
 def flops_per_token(cfg: ModelConfig, seq_len: int, *, causal_halved: bool = False) -> float:

@@ -110,12 +110,12 @@ def count_params(cfg: ModelConfig, *, include_embedding: bool = True) -> int:
 
 def count_active_params(cfg: ModelConfig, *, include_embedding: bool = True) -> int:
     """count_params less the routed experts a token does not use (a MoE model's E - k
-    of E per layer); equal to count_params for a dense model."""
+    of E per MoE layer); equal to count_params for a dense model."""
     total = count_params(cfg, include_embedding=include_embedding)
     if not cfg.moe:
         return total
     idle = cfg.moe_experts - cfg.moe_top_k
-    return total - cfg.n_layers * idle * 3 * cfg.d_model * cfg.resolved_moe_d_ff
+    return total - len(cfg.moe_layers) * idle * 3 * cfg.d_model * cfg.resolved_moe_d_ff
 
 
 def count_lora(cfg: ModelConfig) -> tuple[int, int]:

@@ -83,18 +83,25 @@ class Layers(nnx.Module):
             self.bk = _zeros((L, K, H), dt, ("layers", "kv_heads", "head_dim"))
             self.bv = _zeros((L, K, H), dt, ("layers", "kv_heads", "head_dim"))
         self.mlp_norm = _ones((L, D), dt, ("layers", "norm"))
+        mlp_layers = L
         if cfg.moe:
             self._add_experts(cfg, rngs, std, out_std)
-            # Shared experts (DeepSeek): always on, so one dense MLP of their total width.
-            F = cfg.moe_shared_experts * cfg.resolved_moe_d_ff
+            if cfg.moe_every == 1:
+                # Shared experts (DeepSeek): always on, so one dense MLP of their total
+                # width in every layer.
+                F = cfg.moe_shared_experts * cfg.resolved_moe_d_ff
+            else:  # the dense layers between the MoE ones (see layer_groups)
+                mlp_layers = L - len(cfg.moe_layers)
         if F:
-            self.w_gate = _param(rngs, (L, D, F), std, dt, ("layers", "embed", "mlp"))
-            self.w_up = _param(rngs, (L, D, F), std, dt, ("layers", "embed", "mlp"))
-            self.w_down = _param(rngs, (L, F, D), out_std, dt, ("layers", "mlp", "embed"))
+            Lm = mlp_layers
+            self.w_gate = _param(rngs, (Lm, D, F), std, dt, ("layers", "embed", "mlp"))
+            self.w_up = _param(rngs, (Lm, D, F), std, dt, ("layers", "embed", "mlp"))
+            self.w_down = _param(rngs, (Lm, F, D), out_std, dt, ("layers", "mlp", "embed"))
 
     def _add_experts(self, cfg: ModelConfig, rngs: nnx.Rngs, std: float, out_std: float):
         """The router and the routed experts' SwiGLU weights (jaxlm.models.moe)."""
-        L, D, E, F = cfg.n_layers, cfg.d_model, cfg.moe_experts, cfg.resolved_moe_d_ff
+        # Stacked over the MoE layers only (all of them unless moe_every > 1).
+        L, D, E, F = len(cfg.moe_layers), cfg.d_model, cfg.moe_experts, cfg.resolved_moe_d_ff
         dt = cfg.param_dtype
         # Routing runs in float32 whatever the compute dtype: near-ties between experts
         # would otherwise flip with rounding.
@@ -167,7 +174,7 @@ def finish_block_with_stats(
     x_BTD = constrain(x_BTD, "act_batch", "act_seq", "act_embed")
     h_BTD = rms_norm(x_BTD, w["mlp_norm"], cfg.norm_eps)
     stats = None
-    if cfg.moe:
+    if "router" in w:  # a MoE layer (a mixed model's dense layers have none)
         if valid_BT is None:
             valid_BT = jnp.ones(h_BTD.shape[:2], bool)
         routed_BTD, stats = routed_experts(cfg, w, h_BTD, valid_BT)
@@ -237,23 +244,88 @@ def run_layers_with_stats(
     positions_BT: jax.Array,
     segment_ids_BT: jax.Array,
 ) -> tuple[jax.Array, MoeStats | None]:
-    """run_layers, also returning a MoE model's routing statistics stacked over layers
-    (each field [L, ...]; None for a dense model)."""
+    """run_layers, also returning a MoE model's routing statistics stacked over its MoE
+    layers (each field [len(cfg.moe_layers), ...]; None for a dense model)."""
 
     def one_layer(x, p):
         return block(cfg, p, x, positions_BT, segment_ids_BT)
 
     if cfg.remat != "none":
         one_layer = jax.checkpoint(one_layer, policy=_REMAT_POLICIES[cfg.remat])
-    if cfg.scan_layers:
-        return jax.lax.scan(one_layer, x_BTD, layers_LP)
-    per_layer = []
-    for i in range(cfg.n_layers):
-        x_BTD, stats = one_layer(x_BTD, jax.tree.map(lambda a, i=i: a[i], layers_LP))
-        per_layer.append(stats)
-    if not cfg.moe:
-        return x_BTD, None
-    return x_BTD, jax.tree.map(lambda *xs: jnp.stack(xs), *per_layer)
+    return apply_layers(cfg, one_layer, x_BTD, layers_LP, scan=cfg.scan_layers)
+
+
+# Mixed dense and MoE layers (moe_every = k > 1). Layer weights are stacked per kind:
+# attention and norms over all L layers, the routed experts over the L / k MoE layers,
+# the dense MLP over the other L - L / k. Layers then run in L / k groups of k, the
+# first k - 1 dense and the last MoE (Qwen3-MoE's decoder_sparse_step), and `scan`
+# iterates over groups: one compiled group body whatever the depth.
+_ROUTED = ("router", "moe_")  # name prefixes of a MoE layer's own weights
+_DENSE_MLP = ("w_gate", "w_up", "w_down")
+
+
+def _stacked_over(name: str) -> str:
+    if name.startswith(_ROUTED):
+        return "moe"
+    return "dense" if name.startswith(_DENSE_MLP) else "all"
+
+
+def layer_groups(cfg: ModelConfig, layers_LP: dict[str, jax.Array]) -> dict[str, jax.Array]:
+    """The stacked weights with a leading group axis [L / k, ...]: [G, k, ...] for those
+    of every layer, [G, k - 1, ...] for the dense MLP, [G, ...] for the experts. The
+    identity for k = 1 (every layer alike)."""
+    k = cfg.moe_every if cfg.moe else 1
+    if k == 1:
+        return layers_LP
+    groups = cfg.n_layers // k
+    inner = {"all": (k,), "dense": (k - 1,), "moe": ()}
+    return {
+        name: a.reshape(groups, *inner[_stacked_over(name)], *a.shape[1:])
+        for name, a in layers_LP.items()
+    }
+
+
+def layers_of_group(cfg: ModelConfig, p_group: dict[str, jax.Array]) -> list[dict[str, jax.Array]]:
+    """One group's weights (a slice of layer_groups) as its layers' own, in order."""
+    k = cfg.moe_every if cfg.moe else 1
+    if k == 1:
+        return [p_group]
+    layers = []
+    for j in range(k):
+        own = "moe" if j == k - 1 else "dense"
+        p = {}
+        for name, a in p_group.items():
+            kind = _stacked_over(name)
+            if kind == "all" or (kind == own == "dense"):
+                p[name] = a[j]
+            elif kind == own:
+                p[name] = a
+        layers.append(p)
+    return layers
+
+
+def apply_layers(cfg: ModelConfig, one_layer, carry, layers_LP: dict[str, jax.Array], scan=True):
+    """Thread `carry` through every layer in order, `one_layer(carry, p) -> (carry, out)`
+    with `p` that layer's weights; scanned over groups of layers, or unrolled. Returns
+    (carry, the non-None outs stacked: one per MoE layer, or None)."""
+
+    def one_group(carry, p_group):
+        out = None
+        for p in layers_of_group(cfg, p_group):
+            carry, layer_out = one_layer(carry, p)
+            out = layer_out if layer_out is not None else out
+        return carry, out
+
+    grouped = layer_groups(cfg, layers_LP)
+    if scan:
+        return jax.lax.scan(one_group, carry, grouped)
+    outs = []
+    for g in range(jax.tree.leaves(grouped)[0].shape[0]):
+        carry, out = one_group(carry, jax.tree.map(lambda a, g=g: a[g], grouped))
+        outs.append(out)
+    if outs[0] is None:
+        return carry, None
+    return carry, jax.tree.map(lambda *xs: jnp.stack(xs), *outs)
 
 
 class Transformer(nnx.Module):

@@ -169,7 +169,9 @@ class _Loop:
                 "real_token_fraction": real_frac,
                 **self.skips.take_window(),  # steps not applied in this window
                 **run.task.step_metrics(m),  # the objective's own (of the window's last step)
-                **moe_losses.log_record(m),  # a MoE model's routing (of the last step)
+                **moe_losses.log_record(
+                    run.cfg.model, m
+                ),  # a MoE model's routing (of the last step)
                 **{f"data_{k}": v for k, v in run.data_totals.as_dict().items()},
                 **self.progress(step + 1),
             }

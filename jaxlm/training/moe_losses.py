@@ -41,7 +41,7 @@ def batch_counts(batch: dict[str, jax.Array]) -> dict[str, jax.Array]:
 
 def routing_objective(cfg: ModelConfig, stats: MoeStats, counts: dict) -> jax.Array:
     """The routing terms to add to an objective summed over supervised tokens."""
-    layers = cfg.n_layers
+    layers = len(cfg.moe_layers)
     balance = jnp.sum(stats["balance_sum"]) / (layers * jnp.maximum(counts["rows"], 1.0))
     router_z = jnp.sum(stats["z_sum"]) / (layers * jnp.maximum(counts["valid"], 1.0))
     return counts["supervised"] * (cfg.moe_balance_weight * balance + cfg.moe_z_weight * router_z)
@@ -92,14 +92,15 @@ def after_update(cfg: ModelConfig, state, new_state, stats: MoeStats):
     return new_state.replace(params=params), routing_metrics(stats)
 
 
-def log_record(metrics: dict) -> dict[str, float]:
+def log_record(cfg: ModelConfig, metrics: dict) -> dict[str, float]:
     """The routing metrics of a fetched step as flat scalars for metrics.jsonl and
     TensorBoard: the four summaries and moe_load_l{layer}_e{expert}, each expert's share
-    of its layer's assignments (nothing for a dense model)."""
+    of its layer's assignments, by the layer's index in the model (nothing for a dense
+    model)."""
     if "moe_load" not in metrics:
         return {}
     record = {k: float(metrics[k]) for k in SUMMARIES}
-    for layer, shares in enumerate(metrics["moe_load"]):
+    for layer, shares in zip(cfg.moe_layers, metrics["moe_load"], strict=True):
         for expert, share in enumerate(shares):
             record[f"moe_load_l{layer}_e{expert}"] = float(share)
     return record
