@@ -2,7 +2,8 @@
 
 For each tiny random transformers MoE model (tests/helpers/hf_models.py MOE_CASES:
 Qwen3-MoE with renormalised top-2 weights, Qwen3-MoE with raw top-3 probabilities and
-tied embeddings, Mixtral), saved with save_pretrained (per-expert tensors) and
+tied embeddings, Qwen3-MoE with dense and MoE layers in turn (decoder_sparse_step 2),
+Mixtral), saved with save_pretrained (per-expert tensors) and
 imported through the command line:
 
 - the routing is exercised (every expert chosen, top-k probabilities far from
@@ -15,8 +16,9 @@ imported through the command line:
   same params, and an import onto a mesh that splits the experts reads each shard's.
 
 A jaxlm-native random MoE model exports as Qwen3-MoE (QK-norm, biases, raw top-k) or
-Mixtral (tied) with its logits. Refused with the key named: dense layers in Qwen3-MoE
-(decoder_sparse_step, mlp_only_layers), router jitter, Qwen2-MoE's gated shared
+Mixtral (tied) with its logits. Refused with the key named: dense layers in Qwen3-MoE that
+jaxlm's groups cannot place (a decoder_sparse_step not dividing the layers,
+mlp_only_layers), router jitter, Qwen2-MoE's gated shared
 expert, MoE keys on a dense family; on export shared experts, sigmoid scores, a
 capacity factor, a non-zero router bias, and what neither family computes.
 """
@@ -51,6 +53,7 @@ CASES = list(hf_models.MOE_CASES)
 ARCHITECTURE = {
     "qwen3_moe": "Qwen3MoeForCausalLM",
     "qwen3_moe_unnormed": "Qwen3MoeForCausalLM",
+    "qwen3_moe_sparse_step": "Qwen3MoeForCausalLM",
     "mixtral": "MixtralForCausalLM",
 }
 
@@ -121,6 +124,9 @@ def test_config_maps_the_routing(converted):
         0,
     )
     assert model.qk_norm == case.startswith("qwen3")
+    step = getattr(hf, "decoder_sparse_step", 1)  # Mixtral has none: every layer
+    assert model.moe_every == step and model.d_ff == hf.intermediate_size
+    assert model.moe_layers == [i for i in range(hf.num_hidden_layers) if (i + 1) % step == 0]
     # The training-only fields keep jaxlm's defaults (config_map's docstring).
     assert model.moe_balance_weight == ModelConfig.moe_balance_weight
 
@@ -206,7 +212,8 @@ def test_fused_layout_imports_the_same_params(converted, tmp_path):
     state = {k: v.contiguous() for k, v in reference.state_dict().items()}
     if reference.config.tie_word_embeddings:
         del state["lm_head.weight"]
-    assert "model.layers.0.mlp.experts.gate_up_proj" in state, case
+    first_moe = cfg.model.moe_layers[0]
+    assert f"model.layers.{first_moe}.mlp.experts.gate_up_proj" in state, case
     save_file(state, fused / "model.safetensors", metadata={"format": "pt"})
     mesh = make_mesh((1, 1, 1), devices=jax.devices()[:1])
     back = import_params(fused, cfg.model, mesh)
@@ -365,7 +372,7 @@ def _hf_config(case: str, **changes) -> dict:
 @pytest.mark.parametrize(
     ("case", "changes", "named"),
     [
-        ("qwen3_moe", {"decoder_sparse_step": 2}, "decoder_sparse_step"),
+        ("qwen3_moe", {"decoder_sparse_step": 3}, "decoder_sparse_step=3 does not divide"),
         ("qwen3_moe", {"mlp_only_layers": [0]}, "mlp_only_layers"),
         ("qwen3_moe", {"use_sliding_window": True}, "use_sliding_window"),
         ("qwen3_moe", {"num_experts": 4}, "num_experts and num_local_experts disagree"),
@@ -421,6 +428,7 @@ def test_missing_or_extra_expert_tensors_are_named(converted, tmp_path):
         (dict(qk_norm=True, moe_score="sigmoid"), "moe_score"),
         (dict(qk_norm=True, moe_capacity_factor=1.25), "moe_capacity_factor"),
         (dict(moe_norm_topk=False), "moe_norm_topk=false needs model.qk_norm"),
+        (dict(moe_every=2), "moe_every=2 needs model.qk_norm"),
         (
             dict(attention_bias=True),
             "attention_bias=true with mixture of experts needs model.qk_norm",

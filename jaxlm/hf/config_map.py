@@ -41,9 +41,10 @@ shared expert. So:
 
 and moe_score softmax, moe_capacity_factor 0, moe_shared_experts 0. Qwen3-MoE's
 intermediate_size (the width of its dense layers, of which an imported model has
-none) becomes d_ff, only so that an export writes it back. Refused: Qwen3-MoE layers
-that are dense (decoder_sparse_step != 1, a non-empty mlp_only_layers: jaxlm's layers
-are all alike), Mixtral's router_jitter_noise != 0 (training-time noise on the router
+none unless decoder_sparse_step > 1) becomes d_ff. decoder_sparse_step k becomes
+model.moe_every (layer i routes when (i + 1) % k == 0, the others are dense MLPs of
+width d_ff); it must divide the layers. Refused: a non-empty mlp_only_layers (dense
+layers anywhere else), Mixtral's router_jitter_noise != 0 (training-time noise on the router
 input that jaxlm's training would not add) and Qwen2-MoE, whose shared expert is gated
 per token. The training-only router_aux_loss_coef is not mapped: transformers' balance
 loss is the Switch Transformer's over the whole batch, K for uniform routing, jaxlm's
@@ -311,19 +312,21 @@ def _moe_fields(family: str, data: dict[str, Any], where, need, notes: list) -> 
         raise InputError(f"{where}: num_experts_per_tok={top_k} exceeds {key}={experts}")
     if family == "qwen3_moe":
         # Which layers are MoE: (i + 1) % decoder_sparse_step == 0 and i not in
-        # mlp_only_layers; the others are dense MLPs, which jaxlm's uniform (scanned)
-        # layers cannot mix in.
-        step = data.get("decoder_sparse_step", 1)
-        if step != 1:
+        # mlp_only_layers; the others are dense MLPs of width intermediate_size. jaxlm's
+        # model.moe_every is the same rule, scanned in groups of that many layers.
+        step = integer("decoder_sparse_step", data.get("decoder_sparse_step", 1))
+        layers = data.get("num_hidden_layers")
+        if isinstance(layers, int) and layers % step:
             raise InputError(
-                f"{where}: decoder_sparse_step={step!r} is not supported (jaxlm's layers are "
-                "all mixture-of-experts: 1)"
+                f"{where}: decoder_sparse_step={step} does not divide num_hidden_layers="
+                f"{layers} (jaxlm runs layers in groups of decoder_sparse_step, the last "
+                "of each MoE; trailing dense layers are not supported)"
             )
         dense = data.get("mlp_only_layers") or []
         if dense:
             raise InputError(
-                f"{where}: mlp_only_layers={dense!r} is not supported (mixed dense and "
-                "mixture-of-experts layers; jaxlm's layers are all alike)"
+                f"{where}: mlp_only_layers={dense!r} is not supported (dense layers at "
+                "arbitrary places; jaxlm's mixed layers follow decoder_sparse_step only)"
             )
         norm_topk = data.get("norm_topk_prob", False)  # transformers' default
         if not isinstance(norm_topk, bool):
@@ -337,6 +340,7 @@ def _moe_fields(family: str, data: dict[str, Any], where, need, notes: list) -> 
                 "has no router jitter; 0 is)"
             )
         norm_topk = True  # Mixtral always renormalises the top k
+        step = 1  # every layer is MoE
         d_ff = integer("intermediate_size", need("intermediate_size"))
     if data.get("router_aux_loss_coef") is not None:
         notes.append(
@@ -348,6 +352,7 @@ def _moe_fields(family: str, data: dict[str, Any], where, need, notes: list) -> 
         )
     return dict(
         moe_experts=experts,
+        moe_every=step,
         moe_top_k=top_k,
         moe_d_ff=d_ff,
         moe_score="softmax",
@@ -471,6 +476,11 @@ def _moe_export_family(model: ModelConfig) -> str:
             "model.moe_norm_topk=false needs model.qk_norm=true: without QK-norm the model "
             "exports as Mixtral, which always renormalises the top-k weights"
         )
+    if model.moe_every > 1:
+        raise InputError(
+            f"model.moe_every={model.moe_every} needs model.qk_norm=true: without QK-norm "
+            "the model exports as Mixtral, whose layers are all mixture-of-experts"
+        )
     return "mixtral"
 
 
@@ -520,7 +530,7 @@ def hf_config_from_model(
             num_experts_per_tok=model.moe_top_k,
             moe_intermediate_size=model.resolved_moe_d_ff,
             norm_topk_prob=model.moe_norm_topk,
-            decoder_sparse_step=1,
+            decoder_sparse_step=model.moe_every,
             mlp_only_layers=[],
             output_router_logits=False,
         )

@@ -71,15 +71,17 @@ def _pending(mapping: TensorMapping, value, n_layers: int, dtype: np.dtype) -> l
 
         return run
 
+    # (index into the jaxlm value, HF layer and expert of the tensor)
     if not mapping.stacked:
-        indices = [()]
+        indices = [((), ())]
     elif mapping.per_expert:
-        indices = [(i, e) for i in range(n_layers) for e in range(mapping.experts)]
+        layers = enumerate(mapping.hf_layers(n_layers))
+        indices = [((j, e), (i, e)) for j, i in layers for e in range(mapping.experts)]
     else:
-        indices = [(i,) for i in range(n_layers)]
+        indices = [((j,), (i,)) for j, i in enumerate(mapping.hf_layers(n_layers))]
     return [
-        PendingTensor(mapping.name(*index), mapping.hf_shape, dtype, produce(*index))
-        for index in indices
+        PendingTensor(mapping.name(*hf_index), mapping.hf_shape, dtype, produce(*index))
+        for index, hf_index in indices
     ]
 
 

@@ -67,7 +67,8 @@ def check_tensors(
     """The mappings of `cfg` (a MoE model's expert names: `family`'s, or the fused ones if
     the checkpoint holds those), after checking every HF tensor exists with the right
     shape."""
-    fused = cfg.moe and (LAYER.format(layer=0) + FUSED_NAMES[1]) in checkpoint.names()
+    first_moe = cfg.moe_layers[0] if cfg.moe else 0  # a mixed model's layer 0 is dense
+    fused = cfg.moe and (LAYER.format(layer=first_moe) + FUSED_NAMES[1]) in checkpoint.names()
     mappings = tensor_mappings(cfg, family, fused=fused)
     expected = {}
     for mapping in mappings:
@@ -108,7 +109,7 @@ def _reader(checkpoint: SafetensorsCheckpoint, mapping: TensorMapping, n_layers:
     def read(index: tuple[slice, ...]) -> np.ndarray:
         if not mapping.stacked:
             return one(mapping.hf_name, index)
-        layers = range(n_layers)[index[0]]
+        layers = mapping.hf_layers(n_layers)[index[0]]
         if not mapping.per_expert:
             return np.stack([one(mapping.name(i), index[1:]) for i in layers])
         # [L, E, ...]: one tensor per layer and expert, only the shard's of both.

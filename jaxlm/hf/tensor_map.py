@@ -36,6 +36,10 @@ the experts into 3-D tensors in memory but saves them per expert) as:
                                          [D, F]        moe_down  [L, E, F, D]   T, stacked
     (none)                                             router_bias [L, E]       zeros
 
+A Qwen3-MoE model with decoder_sparse_step k > 1 (jaxlm's model.moe_every) has both:
+its experts stacked over the MoE layers only (layers k-1, 2k-1, ...), its dense MLP
+over the others (TensorMapping.layers says which HF layer each stacked index is).
+
 The import also reads the fused layout of transformers 5.x's modules, should a
 checkpoint hold their state dict as is (both families: ...mlp.gate.weight,
 ...mlp.experts.gate_up_proj [E, 2F, D] with gate the first F rows, and
@@ -98,6 +102,10 @@ class TensorMapping:
     to_jaxlm: Callable[[np.ndarray], np.ndarray]
     to_hf: Callable[[np.ndarray], np.ndarray] | None  # None: import only (fused experts)
     experts: int = 0  # E when hf_name has "{expert}": axis 1 of the jaxlm parameter
+    # The HF layer of each index of the stacked axis; None: layer i is index i. A mixed
+    # model (moe_every > 1) stacks its experts over the MoE layers only, its dense MLP
+    # over the others.
+    layers: tuple[int, ...] | None = None
 
     @property
     def stacked(self) -> bool:
@@ -115,11 +123,15 @@ class TensorMapping:
             return self.hf_name.format(layer=layer)
         return self.hf_name.format(layer=layer, expert=expert)
 
+    def hf_layers(self, n_layers: int) -> tuple[int, ...]:
+        """The HF layer of each index of the stacked axis."""
+        return tuple(range(n_layers)) if self.layers is None else self.layers
+
     def hf_names(self, n_layers: int) -> list[str]:
         if not self.stacked:
             return [self.hf_name]
         experts = range(self.experts) if self.per_expert else [None]
-        return [self.name(i, e) for i in range(n_layers) for e in experts]
+        return [self.name(i, e) for i in self.hf_layers(n_layers) for e in experts]
 
 
 def _same(x: np.ndarray) -> np.ndarray:
@@ -192,24 +204,27 @@ def tensor_mappings(
             ("layers", "mlp_norm"), LAYER + "post_attention_layernorm.weight", (D,), _same, _same
         )
     )
+    dense_layers = None  # every layer
     if cfg.moe:
-        out += _expert_mappings(cfg, family, fused)
-    else:
-        for name in ("gate", "up"):
+        experts = _expert_mappings(cfg, family, fused)
+        if cfg.moe_every > 1:  # Qwen3-MoE's decoder_sparse_step: the others stay dense
+            routed = tuple(cfg.moe_layers)
+            experts = [dataclasses.replace(m, layers=routed) for m in experts]
+            dense_layers = tuple(i for i in range(cfg.n_layers) if i not in routed)
+        out += experts
+    if not cfg.moe or dense_layers:
+        shapes = {"gate": (F, D), "up": (F, D), "down": (D, F)}
+        for name, shape in shapes.items():
             out.append(
                 TensorMapping(
                     ("layers", f"w_{name}"),
                     mlp + f"{name}_proj.weight",
-                    (F, D),
+                    shape,
                     _transposed,
                     _transposed,
+                    layers=dense_layers,
                 )
             )
-        out.append(
-            TensorMapping(
-                ("layers", "w_down"), mlp + "down_proj.weight", (D, F), _transposed, _transposed
-            )
-        )
     out.append(TensorMapping(("final_norm",), "model.norm.weight", (D,), _same, _same))
     if not cfg.tie_embeddings:
         out.append(TensorMapping(("unembed",), "lm_head.weight", (V, D), _transposed, _transposed))

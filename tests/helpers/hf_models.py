@@ -110,6 +110,21 @@ MOE_CASES = {
             "tie_word_embeddings": True,
         },
     ),
+    # Dense and MoE layers in turn (decoder_sparse_step 2 of 4 layers: 1 and 3 route;
+    # 0 and 2 are dense MLPs of intermediate_size).
+    "qwen3_moe_sparse_step": (
+        "Qwen3MoeConfig",
+        "Qwen3MoeForCausalLM",
+        {
+            "num_key_value_heads": 2,
+            "num_hidden_layers": 4,
+            "decoder_sparse_step": 2,
+            "num_experts": E,
+            "num_experts_per_tok": K,
+            "moe_intermediate_size": F_EXPERT,
+            "norm_topk_prob": True,
+        },
+    ),
     "mixtral": (
         "MixtralConfig",
         "MixtralForCausalLM",
