@@ -84,6 +84,7 @@ from typing import Literal, NamedTuple
 
 import jax
 import jax.numpy as jnp
+from jax.ad_checkpoint import checkpoint_name
 from jax.sharding import AbstractMesh, Mesh
 from jax.sharding import PartitionSpec as P
 
@@ -193,11 +194,22 @@ def capacity_keep(
     return keep_A.reshape(M, K)
 
 
+# The experts' matmul outputs are tagged with this name, so that remat="dots" keeps
+# them as it keeps the dense MLP's (jaxlm.models.transformer): its base policy saves
+# dots without batch dimensions only, which misses ragged_dot and the batched
+# per-expert einsums, and the backward pass would recompute every expert.
+SAVED_NAME = "moe_experts"
+
+
+def _saved(x: jax.Array) -> jax.Array:
+    return checkpoint_name(x, SAVED_NAME)
+
+
 def _swiglu_dense(w: dict[str, jax.Array], x_MD: jax.Array) -> jax.Array:
     """Every expert on every token: [E, M, D]."""
-    gate_EMF = jnp.einsum("MD,EDF->EMF", x_MD, w["moe_gate"])
-    up_EMF = jnp.einsum("MD,EDF->EMF", x_MD, w["moe_up"])
-    return jnp.einsum("EMF,EFD->EMD", jax.nn.silu(gate_EMF) * up_EMF, w["moe_down"])
+    gate_EMF = _saved(jnp.einsum("MD,EDF->EMF", x_MD, w["moe_gate"]))
+    up_EMF = _saved(jnp.einsum("MD,EDF->EMF", x_MD, w["moe_up"]))
+    return _saved(jnp.einsum("EMF,EFD->EMD", jax.nn.silu(gate_EMF) * up_EMF, w["moe_down"]))
 
 
 def _experts_dense(
@@ -228,9 +240,9 @@ def _fill_buckets(x_MD: jax.Array, experts_MK, keep_MK, experts: int, capacity: 
 
 def _swiglu_buckets(w: dict[str, jax.Array], x_ECD: jax.Array) -> jax.Array:
     """Every bucket through its own expert: one batched matmul per projection."""
-    gate_ECF = jnp.einsum("ECD,EDF->ECF", x_ECD, w["moe_gate"])
-    up_ECF = jnp.einsum("ECD,EDF->ECF", x_ECD, w["moe_up"])
-    return jnp.einsum("ECF,EFD->ECD", jax.nn.silu(gate_ECF) * up_ECF, w["moe_down"])
+    gate_ECF = _saved(jnp.einsum("ECD,EDF->ECF", x_ECD, w["moe_gate"]))
+    up_ECF = _saved(jnp.einsum("ECD,EDF->ECF", x_ECD, w["moe_up"]))
+    return _saved(jnp.einsum("ECF,EFD->ECD", jax.nn.silu(gate_ECF) * up_ECF, w["moe_down"]))
 
 
 def _combine_buckets(y_ECD, expert_A, slot_A, weights_MK, keep_MK) -> jax.Array:
@@ -307,9 +319,10 @@ def _experts_ragged(
 
     token_R = order_A[:rows] // K
     x_RD = jnp.where(in_group_R[:, None], x_MD[token_R], 0)
-    gate_RF = jax.lax.ragged_dot(x_RD, w["moe_gate"], group_sizes_E)
-    up_RF = jax.lax.ragged_dot(x_RD, w["moe_up"], group_sizes_E)
+    gate_RF = _saved(jax.lax.ragged_dot(x_RD, w["moe_gate"], group_sizes_E))
+    up_RF = _saved(jax.lax.ragged_dot(x_RD, w["moe_up"], group_sizes_E))
     y_RD = jax.lax.ragged_dot(jax.nn.silu(gate_RF) * up_RF, w["moe_down"], group_sizes_E)
+    y_RD = _saved(y_RD)
     y_RD = jnp.where(in_group_R[:, None], y_RD, 0)
 
     # Back to assignment order: a gather by each assignment's sorted position (its

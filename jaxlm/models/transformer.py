@@ -32,7 +32,7 @@ from flax import nnx
 from jaxlm.config import ModelConfig
 from jaxlm.models.attention import attention
 from jaxlm.models.layers import QUANT_SCALE, dequantize, project, rms_norm, swiglu
-from jaxlm.models.moe import MoeSettings, moe_mlp, moe_mlp_sharded
+from jaxlm.models.moe import SAVED_NAME, MoeSettings, moe_mlp, moe_mlp_sharded
 from jaxlm.models.rope import RopeScaling, apply_rope
 from jaxlm.sharding import constrain, moe_layout
 
@@ -41,7 +41,12 @@ MoeStats = dict[str, jax.Array]
 
 _REMAT_POLICIES = {
     "full": None,  # save nothing; recompute the whole block in the backward pass
-    "dots": jax.checkpoint_policies.dots_with_no_batch_dims_saveable,
+    # Save the matmul outputs: the dense ones, and a MoE layer's expert matmuls (named,
+    # see jaxlm.models.moe.SAVED_NAME: ragged_dot and batched einsums are not plain dots).
+    "dots": jax.checkpoint_policies.save_from_both_policies(
+        jax.checkpoint_policies.dots_with_no_batch_dims_saveable,
+        jax.checkpoint_policies.save_only_these_names(SAVED_NAME),
+    ),
 }
 
 
