@@ -8,6 +8,9 @@ Each size is trained twice with the same data, schedule, attention and token cou
            parameters. Capacity buckets (factor 1.25, the fastest implementation on
            CPU), the default balance and z losses.
 
+plus two variants of the small MoE: dropless (`ragged`) and with the
+auxiliary-loss-free bias instead of the balance loss.
+
 So the MoE model spends the same FLOPs per token on ~4x the MLP parameters, and the
 question is what that buys in loss per FLOP and per second of wall time:
 
@@ -55,6 +58,15 @@ def sweep() -> list[tuple[str, list[str]]]:
                f"model.moe_d_ff={d_ff // TOP_K}", "model.moe_impl=buckets",
                "model.moe_capacity_factor=1.25"]  # fmt: skip
         points += [(f"{name}-dense", shape), (f"{name}-moe", shape + moe)]
+    # Two variants at the smallest size, to see what the buckets' drops and the
+    # balance loss cost: dropless (ragged; slow on CPU, where ragged_dot runs every
+    # expert on every row), and auxiliary-loss-free balancing (a bias, no balance loss).
+    s_moe = points[1][1]
+    keep = [o for o in s_moe if "capacity" not in o and "impl" not in o]
+    points += [
+        ("s-moe-dropless", [*keep, "model.moe_impl=ragged", "model.moe_capacity_factor=0"]),
+        ("s-moe-bias", [*s_moe, "model.moe_balance_weight=0", "model.moe_bias_rate=0.001"]),
+    ]
     return points
 
 
