@@ -88,6 +88,10 @@ def print_result(result) -> None:
             print(f"held-out loss        {ev['loss']:.4f} nats/token")
             if result.gzip_bits_per_byte is not None:
                 baseline = f"gzip -9 on the same bytes: {result.gzip_bits_per_byte:.4f}"
+                others = {"bz2 -9": "bz2_bits_per_byte", "xz -9e": "xz_bits_per_byte"}
+                for name, key in others.items():
+                    if key in result.compressors:
+                        baseline += f", {name} {result.compressors[key]:.4f}"
             else:
                 baseline = f"no gzip baseline: {result.gzip_note}"
             print(f"held-out bits/byte   {ev['bits_per_byte']:.4f}   ({baseline})")

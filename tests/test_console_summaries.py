@@ -130,6 +130,26 @@ def test_a_chat_run_says_why_it_has_no_gzip_baseline_instead_of_nan(chain):
     assert "gzip_bits_per_byte" not in summary[-1]
     pre_summary = json.loads((folder / "runs/pre/metrics.jsonl").read_text().splitlines()[-1])
     assert 0 < pre_summary["gzip_bits_per_byte"] < 8  # a text run keeps its baseline
+    # ... and the stronger compressors beside it, in the summary and on the console.
+    assert 0 < pre_summary["bz2_bits_per_byte"] < 8 and 0 < pre_summary["xz_bits_per_byte"] < 8
+    assert f"xz -9e {pre_summary['xz_bits_per_byte']:.4f}" in outputs["pretrain"][0]
+    assert f"bz2 -9 {pre_summary['bz2_bits_per_byte']:.4f}" in outputs["pretrain"][0]
+
+
+def test_compressor_baselines_are_the_compressed_sizes():
+    import bz2
+    import lzma
+    import pathlib
+
+    from jaxlm.training.metrics import stronger_compressors_bits_per_byte
+
+    texts = [pathlib.Path(json.__file__).read_text(), "héllo\n"]  # the stdlib, and UTF-8
+    raw = "".join(texts).encode("utf-8")
+    got = stronger_compressors_bits_per_byte(texts)
+    assert got["bz2_bits_per_byte"] == 8 * len(bz2.compress(raw, 9)) / len(raw)
+    xz = lzma.compress(raw, preset=9 | lzma.PRESET_EXTREME)
+    assert got["xz_bits_per_byte"] == 8 * len(xz) / len(raw)
+    assert stronger_compressors_bits_per_byte([]) == {}
 
 
 def test_truncation_counts_reach_the_console(chain):

@@ -33,6 +33,8 @@ class RunResult:
     # means nothing for the run, and `gzip_note` says why (for the report).
     gzip_bits_per_byte: float | None = None
     gzip_note: str = ""
+    # Beside gzip: bz2_bits_per_byte and xz_bits_per_byte on the same text (or empty).
+    compressors: dict[str, float] = dataclasses.field(default_factory=dict)
     prompt: str = ""
     completion: str = ""
     wall_seconds: float = 0.0
@@ -120,7 +122,7 @@ def write_summary(run, loop, result: RunResult) -> None:
     gzip = (
         {}
         if result.gzip_bits_per_byte is None
-        else {"gzip_bits_per_byte": result.gzip_bits_per_byte}
+        else {"gzip_bits_per_byte": result.gzip_bits_per_byte, **result.compressors}
     )
     fractions = loop.real_fractions
     run.writer.write(

@@ -17,7 +17,11 @@ from jaxlm.data import posttrain_inputs, run_inputs
 from jaxlm.sharding import replicated
 from jaxlm.training import epochs
 from jaxlm.training.hosts import allgather_max
-from jaxlm.training.metrics import bits_per_byte, gzip_bits_per_byte
+from jaxlm.training.metrics import (
+    bits_per_byte,
+    gzip_bits_per_byte,
+    stronger_compressors_bits_per_byte,
+)
 from jaxlm.training.steps import jit_eval_step, jit_train_step, make_eval_step, make_lm_step
 from jaxlm.training.tasks.base import Steps, Task, summed
 
@@ -76,6 +80,7 @@ class PretrainTask(NextTokenTask):
         texts = run_inputs.eval_texts(self.cfg)
         if texts:
             result.gzip_bits_per_byte, _ = gzip_bits_per_byte(texts)
+            result.compressors = stronger_compressors_bits_per_byte(texts)
         else:
             result.gzip_note = "the held-out sources are pre-tokenized: no text to compress"
 
