@@ -66,6 +66,18 @@ from jaxlm.training.state import create_train_state
 from jaxlm.training.steps import jit_train_step, make_lm_step
 
 
+def _cpu_model() -> str:
+    """/proc/cpuinfo's model name (AMD EPYC and Intel Xeon rank jax and torch differently)."""
+    try:
+        with open("/proc/cpuinfo") as info:
+            for line in info:
+                if line.startswith("model name"):
+                    return line.partition(":")[2].strip()
+    except OSError:
+        pass
+    return platform.processor() or platform.machine()
+
+
 def parse_args(argv=None) -> argparse.Namespace:
     p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     p.add_argument("--preset", help="a jaxlm preset name; shape flags below override it")
@@ -93,6 +105,12 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--no-torch", action="store_true", help="skip the PyTorch comparison")
     p.add_argument("--torch-attn", default="sdpa", help="transformers attn_implementation")
+    p.add_argument(
+        "--torch-compile",
+        action="store_true",
+        help="also time torch.compile of the same transformers model (a second peer, "
+        "reported separately; its compile falls in the warmup steps)",
+    )
     p.add_argument("--peak-flops", type=float, default=0.0, help="override the peak FLOP/s")
     p.add_argument(
         "--find-max-batch",
@@ -255,7 +273,7 @@ def _peak_memory_bytes() -> int | None:
     return stats.get("peak_bytes_in_use")
 
 
-def bench_torch(cfg, ocfg, batches, steps, warmup, seed, attn_impl) -> dict:
+def bench_torch(cfg, ocfg, batches, steps, warmup, seed, attn_impl, compile=False) -> dict:
     import torch
     import transformers
     from transformers import LlamaConfig, LlamaForCausalLM
@@ -287,6 +305,7 @@ def bench_torch(cfg, ocfg, batches, steps, warmup, seed, attn_impl) -> dict:
         raise SystemExit("qk_norm has no LlamaForCausalLM equivalent; use --no-torch")
     assert theta == cfg.rope_theta, (theta, cfg.rope_theta)
     model = LlamaForCausalLM(tcfg).float().train()
+    forward = torch.compile(model) if compile else model  # same parameters either way
     n_jax = matmul_params(cfg) + cfg.d_model * (2 * cfg.n_layers + 1)  # + norm scales
     n_jax += 0 if cfg.tie_embeddings else cfg.vocab_size * cfg.d_model
     n_torch = sum(p.numel() for p in model.parameters())
@@ -318,7 +337,7 @@ def bench_torch(cfg, ocfg, batches, steps, warmup, seed, attn_impl) -> dict:
         for group in opt.param_groups:
             group["lr"] = lrs[i]
         with torch.autocast("cpu", dtype=torch.bfloat16, enabled=autocast):
-            logits = model(input_ids=tokens).logits
+            logits = forward(input_ids=tokens).logits
         loss = torch.nn.functional.cross_entropy(
             logits.float().reshape(-1, cfg.vocab_size), targets.reshape(-1)
         )
@@ -339,6 +358,7 @@ def bench_torch(cfg, ocfg, batches, steps, warmup, seed, attn_impl) -> dict:
         "torch": torch.__version__,
         "transformers": transformers.__version__,
         "compute": "bf16 autocast" if autocast else "fp32",
+        "compiled": compile,
     }
 
 
@@ -364,7 +384,7 @@ def main(argv=None) -> dict:
 
     print(
         f"jax {jax.__version__} on {backend} ({device.device_kind}, {jax.device_count()} "
-        f"device(s), {os.cpu_count()} CPU cores, {platform.processor() or platform.machine()})"
+        f"device(s), {os.cpu_count()} CPU cores, {_cpu_model()})"
     )
     print(
         f"model: d_model={cfg.d_model} layers={cfg.n_layers} heads={cfg.n_heads} "
@@ -397,6 +417,7 @@ def main(argv=None) -> dict:
         "jax_version": jax.__version__,
         "backend": backend,
         "device_kind": device.device_kind,
+        "cpu": _cpu_model(),
         "glibc_tunables": os.environ.get("GLIBC_TUNABLES", ""),
     }
 
@@ -406,7 +427,7 @@ def main(argv=None) -> dict:
         r["mfu"] = tps * fpt / peak
         r["mfu_causal_halved"] = tps * fpt_halved / peak
         print(
-            f"{name:>6}: {r['median_step_s'] * 1e3:8.1f} ms/step  {tps:9.0f} tokens/s  "
+            f"{name:>8}: {r['median_step_s'] * 1e3:8.1f} ms/step  {tps:9.0f} tokens/s  "
             f"MFU {100 * r['mfu']:5.1f}% (causal-halved {100 * r['mfu_causal_halved']:.1f}%)  "
             f"(min {min(r['step_times_s']) * 1e3:.1f} ms, "
             f"loss {r['losses'][0]:.3f} -> {r['losses'][-1]:.3f})"
@@ -452,6 +473,16 @@ def main(argv=None) -> dict:
             ratio = jr["tokens_per_s"] / tr["tokens_per_s"]
             results["ratio_jax_over_torch"] = ratio
             print(f" ratio: jax/torch tokens/s = {ratio:.2f}")
+            if args.torch_compile:
+                tc = bench_torch(
+                    cfg, ocfg, batches, args.steps, args.warmup, args.seed, args.torch_attn,
+                    compile=True,
+                )  # fmt: skip
+                results["torch_compile"] = tc
+                report("compiled", tc)
+                ratio = jr["tokens_per_s"] / tc["tokens_per_s"]
+                results["ratio_jax_over_torch_compile"] = ratio
+                print(f" ratio: jax/torch.compile tokens/s = {ratio:.2f}")
 
     if args.json:
         with open(args.json, "w") as f:
