@@ -9,7 +9,8 @@ Each size is trained twice with the same data, schedule, attention and token cou
            CPU), the default balance and z losses.
 
 plus two variants of the small MoE: dropless (`ragged`) and with the
-auxiliary-loss-free bias instead of the balance loss.
+auxiliary-loss-free bias instead of the balance loss; and the small pair again at 4x
+the tokens.
 
 So the MoE model spends the same FLOPs per token on ~4x the MLP parameters, and the
 question is what that buys in loss per FLOP and per second of wall time:
@@ -67,6 +68,10 @@ def sweep() -> list[tuple[str, list[str]]]:
         ("s-moe-dropless", [*keep, "model.moe_impl=ragged", "model.moe_capacity_factor=0"]),
         ("s-moe-bias", [*s_moe, "model.moe_balance_weight=0", "model.moe_bias_rate=0.001"]),
     ]
+    # The small pair again at 4x the tokens (1600 steps): does the gap close with
+    # training?
+    long = ["train.steps=1600", "train.eval_every=400", "optim.warmup_steps=160"]
+    points += [("s-dense-long", [*points[0][1], *long]), ("s-moe-long", [*s_moe, *long])]
     return points
 
 
