@@ -58,6 +58,7 @@ def test_there_are_the_experiments_the_docs_promise():
         "scaling_sweep",
         "context_extension",
         "llama_1b",
+        "moe_vs_dense",
     } <= set(EXPERIMENTS)
 
 
