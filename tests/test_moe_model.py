@@ -126,7 +126,16 @@ def one_device_buckets():
     return train((1, 1, 1), 1, cfg=BUCKETS)
 
 
-@pytest.mark.parametrize("mesh_shape", [(2, 4, 1), (1, 2, 4), (2, 2, 2)])
+# The tensor-split meshes are slow-marked: tests/test_moe_layer.py checks the layer on
+# them by default, and (2, 4, 1) here checks the whole train step.
+@pytest.mark.parametrize(
+    "mesh_shape",
+    [
+        (2, 4, 1),
+        pytest.param((1, 2, 4), marks=pytest.mark.slow),
+        pytest.param((2, 2, 2), marks=pytest.mark.slow),
+    ],
+)
 def test_expert_parallel_all_to_all_equals_one_device(mesh_shape, one_device_buckets):
     # buckets exchange tokens all-to-all over fsdp (experts split 4, 2 or 2 ways),
     # expert widths split over tensor; the model's other weights shard as usual.

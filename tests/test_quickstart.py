@@ -7,6 +7,7 @@ files in the workdir. A second invocation resumes from the finished checkpoint.
 
 import json
 import os
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -58,9 +59,13 @@ def test_quickstart_reports_bits_per_byte_against_gzip(quickstart_run):
     assert "finished 6 steps" in out
     line = next(x for x in out.splitlines() if x.startswith("held-out bits/byte"))
     ours = float(line.split()[2])
-    gzip_bpb = float(line.split("same bytes:")[1].strip(" )"))
+    # "(gzip -9 on the same bytes: G, bz2 -9 B, xz -9e X)"
+    found = re.search(r"same bytes: ([\d.]+), bz2 -9 ([\d.]+), xz -9e ([\d.]+)\)", line)
+    assert found, line
+    gzip_bpb, bz2_bpb, xz_bpb = (float(x) for x in found.groups())
     assert 0.5 < ours < 20, line
     assert 1.0 < gzip_bpb < 4.0, line  # gzip on Python source: about 2 bits/byte
+    assert 1.0 < bz2_bpb < 4.0 and 1.0 < xz_bpb < 4.0, line
     assert "greedy completion" in out and "def fibonacci(n):" in out
 
 
