@@ -74,6 +74,8 @@ Dimension legend:
     E experts        K experts per token (top-k; not the kv heads of transformer.py)
     F expert width   A = M * K assignments   C capacity per expert
     R rows the ragged matmuls compute (A dropless, min(A, E * C) with a capacity)
+    expert parallel: n devices on the expert axis, L = E / n experts per device,
+    S = n * C slots per local expert (every device's bucket for it)
 """
 
 from __future__ import annotations
@@ -225,7 +227,13 @@ def _experts_dense(
 
 def _fill_buckets(x_MD: jax.Array, experts_MK, keep_MK, experts: int, capacity: int):
     """Scatter the kept assignments' token rows into [E, C, D] buckets; returns the
-    buckets and each assignment's (expert, slot) for the way back (slot C: dropped)."""
+    buckets and each assignment's (expert, slot) for the way back.
+
+    A kept assignment's slot is its rank among the kept assignments to its expert, in
+    assignment order: exactly the first-come-first-served rank capacity_keep kept it
+    by, so kept slots are < capacity and unique. Dropped assignments go to an extra
+    slot C, cut off before the matmuls.
+    """
     M, K = experts_MK.shape
     expert_A = experts_MK.reshape(-1)
     keep_A = keep_MK.reshape(-1)
