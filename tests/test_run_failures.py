@@ -306,3 +306,33 @@ def test_the_peer_loss_line_names_the_lost_process_and_what_to_do():
     line = peer_loss_message(1, 12.2)
     assert line.startswith("process 1 of this job has given no sign of life for 12s")
     assert "run the same command again on every process" in line
+
+
+def test_an_orphaned_orbax_write_error_is_not_logged_with_a_traceback():
+    """What CI once printed on a full disk: asyncio's report of an Orbax write task whose
+    OS error nobody awaited (the save itself already failed with one jaxlm line). It is
+    dropped; the same report for any other task, or any other error, still logs."""
+    import logging
+
+    from jaxlm.checkpointing.manager import _QuietOrphanedWriteErrors
+
+    full = ValueError(
+        'RESOURCE_EXHAUSTED: Error writing "opt_state" in OCDBT database: No space left '
+        "on device [os_error_code='28']"
+    )
+    orbax_task = (
+        "Task exception was never retrieved\nfuture: <Task finished name='Task-2085' "
+        "coro=<async_serialize_from_host.<locals>.write_fragment() done, defined at "
+        "/venv/site-packages/orbax/checkpoint/_src/serialization/serialization.py:188>"
+    )
+
+    def record(message, error):
+        return logging.LogRecord(
+            "asyncio", logging.ERROR, "base_events.py", 1, message, None, (type(error), error, None)
+        )
+
+    quiet = _QuietOrphanedWriteErrors()
+    assert not quiet.filter(record(orbax_task, full))
+    assert quiet.filter(record(orbax_task, RuntimeError("a bug")))
+    assert quiet.filter(record(orbax_task.replace("orbax", "elsewhere"), full))
+    assert _QuietOrphanedWriteErrors in {type(f) for f in logging.getLogger("asyncio").filters}

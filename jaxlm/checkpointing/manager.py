@@ -138,6 +138,23 @@ class _QuietOsErrors(logging.Filter):
         return not (record.pathname.find("orbax") >= 0 and _os_error(error) is not None)
 
 
+class _QuietOrphanedWriteErrors(logging.Filter):
+    """Drops asyncio's "Task exception was never retrieved" report (with its traceback)
+    of an Orbax write task that ended on an OS error (a full disk): when one write of a
+    save fails, Orbax's sibling write tasks can fail the same way after nobody awaits
+    them any more, and asyncio logs each as it is collected. The failed save reaches
+    the caller as one CheckpointSaveError line; any other orphaned error is logged."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        error = record.exc_info[1] if record.exc_info else None
+        message = record.getMessage()
+        return not (
+            message.startswith("Task exception was never retrieved")
+            and "orbax" in message
+            and _os_error(error) is not None
+        )
+
+
 class _QuietReadOnlyNotices(logging.Filter):
     """Drops the three warnings Orbax logs for every read-only manager (save interval 0,
     no create, "Given directory is read only"): jaxlm opens checkpoints read-only on
@@ -203,6 +220,7 @@ def _quiet_excepthook(previous_hook):
 
 logging.getLogger("absl").addFilter(_QuietOsErrors())
 logging.getLogger("absl").addFilter(_QuietReadOnlyNotices())
+logging.getLogger("asyncio").addFilter(_QuietOrphanedWriteErrors())
 sys.unraisablehook = _quiet_unraisable(sys.unraisablehook)
 sys.excepthook = _quiet_excepthook(sys.excepthook)
 
