@@ -98,10 +98,10 @@ class Layers(nnx.Module):
             else:  # the dense layers between the MoE ones (see layer_groups)
                 mlp_layers = L - len(cfg.moe_layers)
         if F:
-            Lm = mlp_layers
-            self.w_gate = _param(rngs, (Lm, D, F), std, dt, ("layers", "embed", "mlp"))
-            self.w_up = _param(rngs, (Lm, D, F), std, dt, ("layers", "embed", "mlp"))
-            self.w_down = _param(rngs, (Lm, F, D), out_std, dt, ("layers", "mlp", "embed"))
+            M = mlp_layers
+            self.w_gate = _param(rngs, (M, D, F), std, dt, ("layers", "embed", "mlp"))
+            self.w_up = _param(rngs, (M, D, F), std, dt, ("layers", "embed", "mlp"))
+            self.w_down = _param(rngs, (M, F, D), out_std, dt, ("layers", "mlp", "embed"))
 
     def _add_experts(self, cfg: ModelConfig, rngs: nnx.Rngs, std: float, out_std: float):
         """The router and the routed experts' SwiGLU weights (jaxlm.models.moe)."""
@@ -297,14 +297,14 @@ def layers_of_group(cfg: ModelConfig, p_group: dict[str, jax.Array]) -> list[dic
         return [p_group]
     layers = []
     for j in range(k):
-        own = "moe" if j == k - 1 else "dense"
+        mlp = "moe" if j == k - 1 else "dense"  # this layer's MLP kind
         p = {}
         for name, a in p_group.items():
             kind = _stacked_over(name)
-            if kind == "all" or (kind == own == "dense"):
-                p[name] = a[j]
-            elif kind == own:
-                p[name] = a
+            if kind == "all" or kind == mlp == "dense":
+                p[name] = a[j]  # stacked [k, ...] or [k - 1, ...] within the group
+            elif kind == mlp == "moe":
+                p[name] = a  # one MoE layer per group: no inner axis
         layers.append(p)
     return layers
 
