@@ -73,7 +73,7 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--seq", type=int)
     p.add_argument("--batch", type=int)
     p.add_argument("--dtype", choices=["float32", "bfloat16"], default="float32")
-    p.add_argument("--attention", choices=["xla", "cudnn", "naive"], default="xla")
+    p.add_argument("--attention", choices=["xla", "cudnn", "blocked", "naive"], default="xla")
     p.add_argument("--remat", choices=["none", "full", "dots"], default="none")
     p.add_argument("--quick", action="store_true", help="tiny shape, depths 1 2 (for tests)")
     p.add_argument("--cache-dir", help="where the warm-cache check makes its fresh directory")

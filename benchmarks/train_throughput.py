@@ -96,7 +96,7 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--seq", type=int, default=256)
     p.add_argument("--batch", type=int, default=16)
     p.add_argument("--dtype", choices=["float32", "bfloat16"], default="float32")
-    p.add_argument("--attention", choices=["xla", "cudnn", "naive"], default="xla")
+    p.add_argument("--attention", choices=["xla", "cudnn", "blocked", "naive"], default="xla")
     p.add_argument("--remat", choices=["none", "full", "dots"], default="none")
     p.add_argument(
         "--moe-experts", type=int, default=None, help="routed experts per layer (MoE; 0 dense)"

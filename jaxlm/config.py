@@ -97,7 +97,7 @@ class ModelConfig:
     init_std: float = 0.02
     param_dtype: Dtype = dataclasses.field(default="float32", metadata=KEEPS_WEIGHTS)
     compute_dtype: Dtype = dataclasses.field(default="float32", metadata=KEEPS_WEIGHTS)
-    attention_impl: Literal["xla", "cudnn", "naive"] = dataclasses.field(
+    attention_impl: Literal["xla", "cudnn", "blocked", "naive"] = dataclasses.field(
         default="xla", metadata=KEEPS_WEIGHTS
     )
     scan_layers: bool = dataclasses.field(default=True, metadata=KEEPS_WEIGHTS)
