@@ -279,9 +279,10 @@ class DataConfig:
 
 @dataclasses.dataclass(frozen=True, kw_only=True)
 class OptimConfig:
-    """AdamW, its schedule and gradient clipping."""
+    """The optimizer (AdamW, or Muon on the layer matrices), its schedule, clipping."""
 
-    lr: float = 3e-3
+    optimizer: Literal["adamw", "muon"] = "adamw"
+    lr: float = 3e-3  # AdamW's (with muon: of embeddings, head, norms)
     schedule: Literal["cosine", "wsd", "constant"] = "cosine"
     warmup_steps: int = 100
     min_lr_ratio: float = 0.1  # final lr = lr * min_lr_ratio
@@ -300,9 +301,15 @@ class OptimConfig:
     # Stop the run after this many skipped spikes in a row (the "spike" is the new
     # normal, lower the lr); 0 never stops.
     max_consecutive_spikes: int = 20
+    # optimizer=muon: the layer matrices' lr (same schedule shape as lr) and momentum.
+    muon_lr: float = 0.02
+    muon_momentum: float = 0.95
 
     def __post_init__(self):
         _finite(self)
+        _non_negative(self, "muon_lr")
+        if not 0.0 <= self.muon_momentum < 1.0:
+            raise ConfigError(f"optim.muon_momentum={self.muon_momentum} must be in [0, 1)")
         _positive(self, "grad_accum", "eps")
         # lr=0 stays allowed: a frozen run (throughput, data checks) is deliberate and
         # shows as a flat loss; a negative lr trains uphill and exits 0.

@@ -41,16 +41,30 @@ class TrainState:
 
 
 def opt_state_shardings(abstract_opt_state, params_sharding: nnx.State, mesh: Mesh):
-    """Optimizer moments take their parameter's sharding; scalars are replicated."""
-    params_def = jax.tree.structure(params_sharding)
+    """Optimizer moments take their parameter's sharding; scalars are replicated.
 
-    def is_params_like(x) -> bool:
-        return jax.tree.structure(x) == params_def
+    A leaf belongs to the parameter whose tree path ends its own path (Adam's mu/nu
+    mirror the params; a partitioned optimizer such as Muon + AdamW holds masked copies
+    of the params tree, so the match is per leaf rather than per whole tree).
+    """
+    by_path = {
+        _path_key(path): sharding
+        for path, sharding in jax.tree_util.tree_flatten_with_path(params_sharding)[0]
+    }
+    longest = max((len(p) for p in by_path), default=0)
 
-    def shard(x):
-        return params_sharding if is_params_like(x) else replicated(mesh)
+    def shard(path, _leaf):
+        key = _path_key(path)
+        for start in range(max(0, len(key) - longest), len(key)):
+            if key[start:] in by_path:
+                return by_path[key[start:]]
+        return replicated(mesh)
 
-    return jax.tree.map(shard, abstract_opt_state, is_leaf=is_params_like)
+    return jax.tree_util.tree_map_with_path(shard, abstract_opt_state)
+
+
+def _path_key(path) -> tuple[str, ...]:
+    return tuple(str(k) for k in path)
 
 
 def init_train_state(
