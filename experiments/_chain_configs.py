@@ -14,7 +14,7 @@ from jaxlm.config import Config, apply_overrides
 
 
 def pretrain_config(steps: int) -> Config:
-    from experiments.quickstart import get_config
+    from experiments._stdlib_lm import get_config
 
     cfg = get_config()
     cfg = dataclasses.replace(cfg, name="chain_pretrain")

@@ -53,7 +53,7 @@ LABELS = {"none": "no scaling", "linear": "PI", "ntk": "NTK", "yarn": "YaRN"}
 
 
 def get_config(seq_len: int = 128, steps: int = 600) -> Config:
-    """The base model: the quickstart shape, trained at `seq_len`."""
+    """The base model: the d256 x 4 stdlib shape, trained at `seq_len`."""
     return Config(
         name="context_extension_base",
         model=ModelConfig(

@@ -3,8 +3,8 @@
     python -m experiments.distill_stdlib [--workdir runs/distill_stdlib] [--steps 750]
         [--top-k 16] [--alpha 0.5] [--temperature 1.0]
 
-1. Teacher: the quickstart model (4 layers, d_model 256, its own 4096-piece
-   tokenizer) pretrained on the Python standard library (the quickstart recipe).
+1. Teacher: the d256 x 4-layer stdlib model (its own 4096-piece tokenizer) pretrained
+   on the Python standard library (experiments/_stdlib_lm.py's recipe).
 2. Students: 2 layers, d_model 128, the teacher's tokenizer, the same data, steps,
    batch, schedule and seed, trained three ways:
        ce       the next-token loss alone (the baseline)
@@ -42,9 +42,9 @@ def student_config(
     teacher: Path | str, tokenizer: Path | str, *, steps: int, mode: str, extra=()
 ) -> Config:
     """A student run: mode "ce" (no teacher), "online" or "top_k"."""
-    from experiments import quickstart
+    from experiments import _stdlib_lm
 
-    base = quickstart.get_config()
+    base = _stdlib_lm.get_config()
     distill = []
     if mode != "ce":
         distill = [f"distill.teacher={teacher}"]
@@ -92,7 +92,7 @@ def run_stage(cfg: Config, workdir: Path) -> dict:
 
 
 def main(argv: list[str] | None = None) -> int:
-    from experiments import quickstart
+    from experiments import _stdlib_lm
 
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--workdir", default="runs/distill_stdlib")
@@ -107,7 +107,7 @@ def main(argv: list[str] | None = None) -> int:
     root = Path(args.workdir).absolute()
 
     teacher_cfg = apply_overrides(
-        quickstart.get_config(),
+        _stdlib_lm.get_config(),
         [
             f"train.steps={args.teacher_steps}",
             "train.generate_prompt=",

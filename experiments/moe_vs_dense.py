@@ -23,7 +23,7 @@ The measured result (and the machine) is in the README's "Mixture of experts" se
 
 import dataclasses
 
-from experiments.quickstart import get_config as quickstart_config
+from experiments._stdlib_lm import get_config as stdlib_lm_config
 from jaxlm.config import Config, apply_overrides
 
 SIZES = {
@@ -36,8 +36,9 @@ EXPERTS, TOP_K = 8, 2
 
 
 def get_config() -> Config:
-    """The quickstart's recipe at 400 steps (l size, dense), without the end-of-run sample."""
-    cfg = dataclasses.replace(quickstart_config(), name="moe_vs_dense")
+    """The d256 stdlib recipe (experiments/_stdlib_lm.py) at 400 steps (l size, dense),
+    without the end-of-run sample."""
+    cfg = dataclasses.replace(stdlib_lm_config(), name="moe_vs_dense")
     return apply_overrides(
         cfg,
         [

@@ -6,8 +6,9 @@
 1. `jaxlm data posttrain`: SFT conversations ("write this function", answered with the
    real stdlib function) and preference pairs (the real function vs a corruption of it)
    from the interpreter's standard library, held-out tasks from held-out files.
-2. Pretrain the quickstart model on the stdlib (model.max_seq_len=512 so the chat
-   stages can use 512-token rows), export its params and tokenizer.
+2. Pretrain the d256 x 4 stdlib model (experiments/_stdlib_lm.py) on the stdlib
+   (model.max_seq_len=512 so the chat stages can use 512-token rows), export its
+   params and tokenizer.
 3. SFT from that export (data.format=chat). Its step-0 evaluation is the *base* model's
    loss on held-out assistant tokens; its final one the SFT model's. SFT must lower it.
 4. DPO from the SFT export (data.format=preference). Its step-0 evaluation scores the

@@ -24,7 +24,7 @@ trained once per run from the same corpus and seed, so every run sees the same p
 
 import dataclasses
 
-from experiments.quickstart import get_config as quickstart_config
+from experiments._stdlib_lm import get_config as stdlib_lm_config
 from jaxlm.config import Config, apply_overrides
 
 SIZES = {
@@ -48,8 +48,9 @@ STEPS = (300, 800)  # fixed budgets: steps x 16 rows x 256 tokens
 
 
 def get_config() -> Config:
-    """The quickstart's data and optimiser; the final evaluation only; no sample."""
-    cfg = dataclasses.replace(quickstart_config(), name="scaling_sweep")
+    """The stdlib recipe's data and optimiser (experiments/_stdlib_lm.py); the final
+    evaluation only; no sample."""
+    cfg = dataclasses.replace(stdlib_lm_config(), name="scaling_sweep")
     return apply_overrides(
         cfg,
         [

@@ -1,19 +1,19 @@
 """Stdlib pretraining at a few model sizes, same data and schedule, to compare by eye.
 
-The quickstart's recipe (the embedded stdlib corpus, a 4096-piece tokenizer, 256-token
-rows, 750 steps of 16 rows) at three widths/depths, so the effect of size alone shows
-in `jaxlm compare`:
+The d256 stdlib recipe (experiments/_stdlib_lm.py: the embedded stdlib corpus, a
+4096-piece tokenizer, 256-token rows, 750 steps of 16 rows) at three widths/depths,
+so the effect of size alone shows in `jaxlm compare`:
 
     jaxlm sweep stdlib_sizes                           # s (0.43M), m (3.2M), l (10.6M)
     jaxlm compare runs/stdlib_sizes-sweep/*/ --out runs/stdlib_sizes-compare
     jaxlm train stdlib_sizes --set model.d_model=384   # or any single size by hand
 
-Sizes are non-embedding parameters; m is the quickstart's model.
+Sizes are non-embedding parameters; m is that recipe's model.
 """
 
 import dataclasses
 
-from experiments.quickstart import get_config as quickstart_config
+from experiments._stdlib_lm import get_config as stdlib_lm_config
 from jaxlm.config import Config, apply_overrides
 
 SIZES = {
@@ -25,8 +25,8 @@ SIZES = {
 
 
 def get_config() -> Config:
-    """The quickstart's recipe (its m size), checkpointed, without the end-of-run sample."""
-    cfg = dataclasses.replace(quickstart_config(), name="stdlib_sizes")
+    """The d256 stdlib recipe (its m size), checkpointed, without the end-of-run sample."""
+    cfg = dataclasses.replace(stdlib_lm_config(), name="stdlib_sizes")
     return apply_overrides(cfg, ["train.checkpoint_every=250", "train.generate_prompt="])
 
 

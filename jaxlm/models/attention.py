@@ -13,9 +13,9 @@ on one thread and spends more time on the [B, N, T, T] mask, softmax and their
 gradients than on the matmuls. Splitting the queries into blocks that only see the
 keys up to their own end skips the masked upper triangle (at 4 blocks, 10/16 of the
 work) and gives the thunk executor independent pieces to run side by side. At the
-benchmark's reference shape (B16 T256 N4 H64, 2-core AMD EPYC) one layer's forward +
-backward took 51 ms instead of 83 ms (benchmarks/train_throughput.py figures in the
-README). GPUs keep `jax.nn.dot_product_attention` (or cuDNN).
+train benchmark's reference shape (B16 T256 N4 H64, 2-core AMD EPYC) one layer's
+forward + backward takes 32-35 ms instead of 53 ms (PyTorch's fused SDPA: 28 ms;
+benchmarks/attention_step.py). GPUs keep `jax.nn.dot_product_attention` (or cuDNN).
 
 Dimension legend: B batch, T query length, S key length, N query heads, K kv heads,
 G = N / K query heads per kv head, H head dim.
