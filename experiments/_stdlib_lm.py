@@ -3,7 +3,8 @@
 A Llama-style model (4096-piece tokenizer, d_model 256, 4 layers, tied embeddings) on
 the interpreter's standard library source, 750 AdamW steps of 16 x 256 tokens at a
 cosine lr of 3e-3. It was the quickstart's recipe until the quickstart moved to a
-smaller, longer-trained model with Muon; the post-training chain, distillation,
+smaller, longer-trained model with Muon (experiments/quickstart.py starts from this
+config and changes model, optimizer and length); the post-training chain, distillation,
 scaling and MoE experiments keep it so their recorded figures stay reproducible. Not an
 experiment itself (the leading underscore keeps it out of `jaxlm train NAME`).
 """

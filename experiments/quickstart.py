@@ -16,28 +16,20 @@ minutes of training on a 2-core CPU.
     jaxlm train quickstart
 """
 
-from jaxlm.config import Config, DataConfig, MeshConfig, ModelConfig, OptimConfig, TrainConfig
+import dataclasses
+
+from experiments._stdlib_lm import get_config as stdlib_lm_config
+from jaxlm.config import Config, OptimConfig
 
 
 def get_config() -> Config:
-    return Config(
+    """The d256 stdlib recipe's data, tokenizer and mesh (experiments/_stdlib_lm.py)
+    with the quickstart's own model, optimizer and length."""
+    base = stdlib_lm_config()
+    return dataclasses.replace(
+        base,
         name="quickstart",
-        model=ModelConfig(
-            vocab_size=4096,
-            d_model=128,
-            n_layers=2,
-            n_heads=2,
-            n_kv_heads=2,
-            max_seq_len=256,
-            tie_embeddings=True,
-        ),
-        data=DataConfig(
-            tokenizer_vocab_size=4096,
-            tokenizer_max_chars=4_000_000,
-            seq_len=256,
-            batch_size=16,
-            eval_max_docs=60,
-        ),
+        model=dataclasses.replace(base.model, d_model=128, n_layers=2, n_heads=2, n_kv_heads=2),
         # Muon (lr 0.02) on the layers' projection matrices; AdamW at lr on the rest.
         optim=OptimConfig(
             optimizer="muon",
@@ -47,14 +39,7 @@ def get_config() -> Config:
             schedule="cosine",
             min_lr_ratio=0.1,
         ),
-        mesh=MeshConfig(data=-1),
-        train=TrainConfig(
-            steps=1600,
-            eval_every=400,
-            log_every=10,
-            generate_prompt='def fibonacci(n):\n    """Return the n-th Fibonacci number."""\n',
-            generate_tokens=48,
-        ),
+        train=dataclasses.replace(base.train, steps=1600, eval_every=400),
     )
 
 

@@ -102,7 +102,8 @@ def _map_variables(fn, tree):
 def _muon_width_scale() -> optax.GradientTransformation:
     """Muon's per-matrix update scale sqrt(max(1, fan_out / fan_in)): an orthogonalised
     update has unit singular values, so a wide output gets a larger step (the rule of
-    Keller Jordan's Muon; optax's default for `consistent_rms=None`)."""
+    Keller Jordan's Muon; optax's default for `consistent_rms=None`, whose transform
+    optax.contrib does not export)."""
 
     def scale(name, var):
         dims = muon_dimensions(name, var)
