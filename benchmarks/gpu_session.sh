@@ -9,6 +9,10 @@
 # On the device (carry .whl):
 #   bash benchmarks/gpu_session.sh
 #
+# With --check (the short check that a CPU-side change left the GPU path as it was, about
+# 6 minutes): stages 1, the new-jax CPU tests of blocked attention and Muon, 125m with
+# AdamW and with Muon, and stage 2.
+#
 # Stages, in order of what matters most if time runs out:
 #   1. the machine and libraries (nvidia-smi, jax devices), tests/test_gpu.py
 #   2. the 1b preset at seq 2048, bf16, cuDNN attention, remat=dots, batch 8: tokens/s,
@@ -53,8 +57,23 @@ stage() {  # stage NAME SECONDS COMMAND...: run it, log it, never stop the sessi
 }
 
 ONE_B="--preset 1b --seq 2048 --dtype bfloat16 --attention cudnn --no-torch --steps 10"
+M125="--preset 125m --seq 1024 --batch 32 --dtype bfloat16 --attention cudnn --no-torch --steps 10"
 stage env 30 bash -c "nvidia-smi; python3 -c 'import jax, flax, optax; print(jax.__version__, flax.__version__, optax.__version__, jax.devices())'"
-stage test_gpu 90 python3 -m pytest -q -p no:cacheprovider tests/test_gpu.py
+stage test_gpu 90 env JAX_PLATFORMS=cuda,cpu python3 -m pytest -q -p no:cacheprovider tests/test_gpu.py
+if [[ "${1:-}" == "--check" ]]; then
+    # The CPU tests of this round's new code paths, on the GPU image's newer jax.
+    stage new_jax_cpu_tests 100 env JAX_PLATFORMS=cpu python3 -m pytest -q -p no:cacheprovider \
+        -n 8 tests/test_blocked_attention.py tests/test_muon.py
+    for opt in adamw muon; do
+        # shellcheck disable=SC2086
+        stage "125m_$opt" 80 python3 benchmarks/train_throughput.py $M125 --optimizer "$opt" \
+            --json "$OUT/results/125m_$opt.json"
+    done
+    # shellcheck disable=SC2086
+    stage 1b_dots_b8 130 python3 benchmarks/train_throughput.py $ONE_B --remat dots --batch 8 \
+        --json "$OUT/results/1b_dots_b8.json"
+    exit 0
+fi
 # shellcheck disable=SC2086
 stage 1b_dots_b8 150 python3 benchmarks/train_throughput.py $ONE_B --remat dots --batch 8 \
     --json "$OUT/results/1b_dots_b8.json" --trace "$OUT/results/trace_1b_dots_b8"

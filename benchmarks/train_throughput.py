@@ -99,6 +99,13 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--attention", choices=["xla", "cudnn", "blocked", "naive"], default="xla")
     p.add_argument("--remat", choices=["none", "full", "dots"], default="none")
     p.add_argument(
+        "--optimizer",
+        choices=["adamw", "muon"],
+        default="adamw",
+        help="jaxlm's optimizer (muon: Muon on layer matrices; the PyTorch peer is AdamW, "
+        "so it is skipped)",
+    )
+    p.add_argument(
         "--moe-experts", type=int, default=None, help="routed experts per layer (MoE; 0 dense)"
     )
     p.add_argument("--moe-top-k", type=int, default=None)
@@ -370,7 +377,7 @@ def bench_torch(cfg, ocfg, batches, steps, warmup, seed, attn_impl, compile=Fals
 def main(argv=None) -> dict:
     args = parse_args(argv)
     cfg = model_config(args)
-    ocfg = OptimConfig()
+    ocfg = OptimConfig(optimizer=args.optimizer)
     tokens_per_step = args.batch * args.seq
     fpt = flops_per_token(cfg, args.seq)
     fpt_halved = flops_per_token(cfg, args.seq, causal_halved=True)
@@ -404,7 +411,8 @@ def main(argv=None) -> dict:
     )
     print(
         f"batch={args.batch} seq={args.seq} ({tokens_per_step} tokens/step), "
-        f"{args.warmup} warmup + {args.steps} timed steps (median)"
+        f"{args.warmup} warmup + {args.steps} timed steps (median), "
+        f"optimizer {args.optimizer}"
     )
     print(f"FLOPs: {fpt / 1e6:.2f} MFLOP/token; {FLOP_CONVENTION}")
     print(f"GLIBC_TUNABLES={os.environ.get('GLIBC_TUNABLES', '')!r} (JAXLM_CPU_TUNING=0 disables)")
@@ -424,6 +432,7 @@ def main(argv=None) -> dict:
         "device_kind": device.device_kind,
         "cpu": _cpu_model(),
         "glibc_tunables": os.environ.get("GLIBC_TUNABLES", ""),
+        "optimizer": args.optimizer,
     }
 
     def report(name: str, r: dict) -> None:
@@ -458,7 +467,9 @@ def main(argv=None) -> dict:
 
     if not args.no_torch and cfg.moe:
         print("(no PyTorch peer for a mixture of experts: jax only)", flush=True)
-    if not args.no_torch and not cfg.moe:
+    if not args.no_torch and args.optimizer != "adamw":
+        print(f"(the PyTorch peer runs AdamW, not {args.optimizer}: jax only)", flush=True)
+    if not args.no_torch and not cfg.moe and args.optimizer == "adamw":
         try:
             import torch  # noqa: F401
             import transformers  # noqa: F401
