@@ -91,10 +91,11 @@ def test_the_old_run_resumes_from_its_checkpoint_to_the_old_losses(old):
     workdir = old / "resumed"
     shutil.copytree(old / "run", workdir)
     sets = EXPECTED["train_overrides"] + EXPECTED["resume_overrides"]
-    # The quickstart trains with Muon since 2026-12; the old run used AdamW, the only
-    # optimizer then (its config predates optim.optimizer). Without this the resume is
-    # refused as a changed config, which is right for a user's run too.
-    sets = [*sets, "optim.optimizer=adamw"]
+    # The quickstart trains with Muon and unrolled layers since 2026-12; the old run used
+    # AdamW, the only optimizer then (its config predates optim.optimizer), and scanned
+    # layers. Without these the resume is refused as a changed config, which is right
+    # for a user's run too.
+    sets = [*sets, "optim.optimizer=adamw", "model.scan_layers=true"]
     log = old / "resumed.log"
     cmd = runs.jaxlm("train", str(EXPERIMENT), "--workdir", "resumed")
     cmd += [arg for item in sets for arg in ("--set", item)]
