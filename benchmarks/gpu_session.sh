@@ -38,13 +38,8 @@ OUT=${OUT:-/tmp/gpu_session}
 mkdir -p "$OUT/results"
 LOG="$OUT/gpu_session.log"
 export PYTHONUNBUFFERED=1
-if ls .whl/*.whl >/dev/null 2>&1; then
-    python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade \
-        --target /tmp/site .whl/*.whl || exit 1
-    export PYTHONPATH="/tmp/site:$PWD"
-else
-    export PYTHONPATH="$PWD"
-fi
+# shellcheck source=benchmarks/device_wheels.sh
+source benchmarks/device_wheels.sh
 
 stage() {  # stage NAME SECONDS COMMAND...: run it, log it, never stop the session
     local name=$1 seconds=$2

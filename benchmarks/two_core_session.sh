@@ -17,13 +17,8 @@ OUT=${OUT:-/tmp/two_core}
 mkdir -p "$OUT"
 LOG="$OUT/two_core.log"
 export PYTHONUNBUFFERED=1 JAX_PLATFORMS=cpu CUDA_VISIBLE_DEVICES=""
-if ls .whl/*.whl >/dev/null 2>&1; then
-    python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade \
-        --target /tmp/site .whl/*.whl || exit 1
-    export PYTHONPATH="/tmp/site:$PWD"
-else
-    export PYTHONPATH="$PWD"
-fi
+# shellcheck source=benchmarks/device_wheels.sh
+source benchmarks/device_wheels.sh
 PY=${PYTHON:-python3}
 
 # First CPU of each of the first two physical cores.
