@@ -22,6 +22,7 @@ from __future__ import annotations
 import ast
 import dataclasses
 import fnmatch
+import gc
 from pathlib import Path
 
 PACKAGE = Path(__file__).resolve().parents[1] / "jaxlm"
@@ -106,10 +107,24 @@ def unit(module: str) -> str:
     return parts[1] if len(parts) > 1 else "jaxlm"
 
 
+def _parse(source: str, path: Path) -> ast.Module:
+    """ast.parse with the garbage collector held off. On CPython 3.11 a finalizer that
+    runs inside the AST constructor (CI, once: most likely an earlier test's orbax coroutine, freed
+    mid-parse, reporting its exception) breaks the constructor's recursion bookkeeping:
+    `SystemError: AST constructor recursion depth mismatch`."""
+    enabled = gc.isenabled()
+    gc.disable()
+    try:
+        return ast.parse(source, str(path))
+    finally:
+        if enabled:
+            gc.enable()
+
+
 def _imports(module: str, path: Path, modules: dict[str, Path]) -> list[Import]:
     source = path.read_text(encoding="utf-8")
     lines = source.splitlines()
-    tree = ast.parse(source, str(path))
+    tree = _parse(source, path)
     where = path.relative_to(PACKAGE.parent)
     found = []
 
