@@ -59,6 +59,7 @@ from jaxlm.models.flops import (
     measure_cpu_matmul_flops,
 )
 from jaxlm.models.params import abstract_model
+from jaxlm.models.transformer import scans_layers
 from jaxlm.presets import get_preset
 from jaxlm.sharding import host_batch_to_global, make_mesh
 from jaxlm.training.optim import learning_rate_schedule, make_optimizer
@@ -401,7 +402,9 @@ def main(argv=None) -> dict:
     print(
         f"model: d_model={cfg.d_model} layers={cfg.n_layers} heads={cfg.n_heads} "
         f"kv_heads={cfg.n_kv_heads} head_dim={cfg.resolved_head_dim} d_ff={cfg.resolved_d_ff} "
-        f"vocab={cfg.vocab_size} tied={cfg.tie_embeddings} dtype={cfg.compute_dtype}"
+        f"vocab={cfg.vocab_size} tied={cfg.tie_embeddings} dtype={cfg.compute_dtype} "
+        f"layers {'scanned' if scans_layers(cfg) else 'unrolled'} "
+        f"(scan_layers={cfg.scan_layers})"
         + (
             f" moe: {cfg.moe_experts} experts top-{cfg.moe_top_k} of width "
             f"{cfg.resolved_moe_d_ff}, {cfg.moe_impl} (FLOPs from active params)"
@@ -421,6 +424,7 @@ def main(argv=None) -> dict:
     batches = synthetic_batches(cfg, args.batch, args.seq, args.seed)
     results: dict = {
         "config": dataclasses.asdict(cfg),
+        "layers_scanned": scans_layers(cfg),
         "batch": args.batch,
         "seq": args.seq,
         "flops_per_token": fpt,

@@ -100,7 +100,13 @@ class ModelConfig:
     attention_impl: Literal["xla", "cudnn", "blocked", "naive"] = dataclasses.field(
         default="xla", metadata=KEEPS_WEIGHTS
     )
-    scan_layers: bool = dataclasses.field(default=True, metadata=KEEPS_WEIGHTS)
+    # How the layers run: True scans one layer body over the stacked weights (compile
+    # time flat in depth), False unrolls them (no per-layer slice/update copies of the
+    # activations: 4-7% faster steps on CPU); "auto" unrolls on CPU up to
+    # UNROLL_ON_CPU_UP_TO layers and scans elsewhere (jaxlm.models.transformer.
+    # scans_layers). The weights are the same either way, and so is the function:
+    # resuming may change it (jaxlm.checkpointing.resume_rules).
+    scan_layers: bool | Literal["auto"] = dataclasses.field(default="auto", metadata=KEEPS_WEIGHTS)
     remat: Literal["none", "full", "dots"] = dataclasses.field(
         default="none", metadata=KEEPS_WEIGHTS
     )
@@ -894,7 +900,13 @@ def parse_value(key: str, text: str, tp: Any) -> Any:
             raise ConfigError(f"{key}={text!r} is not one of {list(choices)}")
         return text
     if origin in (types.UnionType, typing.Union):
-        raise ConfigError(f"{key}: union types are not supported in overrides")
+        # e.g. `bool | Literal["auto"]`: the first member that takes the text, in order.
+        for member in typing.get_args(tp):
+            try:
+                return parse_value(key, text, member)
+            except ConfigError:
+                continue
+        raise ConfigError(f"{key}={text!r} is not one of: {_describe(tp)}")
     if tp is bool:
         lowered = text.lower()
         if lowered in ("1", "true", "yes", "on"):
@@ -920,9 +932,27 @@ def parse_value(key: str, text: str, tp: Any) -> Any:
     raise ConfigError(f"{key}: cannot parse values of type {tp}")
 
 
+def _describe(tp: Any) -> str:
+    """A union's members as a user reads them: `true/false, 'auto'`."""
+    parts = []
+    for member in typing.get_args(tp):
+        if typing.get_origin(member) is Literal:
+            parts += [repr(choice) for choice in typing.get_args(member)]
+        else:
+            parts.append("true/false" if member is bool else member.__name__)
+    return ", ".join(parts)
+
+
 def _check_type(key: str, value: Any, tp: Any) -> Any:
     """Type check a Python value (from JSON or code) against a field annotation."""
     origin = typing.get_origin(tp)
+    if origin in (types.UnionType, typing.Union):
+        for member in typing.get_args(tp):
+            try:
+                return _check_type(key, value, member)
+            except ConfigError:
+                continue
+        raise ConfigError(f"{key}={value!r} should be one of: {_describe(tp)}")
     if origin is Literal:
         if value not in typing.get_args(tp):
             raise ConfigError(f"{key}={value!r} is not one of {list(typing.get_args(tp))}")

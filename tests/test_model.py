@@ -196,6 +196,28 @@ def test_scan_loop_and_remat_agree(
         np.testing.assert_allclose(g, ref, rtol=1e-4, atol=1e-7)
 
 
+def test_auto_layer_loop_unrolls_shallow_models_on_cpu_only():
+    shallow = dataclasses.replace(CFG, scan_layers="auto", n_layers=transformer.UNROLL_ON_CPU_UP_TO)
+    deep = dataclasses.replace(shallow, n_layers=transformer.UNROLL_ON_CPU_UP_TO + 1)
+    assert jax.default_backend() == "cpu"
+    assert not transformer.scans_layers(shallow)
+    assert transformer.scans_layers(deep)
+    assert transformer.scans_layers(dataclasses.replace(shallow, scan_layers=True))
+    assert not transformer.scans_layers(dataclasses.replace(deep, scan_layers=False))
+    with mock.patch.object(jax, "default_backend", return_value="gpu"):
+        assert transformer.scans_layers(shallow)
+    # what actually runs: the scanned step has a while loop, the unrolled one none
+    tokens = jnp.zeros((1, 8), jnp.int32)
+    for cfg, loops in (
+        (dataclasses.replace(CFG, scan_layers="auto"), False),
+        (dataclasses.replace(CFG, scan_layers=True), True),
+    ):
+        model = nnx.eval_shape(lambda cfg=cfg: transformer.Transformer(cfg, rngs=nnx.Rngs(0)))
+        graphdef, state = nnx.split(model)
+        hlo = jax.jit(lambda s, g=graphdef: nnx.merge(g, s)(tokens)).lower(state).as_text()
+        assert ("stablehlo.while" in hlo) == loops, cfg.scan_layers
+
+
 def closed_form_param_count(c: ModelConfig) -> int:
     """Parameters of a Llama decoder written out from the config fields."""
     D, V, L, F = c.d_model, c.vocab_size, c.n_layers, c.resolved_d_ff

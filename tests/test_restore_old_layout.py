@@ -91,11 +91,11 @@ def test_the_old_run_resumes_from_its_checkpoint_to_the_old_losses(old):
     workdir = old / "resumed"
     shutil.copytree(old / "run", workdir)
     sets = EXPECTED["train_overrides"] + EXPECTED["resume_overrides"]
-    # The quickstart trains with Muon and unrolled layers since 2026-12; the old run used
-    # AdamW, the only optimizer then (its config predates optim.optimizer), and scanned
-    # layers. Without these the resume is refused as a changed config, which is right
-    # for a user's run too.
-    sets = [*sets, "optim.optimizer=adamw", "model.scan_layers=true"]
+    # The quickstart trains with Muon since 2026-12; the old run used AdamW, the only
+    # optimizer then (its config predates optim.optimizer). Without this the resume is
+    # refused as a changed config, which is right for a user's run too. Its scanned
+    # layers (scan_layers=true) may become today's "auto" (unrolled on CPU): accepted.
+    sets = [*sets, "optim.optimizer=adamw"]
     log = old / "resumed.log"
     cmd = runs.jaxlm("train", str(EXPERIMENT), "--workdir", "resumed")
     cmd += [arg for item in sets for arg in ("--set", item)]
@@ -107,6 +107,7 @@ def test_the_old_run_resumes_from_its_checkpoint_to_the_old_losses(old):
     assert status == 0, runs.tail(log)
     resumed_from = f"resumed from {workdir.resolve() / 'checkpoints' / '2'}"
     assert resumed_from in log.read_text(), runs.tail(log)
+    assert "model.scan_layers: True -> 'auto'" in log.read_text(), runs.tail(log)
     losses = train_losses(workdir)
     # Steps 1 and 2 stay the old run's records, logged once: nothing was retrained.
     assert {s: losses[s] for s in ("1", "2")} == {s: [v] for s, v in EXPECTED["losses"].items()}

@@ -68,3 +68,15 @@ def test_a_run_saved_before_a_config_section_existed_resumes():
     changed = apply_overrides(Config(), ["rl.group_size=4"])
     with pytest.raises(InputError, match=r"rl\.group_size: '<absent>' -> 4"):
         check_resume_config(saved, changed, "ckpt")
+
+
+def test_the_layer_loop_may_change_on_resume():
+    """Scanned and unrolled layers read the same weights and compute the same function
+    (tests/test_golden_losses.py), so a run saved with either resumes under the other
+    or under "auto", which picks by backend; the change is logged, not refused."""
+    saved = apply_overrides(Config(), ["model.scan_layers=true"]).to_dict()
+    assert check_resume_config(saved, Config(), "ckpt") == ["model.scan_layers: True -> 'auto'"]
+    unrolled = apply_overrides(Config(), ["model.scan_layers=false"])
+    assert check_resume_config(saved, unrolled, "ckpt") == ["model.scan_layers: True -> False"]
+    with pytest.raises(InputError, match=r"model\.n_layers: 4 -> 3"):  # still refused
+        check_resume_config(saved, apply_overrides(Config(), ["model.n_layers=3"]), "ckpt")

@@ -21,7 +21,12 @@ Anything not listed is still refused. Some differences never count:
     saved and laid out on devices, never what it computes. They are accepted and
     logged. A new mesh shape restores the arrays resharded and computes the same
     function, but float reductions run in another order: losses agree to rounding,
-    not bitwise.
+    not bitwise;
+  - model.scan_layers (LAYER_LOOP): scanned or unrolled layers read the same stacked
+    weights and compute the same function; the losses agree bitwise on one device
+    and to rounding on a sharded mesh (tests/test_golden_losses.py). Its default,
+    "auto", picks by backend, so a run started before it existed, or moved between
+    a CPU and an accelerator, resumes.
 """
 
 from __future__ import annotations
@@ -37,7 +42,7 @@ _SELF = "train.allow_config_change"
 _NOT_COMPARED = frozenset(
     {_SELF, "data.allow_changed_data", "train.allow_tokenizer_change", "data.tokenizer"}
 )
-_ABSENT = "'<absent>'"
+_ABSENT = "'<absent>'"  # how config_differences shows a key missing on one side
 OPERATIONAL = frozenset(
     f"train.{key}"
     for key in (
@@ -54,7 +59,8 @@ OPERATIONAL = frozenset(
         "step_timeout_s",
         "first_step_timeout_s",
     )
-)  # how config_differences shows a key missing on one side
+)
+LAYER_LOOP = "model.scan_layers"
 
 
 def allowed_changes(cfg: Config) -> set[str]:
@@ -98,7 +104,7 @@ def check_resume_config(saved: dict[str, Any], cfg: Config, where: str) -> list[
             continue
         if old == _ABSENT and key in defaults and new == repr(defaults[key]):
             continue
-        operational = key in OPERATIONAL or key.startswith("mesh.")
+        operational = key in OPERATIONAL or key == LAYER_LOOP or key.startswith("mesh.")
         (accepted if key in allowed or operational else refused).append(change)
     if refused:
         raise InputError(
