@@ -102,7 +102,7 @@ class ModelConfig:
     )
     # How the layers run: True scans one layer body over the stacked weights (compile
     # time flat in depth), False unrolls them (no per-layer slice/update copies of the
-    # activations: 4-7% faster steps on CPU); "auto" unrolls on CPU up to
+    # activations: 4-7% faster steps on a 2-core Zen 4); "auto" unrolls on CPU up to
     # UNROLL_ON_CPU_UP_TO layers and scans elsewhere (jaxlm.models.transformer.
     # scans_layers). The weights are the same either way, and so is the function:
     # resuming may change it (jaxlm.checkpointing.resume_rules).

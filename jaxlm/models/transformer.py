@@ -266,7 +266,8 @@ def run_layers_with_stats(
 # step ran 4% (reference shape, 4 layers) and 7% (minimind-26m, 8 layers) faster on a
 # 2-core Zen 4 in interleaved A/Bs with bit-identical losses. Compile time grows with
 # depth instead (the reference step: equal at 8 layers, +5 s at 16, +14 s at 32), which
-# deeper models on an accelerator, where the copies cost little, should not pay.
+# deeper models should not pay; on accelerators unrolling was not measured, so they
+# keep the scan and its flat compile time.
 UNROLL_ON_CPU_UP_TO = 16
 
 
