@@ -900,13 +900,7 @@ def parse_value(key: str, text: str, tp: Any) -> Any:
             raise ConfigError(f"{key}={text!r} is not one of {list(choices)}")
         return text
     if origin in (types.UnionType, typing.Union):
-        # e.g. `bool | Literal["auto"]`: the first member that takes the text, in order.
-        for member in typing.get_args(tp):
-            try:
-                return parse_value(key, text, member)
-            except ConfigError:
-                continue
-        raise ConfigError(f"{key}={text!r} is not one of: {_describe(tp)}")
+        return _first_member(key, text, tp, parse_value)
     if tp is bool:
         lowered = text.lower()
         if lowered in ("1", "true", "yes", "on"):
@@ -932,6 +926,17 @@ def parse_value(key: str, text: str, tp: Any) -> Any:
     raise ConfigError(f"{key}: cannot parse values of type {tp}")
 
 
+def _first_member(key: str, value: Any, tp: Any, convert) -> Any:
+    """`convert(key, value, member)` for the first member of the union `tp` that takes
+    the value (e.g. `bool | Literal["auto"]`), in order; else one error listing all."""
+    for member in typing.get_args(tp):
+        try:
+            return convert(key, value, member)
+        except ConfigError:
+            continue
+    raise ConfigError(f"{key}={value!r} is not one of: {_describe(tp)}")
+
+
 def _describe(tp: Any) -> str:
     """A union's members as a user reads them: `true/false, 'auto'`."""
     parts = []
@@ -947,12 +952,7 @@ def _check_type(key: str, value: Any, tp: Any) -> Any:
     """Type check a Python value (from JSON or code) against a field annotation."""
     origin = typing.get_origin(tp)
     if origin in (types.UnionType, typing.Union):
-        for member in typing.get_args(tp):
-            try:
-                return _check_type(key, value, member)
-            except ConfigError:
-                continue
-        raise ConfigError(f"{key}={value!r} should be one of: {_describe(tp)}")
+        return _first_member(key, value, tp, _check_type)
     if origin is Literal:
         if value not in typing.get_args(tp):
             raise ConfigError(f"{key}={value!r} is not one of {list(typing.get_args(tp))}")

@@ -45,6 +45,7 @@ def test_unknown_key_names_closest_valid_key():
         ("optim.lr=fast", r"optim\.lr='fast' is not a number"),
         ("model.qk_norm=maybe", r"model\.qk_norm='maybe' is not a boolean"),
         ("model.remat=some", r"model\.remat='some' is not one of"),
+        ("model.scan_layers=maybe", r"model\.scan_layers='maybe' is not one of: true/false"),
         ("optim=3", r"'optim' is a section"),
         ("train.steps", r"not of the form key=value"),
     ],
@@ -112,3 +113,16 @@ def test_a_mixture_with_a_tokenizer_is_accepted():
         Config(), ["data.sources=tokens:shards/a@3,jsonl:b.jsonl", "data.tokenizer=t.model"]
     )
     assert cfg.data.sources == "tokens:shards/a@3,jsonl:b.jsonl"
+
+
+def test_a_bool_or_auto_key_takes_either():
+    """model.scan_layers is `bool | Literal["auto"]`: each member parses from --set and
+    type checks from JSON (a config.json saved when it was a plain bool still loads)."""
+    for text, value in (("auto", "auto"), ("true", True), ("off", False)):
+        cfg = apply_overrides(Config(), [f"model.scan_layers={text}"])
+        assert cfg.model.scan_layers == value
+        assert config_from_dict(json.loads(cfg.to_json())) == cfg
+    data = json.loads(Config().to_json())
+    data["model"]["scan_layers"] = 1
+    with pytest.raises(ConfigError, match=r"model\.scan_layers=1 is not one of"):
+        config_from_dict(data)
