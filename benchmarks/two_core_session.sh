@@ -5,8 +5,9 @@
 # Pins every process to two CPUs on distinct physical cores (no SMT siblings), hides
 # any GPU, and runs, each stage under its own timeout, what the README's CPU speed
 # table reports: the reference and minimind-26m train steps against PyTorch eager and
-# torch.compile, the quickstart's shape (Muon) for its seconds per step, and one
-# attention layer per implementation. Every stage's JSON/log lands in $OUT.
+# torch.compile, the quickstart's shape (Muon) for its seconds per step, one
+# attention layer per implementation, and every matmul of the reference step by shape
+# against PyTorch's (matmul_shapes.py). Every stage's JSON/log lands in $OUT.
 #
 #   bash benchmarks/two_core_session.sh            # OUT defaults to /tmp/two_core
 # On the GPU host (no package index there) carry .whl as benchmarks/gpu_session.sh says.
@@ -42,3 +43,4 @@ stage quickstart_shape 60 "$PY" benchmarks/train_throughput.py --d-model 128 --n
     --n-heads 2 --n-kv-heads 2 --vocab 4096 --optimizer muon --steps 20 --no-torch \
     --json "$OUT/quickstart_shape.json"
 stage attention 60 "$PY" benchmarks/attention_step.py
+stage matmul_shapes 90 "$PY" benchmarks/matmul_shapes.py --reps 9 --json "$OUT/matmul_shapes.json"

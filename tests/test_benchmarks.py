@@ -160,3 +160,34 @@ def test_a_malformed_results_line_names_the_file_and_line(tmp_path):
     path.write_text(json.dumps(record("train", {})) + "\n{not json\n")
     with pytest.raises(SystemExit, match=r"results\.jsonl:2: not JSON"):
         bench_run.read_records(path)
+
+
+@pytest.mark.parametrize("scan_layers", [True, False])
+def test_matmul_shapes_finds_every_matmul_of_the_train_step(scan_layers):
+    """benchmarks/matmul_shapes.py: the contractions it collects from the real train
+    step add up to exactly the FLOPs of jaxlm's convention (6N + 12LTd per token, with
+    full attention at a sequence too short for blocks), a scanned stack counting each
+    layer; and each contraction's einsum equation computes what dot_general does."""
+    import dataclasses
+
+    import jax
+    import matmul_shapes
+    import numpy as np
+
+    from jaxlm.config import ModelConfig, OptimConfig
+    from jaxlm.models.flops import flops_per_token
+
+    cfg = ModelConfig(
+        vocab_size=96, d_model=32, n_layers=3, n_heads=4, n_kv_heads=2, max_seq_len=16
+    )
+    cfg = dataclasses.replace(cfg, scan_layers=scan_layers)
+    found = matmul_shapes.step_contractions(cfg, OptimConfig(), batch=2, seq=16)
+    total = sum(c.flops * calls for c, calls in found.items())
+    assert total == flops_per_token(cfg, 16) * 2 * 16
+    rng = np.random.default_rng(0)
+    for c in found:
+        lhs = rng.standard_normal(c.lhs).astype(np.float32)
+        rhs = rng.standard_normal(c.rhs).astype(np.float32)
+        dims = ((c.lhs_contract, c.rhs_contract), (c.lhs_batch, c.rhs_batch))
+        want = jax.lax.dot_general(lhs, rhs, dims)
+        np.testing.assert_allclose(np.einsum(c.einsum(), lhs, rhs), want, rtol=1e-4, atol=1e-4)
