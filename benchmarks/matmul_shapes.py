@@ -92,8 +92,12 @@ class Contraction(NamedTuple):
             out_batch.append(lhs[dl])
         for dl, dr in zip(self.lhs_contract, self.rhs_contract, strict=True):
             lhs[dl] = rhs[dr] = next(letters)
-        free_l = [lhs.__setitem__(i, next(letters)) or lhs[i] for i, s in enumerate(lhs) if not s]
-        free_r = [rhs.__setitem__(i, next(letters)) or rhs[i] for i, s in enumerate(rhs) if not s]
+        free_l, free_r = [], []
+        for axes, free in ((lhs, free_l), (rhs, free_r)):
+            for i, letter in enumerate(axes):
+                if not letter:  # neither batch nor contracted: an output axis
+                    axes[i] = next(letters)
+                    free.append(axes[i])
         return f"{''.join(lhs)},{''.join(rhs)}->{''.join(out_batch + free_l + free_r)}"
 
 
@@ -236,7 +240,7 @@ def main(argv=None) -> dict:
     print(
         f"matmuls per step: {gflop:.1f} GFLOP; jax {total['jax_ms_per_step']:.0f} ms"
         + (f", torch {total['torch_ms_per_step']:.0f} ms" if with_torch else "")
-        + " (jax/torch column: >1 means jax's matmul is faster)"
+        + (" (jax/torch column: >1 means jax's matmul is faster)" if with_torch else "")
     )
     result = {
         "cpu": train_throughput._cpu_model(),
