@@ -31,9 +31,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import statistics
 import sys
-import time
 from collections import Counter
 from typing import NamedTuple
 
@@ -63,7 +61,8 @@ class Contraction(NamedTuple):
     rhs_contract: tuple[int, ...]
     lhs_batch: tuple[int, ...]
     rhs_batch: tuple[int, ...]
-    dtype: str
+    in_dtype: str  # the operands' (bfloat16 models feed bfloat16 ...)
+    out_dtype: str  # ... and may ask for a float32 result, as the logits do
 
     @property
     def flops(self) -> int:
@@ -78,7 +77,10 @@ class Contraction(NamedTuple):
         dims = f"contract {list(self.lhs_contract)}x{list(self.rhs_contract)}"
         if self.lhs_batch:
             dims += f" batch {list(self.lhs_batch)}x{list(self.rhs_batch)}"
-        return f"{list(self.lhs)} . {list(self.rhs)} {dims}"
+        types = "" if self.in_dtype == self.out_dtype == "float32" else f" {self.in_dtype}"
+        if self.out_dtype != self.in_dtype:
+            types += f"->{self.out_dtype}"
+        return f"{list(self.lhs)} . {list(self.rhs)} {dims}{types}"
 
     def einsum(self) -> str:
         """The einsum equation of this contraction (output: batch, free lhs, free rhs,
@@ -127,6 +129,7 @@ def contractions(jaxpr, times: int = 1, found: Counter | None = None) -> Counter
                 tuple(rc),
                 tuple(lb),
                 tuple(rb),
+                str(lhs.dtype),
                 str(eqn.outvars[0].aval.dtype),
             )
             found[key] += times
@@ -152,22 +155,16 @@ def step_contractions(cfg, ocfg, batch: int, seq: int) -> Counter:
 
 
 def _median_seconds(call, reps: int) -> float:
-    for _ in range(3):  # warm caches, threads and (for jax) the compiled executable
-        call()
-    times = []
-    for _ in range(reps):
-        t0 = time.perf_counter()
-        call()
-        times.append(time.perf_counter() - t0)
-    return statistics.median(times)
+    """Median of `reps` timed calls after 3 untimed ones (caches, threads, compile)."""
+    return train_throughput._timed(lambda _: call(), reps, warmup=3)[0]
 
 
 def time_jax(c: Contraction, reps: int) -> float:
     rng = np.random.default_rng(0)
-    lhs = jax.numpy.asarray(rng.standard_normal(c.lhs, np.float32).astype(c.dtype))
-    rhs = jax.numpy.asarray(rng.standard_normal(c.rhs, np.float32).astype(c.dtype))
+    lhs = jax.numpy.asarray(rng.standard_normal(c.lhs, np.float32), c.in_dtype)
+    rhs = jax.numpy.asarray(rng.standard_normal(c.rhs, np.float32), c.in_dtype)
     dims = ((c.lhs_contract, c.rhs_contract), (c.lhs_batch, c.rhs_batch))
-    dot = jax.jit(lambda a, b: jax.lax.dot_general(a, b, dims))
+    dot = jax.jit(lambda a, b: jax.lax.dot_general(a, b, dims, preferred_element_type=c.out_dtype))
     return _median_seconds(lambda: dot(lhs, rhs).block_until_ready(), reps)
 
 
@@ -175,7 +172,7 @@ def time_torch(c: Contraction, reps: int) -> float:
     import torch
 
     rng = np.random.default_rng(0)
-    dtype = getattr(torch, c.dtype)
+    dtype = getattr(torch, c.in_dtype)  # torch.einsum returns the operands' dtype
     lhs = torch.from_numpy(rng.standard_normal(c.lhs, np.float32)).to(dtype)
     rhs = torch.from_numpy(rng.standard_normal(c.rhs, np.float32)).to(dtype)
     equation = c.einsum()
