@@ -35,6 +35,7 @@ from jaxlm.models.attention import attention
 from jaxlm.models.layers import QUANT_SCALE, dequantize, project, rms_norm, swiglu
 from jaxlm.models.moe import SAVED_NAME, MoeSettings, moe_mlp, moe_mlp_sharded
 from jaxlm.models.rope import RopeScaling, apply_rope
+from jaxlm.models.unembed import tied_unembed, unembed
 from jaxlm.sharding import constrain, moe_layout
 
 # A MoE layer's routing statistics (jaxlm.models.moe.moe_mlp): sums, keyed by name.
@@ -448,13 +449,12 @@ class Transformer(nnx.Module):
         unembed_DV = self.embed[...].T if cfg.tie_embeddings else self.unembed[...]
         compute = jnp.dtype(cfg.compute_dtype)
         scale_V = self._quant_scale(name)  # per vocab entry: the tied table's per-row scale
-        if scale_V is None:
-            unembed_DV = unembed_DV.astype(compute)
+        if scale_V is None and cfg.tie_embeddings:
+            logits_BTV = tied_unembed(x_BTD, self.embed[...].astype(compute))
+        elif scale_V is None:
+            logits_BTV = unembed(x_BTD, unembed_DV.astype(compute))
         else:
-            unembed_DV = dequantize(unembed_DV, scale_V, compute)
-        logits_BTV = jnp.einsum(
-            "BTD,DV->BTV", x_BTD, unembed_DV, preferred_element_type=jnp.float32
-        )
+            logits_BTV = unembed(x_BTD, dequantize(unembed_DV, scale_V, compute))
         return constrain(logits_BTV, "act_batch", "act_seq", "act_vocab")
 
     def _quant_scale(self, name: str) -> jax.Array | None:
