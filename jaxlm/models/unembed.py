@@ -50,10 +50,11 @@ def _tied_unembed_fwd(x_BTD, table_VD):
 
 def _tied_unembed_bwd(residuals, dlogits_BTV):
     x_BTD, table_VD = residuals
-    # The input gradient exactly as autodiff writes it (dlogits E: no transpose of the
-    # large operand is needed there; the unused forward it retraces is dead code).
-    _, input_vjp = jax.vjp(lambda x: unembed(x, table_VD.T), x_BTD)
-    (dx_BTD,) = input_vjp(dlogits_BTV)
+    # The input gradient as autodiff writes it, dlogits E (no transpose of the large
+    # operand is needed there).
+    dx_BTD = jax.lax.dot_general(
+        dlogits_BTV, table_VD, (((2,), (0,)), ((), ())), preferred_element_type=jnp.float32
+    ).astype(x_BTD.dtype)
     # The table gradient: the dot_general autodiff's transpose rule writes, x^T dlogits
     # (operand dtypes, float32 result, then the table's dtype), with x^T materialized
     # rather than folded into the dot, and the [D, V] result transposed after it.
