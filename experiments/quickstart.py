@@ -9,8 +9,8 @@ Why this recipe: at a few minutes of CPU, a small model that sees more tokens be
 larger one that sees fewer, and Muon reaches a given loss in fewer steps than AdamW.
 Measured on the held-out bytes (bits/byte; README "Quickstart recipe"): the former
 d256 x 4-layer AdamW recipe at 750 steps 1.681; d128 x 2 at 1600 AdamW steps 1.618
-(lr 3e-3), 1.644 (6e-3); the same with Muon 1.542, below xz -9e's 1.603. About 6.5
-minutes of training on a 2-core CPU (386 s on an AMD EPYC pair).
+(lr 3e-3), 1.644 (6e-3); the same with Muon 1.542, below xz -9e's 1.603. About 6
+minutes of training on a 2-core CPU (342 s on an AMD EPYC pair).
 
     python -m experiments.quickstart [--workdir runs/quickstart] [--set train.steps=100]
     jaxlm train quickstart
