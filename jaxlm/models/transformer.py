@@ -446,15 +446,15 @@ class Transformer(nnx.Module):
         cfg = self.cfg
         x_BTD = rms_norm(x_BTD, self.final_norm[...], cfg.norm_eps)
         name = "embed" if cfg.tie_embeddings else "unembed"
-        unembed_DV = self.embed[...].T if cfg.tie_embeddings else self.unembed[...]
         compute = jnp.dtype(cfg.compute_dtype)
         scale_V = self._quant_scale(name)  # per vocab entry: the tied table's per-row scale
-        if scale_V is None and cfg.tie_embeddings:
-            logits_BTV = tied_unembed(x_BTD, self.embed[...].astype(compute))
-        elif scale_V is None:
-            logits_BTV = unembed(x_BTD, unembed_DV.astype(compute))
-        else:
+        if scale_V is not None:  # an int8 table: dequantized, the plain matmul
+            unembed_DV = self.embed[...].T if cfg.tie_embeddings else self.unembed[...]
             logits_BTV = unembed(x_BTD, dequantize(unembed_DV, scale_V, compute))
+        elif cfg.tie_embeddings:
+            logits_BTV = tied_unembed(x_BTD, self.embed[...].astype(compute))
+        else:
+            logits_BTV = unembed(x_BTD, self.unembed[...].astype(compute))
         return constrain(logits_BTV, "act_batch", "act_seq", "act_vocab")
 
     def _quant_scale(self, name: str) -> jax.Array | None:
